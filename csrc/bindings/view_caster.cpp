@@ -1,0 +1,153 @@
+// Builds Views from NumPy arrays (buffer fields), torch tensors (their
+// attributes: cheaper than a DLPack round trip) and any other DLPack producer.
+#include <pybind11/numpy.h>
+
+#include <cstring>
+#include <vector>
+
+#include "bindings/python.h"
+
+namespace ox {
+namespace {
+
+// DLPack ABI (dlpack.h, v0.x legacy capsule "dltensor"), declared locally.
+struct DLDevice { int32_t device_type, device_id; };
+struct DLDataType { uint8_t code, bits; uint16_t lanes; };
+struct DLTensor {
+  void* data; DLDevice device; int32_t ndim; DLDataType dtype;
+  int64_t* shape; int64_t* strides; uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor; void* manager_ctx; void (*deleter)(DLManagedTensor*);
+};
+
+PyObject* g_torch_tensor_type = nullptr;
+py::dict* g_torch_dtypes = nullptr;  // torch.dtype -> DType code
+
+void set_source_dtype(View& v, const std::string& name) {
+  std::strncpy(v.source_dtype, name.c_str(), sizeof(v.source_dtype) - 1);
+}
+
+bool load_numpy(py::handle src, View& v) {
+  auto a = py::reinterpret_borrow<py::array>(src);
+  if (a.ndim() > kMaxRank) throw py::value_error("arrays of more than 8 dimensions are not supported");
+  py::dtype dt = a.dtype();
+  char kind = dt.kind();
+  auto size = dt.itemsize();
+  v.dtype = DType::unsupported;
+  if (kind == 'f' && size == 4) v.dtype = DType::f32;
+  else if (kind == 'f' && size == 8) v.dtype = DType::f64;
+  else if (kind == 'f' && size == 2) v.dtype = DType::f16;
+  else if (kind == 'i' && size == 8) v.dtype = DType::i64;
+  else if (kind == 'i' && size == 4) v.dtype = DType::i32;
+  else if (kind == 'i' && size == 1) v.dtype = DType::i8;
+  else if (kind == 'u' && size == 1) v.dtype = DType::u8;
+  else if (kind == 'b') v.dtype = DType::boolean;
+  if (!dt.attr("isnative").cast<bool>()) v.dtype = DType::unsupported;
+  set_source_dtype(v, py::str(dt).cast<std::string>());
+  v.data = const_cast<void*>(a.data());
+  v.device = Device::cpu;
+  v.device_index = 0;
+  v.ndim = static_cast<int>(a.ndim());
+  v.writable = a.writeable();
+  for (int i = 0; i < v.ndim; ++i) {
+    v.shape[i] = a.shape(i);
+    py::ssize_t stride = a.strides(i);
+    if (size == 0 || stride % size != 0) {
+      if (v.shape[i] > 1) throw py::value_error("arrays whose strides are not a multiple of the item size are not supported");
+      stride = 0;
+    }
+    v.strides[i] = stride / (size ? size : 1);
+  }
+  return true;
+}
+
+bool load_torch(py::handle src, View& v) {
+  py::tuple shape = src.attr("shape");
+  if (shape.size() > kMaxRank) throw py::value_error("tensors of more than 8 dimensions are not supported");
+  py::tuple strides = src.attr("stride")();
+  py::object dtype = src.attr("dtype");
+  PyObject* code = PyDict_GetItem(g_torch_dtypes->ptr(), dtype.ptr());  // borrowed
+  v.dtype = code ? static_cast<DType>(PyLong_AsLong(code)) : DType::unsupported;
+  set_source_dtype(v, py::str(dtype).cast<std::string>());
+  py::object device = src.attr("device");
+  std::string type = device.attr("type").cast<std::string>();
+  py::object index = device.attr("index");
+  v.device = type == "cpu" ? Device::cpu : type == "cuda" ? Device::cuda : Device::unsupported;
+  v.device_index = index.is_none() ? 0 : index.cast<int>();
+  v.data = reinterpret_cast<void*>(src.attr("data_ptr")().cast<uintptr_t>());
+  v.ndim = static_cast<int>(shape.size());
+  v.writable = true;
+  for (int i = 0; i < v.ndim; ++i) {
+    v.shape[i] = shape[i].cast<int64_t>();
+    v.strides[i] = strides[i].cast<int64_t>();
+  }
+  return true;
+}
+
+struct DLPackHolder {
+  DLManagedTensor* t;
+  ~DLPackHolder() { if (t && t->deleter) t->deleter(t); }
+};
+
+bool load_dlpack(py::handle src, View& v, py::object& keep_alive) {
+  py::object capsule = src.attr("__dlpack__")();
+  PyObject* cap = capsule.ptr();
+  if (!PyCapsule_IsValid(cap, "dltensor")) return false;
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+  PyCapsule_SetName(cap, "used_dltensor");
+  keep_alive = py::capsule(new DLPackHolder{managed}, [](void* p) { delete static_cast<DLPackHolder*>(p); });
+  const DLTensor& t = managed->dl_tensor;
+  if (t.ndim > kMaxRank) throw py::value_error("arrays of more than 8 dimensions are not supported");
+  v.dtype = DType::unsupported;
+  if (t.dtype.lanes == 1) {
+    if (t.dtype.code == 2 && t.dtype.bits == 32) v.dtype = DType::f32;
+    else if (t.dtype.code == 2 && t.dtype.bits == 64) v.dtype = DType::f64;
+    else if (t.dtype.code == 2 && t.dtype.bits == 16) v.dtype = DType::f16;
+    else if (t.dtype.code == 4 && t.dtype.bits == 16) v.dtype = DType::bf16;
+    else if (t.dtype.code == 0 && t.dtype.bits == 64) v.dtype = DType::i64;
+    else if (t.dtype.code == 0 && t.dtype.bits == 32) v.dtype = DType::i32;
+    else if (t.dtype.code == 0 && t.dtype.bits == 8) v.dtype = DType::i8;
+    else if (t.dtype.code == 1 && t.dtype.bits == 8) v.dtype = DType::u8;
+    else if (t.dtype.code == 6 && t.dtype.bits == 8) v.dtype = DType::boolean;
+  }
+  set_source_dtype(v, "dlpack(code=" + std::to_string(t.dtype.code) + ",bits=" +
+                          std::to_string(t.dtype.bits) + ")");
+  v.device = t.device.device_type == 1 ? Device::cpu : t.device.device_type == 2 ? Device::cuda
+                                                                                 : Device::unsupported;
+  v.device_index = t.device.device_id;
+  v.data = static_cast<char*>(t.data) + t.byte_offset;
+  v.ndim = t.ndim;
+  v.writable = true;
+  int64_t expected = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    v.shape[i] = t.shape[i];
+    v.strides[i] = t.strides ? t.strides[i] : expected;
+    expected *= t.shape[i];
+  }
+  return true;
+}
+
+}  // namespace
+
+void set_torch_types(py::handle tensor_type, py::dict dtype_map) {
+  Py_XINCREF(tensor_type.ptr());
+  g_torch_tensor_type = tensor_type.ptr();
+  g_torch_dtypes = new py::dict(dtype_map);  // lives for the process
+}
+
+bool load_view(py::handle src, View& out, py::object& keep_alive) {
+  out = View{};
+  if (py::isinstance<py::array>(src)) return load_numpy(src, out);
+  if (g_torch_tensor_type && PyObject_IsInstance(src.ptr(), g_torch_tensor_type) == 1)
+    return load_torch(src, out);
+  if (py::hasattr(src, "__dlpack__")) return load_dlpack(src, out, keep_alive);
+  return false;
+}
+
+[[noreturn]] void no_cuda(const char* op) {
+  throw ArgTypeError(cat(op, ": got a CUDA array, but this oxkernels build has no CUDA kernels "
+                             "(rebuild with OXKERNELS_CUDA=ON and nvcc on PATH)"));
+}
+
+}  // namespace ox

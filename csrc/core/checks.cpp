@@ -1,0 +1,138 @@
+#include "core/checks.h"
+
+#include <limits>
+
+namespace ox {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+    case DType::i64: return "int64";
+    case DType::i32: return "int32";
+    case DType::u8: return "uint8";
+    case DType::i8: return "int8";
+    case DType::boolean: return "bool";
+    default: return "unsupported";
+  }
+}
+
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::cpu: return "cpu";
+    case Device::cuda: return "cuda";
+    default: return "unsupported";
+  }
+}
+
+int dtype_size(DType t) {
+  switch (t) {
+    case DType::f64: case DType::i64: return 8;
+    case DType::f32: case DType::i32: return 4;
+    case DType::f16: case DType::bf16: return 2;
+    case DType::u8: case DType::i8: case DType::boolean: return 1;
+    default: return 0;
+  }
+}
+
+std::string shape_str(const View& v) {
+  std::string s = "(";
+  for (int i = 0; i < v.ndim; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(v.shape[i]);
+  }
+  if (v.ndim == 1) s += ",";
+  return s + ")";
+}
+
+static std::string dtype_of(const View& v) {
+  return v.dtype == DType::unsupported && v.source_dtype[0] ? v.source_dtype : dtype_name(v.dtype);
+}
+
+void check_dtype(const char* op, const char* arg, const View& v, std::initializer_list<DType> allowed) {
+  for (DType t : allowed)
+    if (v.dtype == t) return;
+  std::string want;
+  for (DType t : allowed) want += (want.empty() ? "" : " or ") + std::string(dtype_name(t));
+  type_error(op, ": argument '", arg, "' must be ", want, ", got ", dtype_of(v));
+}
+
+void check_rank(const char* op, const char* arg, const View& v, int rank) {
+  if (v.ndim != rank)
+    value_error(op, ": argument '", arg, "' must have ", rank, " dimension", rank == 1 ? "" : "s",
+                ", got shape ", shape_str(v));
+}
+
+void check_rank_between(const char* op, const char* arg, const View& v, int lo, int hi) {
+  if (v.ndim < lo || v.ndim > hi)
+    value_error(op, ": argument '", arg, "' must have ", lo, " to ", hi, " dimensions, got shape ",
+                shape_str(v));
+}
+
+void check_shape(const char* op, const char* arg, const View& v, std::initializer_list<int64_t> dims) {
+  bool ok = v.ndim == static_cast<int>(dims.size());
+  int i = 0;
+  for (int64_t d : dims) {
+    if (ok && d >= 0 && v.shape[i] != d) ok = false;
+    ++i;
+  }
+  if (ok) return;
+  std::string want = "(";
+  i = 0;
+  for (int64_t d : dims) {
+    want += (i++ ? ", " : "") + (d >= 0 ? std::to_string(d) : std::string("*"));
+  }
+  want += dims.size() == 1 ? ",)" : ")";
+  value_error(op, ": argument '", arg, "' must have shape ", want, ", got ", shape_str(v));
+}
+
+void check_contiguous(const char* op, const char* arg, const View& v) {
+  if (!v.is_contiguous())
+    value_error(op, ": argument '", arg, "' must be contiguous (row-major); call .contiguous() or "
+                "np.ascontiguousarray first");
+}
+
+void check_writable(const char* op, const char* arg, const View& v) {
+  if (!v.writable) value_error(op, ": argument '", arg, "' must be writable, got a read-only array");
+}
+
+void check_same_dtype(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref) {
+  if (v.dtype != ref.dtype)
+    type_error(op, ": argument '", arg, "' must have the dtype of '", ref_arg, "' (", dtype_of(ref),
+               "), got ", dtype_of(v));
+}
+
+void check_same_device(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref) {
+  if (v.device != ref.device || v.device_index != ref.device_index)
+    type_error(op, ": argument '", arg, "' is on ", device_name(v.device), ":", v.device_index,
+               " but '", ref_arg, "' is on ", device_name(ref.device), ":", ref.device_index,
+               "; all arrays must be on one device");
+}
+
+void check_like(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref) {
+  check_same_device(op, arg, v, ref_arg, ref);
+  check_same_dtype(op, arg, v, ref_arg, ref);
+  check_contiguous(op, arg, v);
+}
+
+void check_output(const char* op, const char* arg, const View& v, const View& ref,
+                  std::initializer_list<int64_t> dims) {
+  check_same_device(op, arg, v, "input", ref);
+  check_same_dtype(op, arg, v, "input", ref);
+  check_shape(op, arg, v, dims);
+  check_contiguous(op, arg, v);
+  check_writable(op, arg, v);
+}
+
+void check_numel_fits(const char* op, const char* arg, const View& v) {
+  __int128 n = 1;
+  for (int i = 0; i < v.ndim; ++i) {
+    n *= v.shape[i];
+    if (n > static_cast<__int128>(std::numeric_limits<int64_t>::max() / 16))
+      value_error(op, ": argument '", arg, "' has too many elements (shape ", shape_str(v), ")");
+  }
+}
+
+}  // namespace ox

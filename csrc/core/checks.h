@@ -1,0 +1,32 @@
+// Argument checks for the entry points of every op. Each names the op and the
+// argument, says what was expected and what came, and throws ArgTypeError
+// (dtype, device, not an array) or ArgValueError (shape, rank, values).
+#pragma once
+#include <initializer_list>
+#include <string>
+
+#include "core/errors.h"
+#include "core/view.h"
+
+namespace ox {
+
+std::string shape_str(const View& v);
+
+void check_dtype(const char* op, const char* arg, const View& v, std::initializer_list<DType> allowed);
+void check_rank(const char* op, const char* arg, const View& v, int rank);
+void check_rank_between(const char* op, const char* arg, const View& v, int lo, int hi);
+// Expected extents; -1 accepts any size in that dimension.
+void check_shape(const char* op, const char* arg, const View& v, std::initializer_list<int64_t> dims);
+void check_contiguous(const char* op, const char* arg, const View& v);
+void check_writable(const char* op, const char* arg, const View& v);
+void check_same_dtype(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);
+void check_same_device(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);
+// Same dtype, device and contiguity as ref (the usual rule for companions of the main input).
+void check_like(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);
+// A freshly allocated output: contiguous, writable, given shape, same dtype/device as ref.
+void check_output(const char* op, const char* arg, const View& v, const View& ref,
+                  std::initializer_list<int64_t> dims);
+// Element counts of the ranges our kernels index with int64 must not overflow.
+void check_numel_fits(const char* op, const char* arg, const View& v);
+
+}  // namespace ox

@@ -1,0 +1,46 @@
+// View: a borrowed, typed, strided window on memory that Python owns.
+// Built by the binding layer from a NumPy array, a torch tensor or any
+// DLPack producer; validated by the checks in core/checks.h.
+#pragma once
+#include <cstdint>
+
+namespace ox {
+
+enum class DType : uint8_t { f32, f64, f16, bf16, i64, i32, u8, i8, boolean, unsupported };
+enum class Device : uint8_t { cpu, cuda, unsupported };
+
+constexpr int kMaxRank = 8;
+
+const char* dtype_name(DType t);
+const char* device_name(Device d);
+int dtype_size(DType t);
+
+struct View {
+  void* data = nullptr;
+  DType dtype = DType::unsupported;
+  Device device = Device::cpu;
+  int device_index = 0;
+  int ndim = 0;
+  int64_t shape[kMaxRank] = {};
+  int64_t strides[kMaxRank] = {};  // in elements, not bytes
+  bool writable = true;
+  char source_dtype[24] = {};      // the producer's dtype name, for messages
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    return n;
+  }
+  int64_t size(int dim) const { return shape[dim < 0 ? dim + ndim : dim]; }
+  bool is_contiguous() const {
+    int64_t expected = 1;
+    for (int i = ndim - 1; i >= 0; --i) {
+      if (shape[i] != 1 && strides[i] != expected) return false;
+      expected *= shape[i];
+    }
+    return true;
+  }
+  template <class T> T* ptr() const { return static_cast<T*>(data); }
+};
+
+}  // namespace ox

@@ -1,0 +1,40 @@
+"""oxkernels: C++/CUDA kernels for the workloads of an Optimization + DNN course.
+
+NumPy is the only requirement; torch support (custom ops, modules, optimizers)
+loads when torch is used. See README.md for the API.
+"""
+import sys as _sys
+
+from . import _C
+from . import ops
+
+__version__ = _C.build_info()["version"]
+
+__all__ = ["ops", "info", "get_num_threads", "set_num_threads", "set_isa", "__version__"]
+
+
+def info() -> dict:
+    """What this build holds: version, CUDA (archs, GPUs seen), CPU ISA in use, threads."""
+    return dict(_C.build_info())
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use."""
+    return _C.num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU kernels (default: torch's count when torch is loaded,
+    else $OXKERNELS_NUM_THREADS, else the number of cores)."""
+    _C.set_num_threads(int(n))
+
+
+def set_isa(name: str) -> None:
+    """Force the CPU instruction set: 'auto', 'scalar', 'avx2' or 'avx512'."""
+    _C.set_isa(name)
+
+
+if _sys.modules.get("torch") is not None:  # torch is already paid for: register the torch ops now
+    from . import _torch
+
+    _torch.load()

@@ -1,0 +1,69 @@
+"""How Python arrays reach the kernels: which kind an argument is (NumPy or
+torch), allocating outputs of the same kind, and the CUDA stream to run on.
+
+The checks here are only the ones C++ cannot do: that an argument is an array
+at all, and that all arrays of a call are of one kind. dtype, device, rank and
+shape are checked once, in C++ (csrc/core/checks.h).
+"""
+import sys
+
+import numpy as np
+
+NUMPY = "numpy"
+TORCH = "torch"
+
+
+def _torch_module():
+    return sys.modules.get("torch")
+
+
+def is_torch(x) -> bool:
+    torch = _torch_module()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def array_kind(op: str, **arrays) -> str:
+    """'numpy' or 'torch' for the arrays of one call (None entries are skipped).
+
+    Raises TypeError naming the argument when one is not an array, or when
+    NumPy arrays and torch tensors are mixed."""
+    kind = first = None
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        if isinstance(x, np.ndarray):
+            k = NUMPY
+        elif is_torch(x):
+            k = TORCH
+        else:
+            raise TypeError(
+                f"{op}: argument '{name}' must be a NumPy array or a torch tensor, got {type(x).__name__}"
+            )
+        if kind is None:
+            kind, first = k, name
+        elif k != kind:
+            raise TypeError(
+                f"{op}: argument '{name}' is a {k} array but '{first}' is a {kind} array; "
+                "pass arrays of one kind"
+            )
+    if kind == TORCH:
+        from . import _torch
+
+        _torch.load()
+    return kind or NUMPY
+
+
+def empty(like, shape, dtype=None):
+    """An uninitialised array of the kind, device and (default) dtype of `like`."""
+    if isinstance(like, np.ndarray):
+        return np.empty(shape, dtype=like.dtype if dtype is None else dtype)
+    torch = _torch_module()
+    return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
+def stream_of(x) -> int:
+    """The CUDA stream (as an integer handle) that work on x should run on: torch's
+    current stream for a CUDA tensor, 0 otherwise."""
+    if is_torch(x) and x.is_cuda:
+        return _torch_module().cuda.current_stream(x.device).cuda_stream
+    return 0

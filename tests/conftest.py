@@ -1,0 +1,74 @@
+"""Shared test helpers: references, poisoned outputs, CUDA skips."""
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import oxkernels
+
+
+def rel_err(out, ref) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 (NaN anywhere gives inf)."""
+    out = np.asarray(_to_numpy(out), dtype=np.float64)
+    ref = np.asarray(_to_numpy(ref), dtype=np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
+    if not np.all(np.isfinite(out)) and not np.array_equal(np.isnan(out), np.isnan(ref)):
+        return float("inf")
+    denom = np.linalg.norm(ref)
+    return float(np.linalg.norm(out - ref) / (denom if denom > 0 else 1.0))
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def poison(x):
+    """Fill an output buffer with NaN before a kernel writes it, so unwritten
+    elements show up in the comparison."""
+    if hasattr(x, "fill_"):
+        x.fill_(float("nan"))
+    else:
+        x.fill(np.nan)
+    return x
+
+
+def cuda_available() -> bool:
+    if not oxkernels.info()["cuda_built"]:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def cuda_skip_reason() -> str:
+    if not oxkernels.info()["cuda_built"]:
+        return "oxkernels was built without CUDA kernels"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible to torch on this machine"
+    return ""
+
+
+requires_cuda = pytest.mark.skipif(not cuda_available(), reason=cuda_skip_reason() or "CUDA available")
+
+
+def data_root():
+    """The real MNIST / CIFAR-10 folder ($OXKERNELS_DATA), or None."""
+    root = os.environ.get("OXKERNELS_DATA")
+    return Path(root) if root and Path(root).is_dir() else None
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded from the test's name: fresh inputs per test, reproducible."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    return np.random.default_rng(seed)

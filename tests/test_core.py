@@ -1,0 +1,102 @@
+"""The package itself: build info, CPU ISA choice, threads, import without torch,
+and how arrays of every kind cross into the native module."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import oxkernels
+from oxkernels import _C
+
+
+def test_info_reports_build():
+    info = oxkernels.info()
+    assert info["version"] == oxkernels.__version__
+    assert info["isa"] in {"scalar", "avx2", "avx512"}
+    assert info["threads"] >= 1
+    assert isinstance(info["cuda_built"], bool)
+
+
+def test_cli_info_runs():
+    out = subprocess.run([sys.executable, "-m", "oxkernels", "info"], capture_output=True, text=True, check=True)
+    assert oxkernels.__version__ in out.stdout
+    assert "CPU instruction set" in out.stdout
+
+
+def test_import_and_numpy_ops_work_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, oxkernels\n"
+        "g = oxkernels.ops.linreg_grad(np.ones((4, 2)), np.zeros(4), np.ones(3))\n"
+        "assert np.allclose(g, [3, 3, 3]), g\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_set_isa_rejects_unknown_and_unsupported():
+    with pytest.raises(ValueError, match="name"):
+        oxkernels.set_isa("sse9")
+    best = oxkernels.info()["isa_best"]
+    try:
+        for isa in ("scalar", "avx2", "avx512"):
+            if ["scalar", "avx2", "avx512"].index(isa) <= ["scalar", "avx2", "avx512"].index(best):
+                oxkernels.set_isa(isa)
+                assert _C.isa() == isa
+            else:
+                with pytest.raises(ValueError, match="does not support"):
+                    oxkernels.set_isa(isa)
+    finally:
+        oxkernels.set_isa("auto")
+
+
+def test_set_num_threads_round_trip():
+    before = oxkernels.get_num_threads()
+    try:
+        oxkernels.set_num_threads(1)
+        assert oxkernels.get_num_threads() == 1
+        with pytest.raises(ValueError, match="'n'"):
+            oxkernels.set_num_threads(0)
+    finally:
+        oxkernels.set_num_threads(before)
+
+
+def test_non_arrays_are_type_errors_naming_the_argument():
+    with pytest.raises(TypeError, match="'X'.*list"):
+        oxkernels.ops.linreg_grad([[1.0]], np.zeros(1), np.zeros(2))
+
+
+def test_unsupported_dtype_is_named():
+    X = np.ones((3, 2), dtype=np.complex64)
+    with pytest.raises(TypeError, match="'X'.*complex64"):
+        oxkernels.ops.linreg_grad(X, np.zeros(3, np.complex64), np.zeros(3, np.complex64))
+
+
+def test_dlpack_producer_is_accepted():
+    class Producer:  # any object with __dlpack__ works, here a wrapper around NumPy's
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, *args, **kw):
+            return self.a.__dlpack__(*args, **kw)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    rng = np.random.default_rng(1)
+    X, y, th = rng.standard_normal((9, 2)), rng.standard_normal(9), rng.standard_normal(3)
+    out = np.full(3, np.nan)
+    _C.linreg_grad(Producer(X), Producer(y), Producer(th), None, out, 0)
+    np.testing.assert_allclose(out, oxkernels.ops.linreg_grad(X, y, th), rtol=1e-12)
+
+
+def test_readonly_output_is_rejected():
+    rng = np.random.default_rng(2)
+    X, y, th = rng.standard_normal((5, 2)), rng.standard_normal(5), rng.standard_normal(3)
+    out = np.empty(3)
+    out.setflags(write=False)
+    with pytest.raises(ValueError, match="'out'.*read-only"):
+        _C.linreg_grad(X, y, th, None, out, 0)
