@@ -4,7 +4,7 @@
 # Usage: tools/sanitize.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUILD_DIR=build-asan BUILD_TYPE=RelWithDebInfo OXKERNELS_CUDA=OFF \
+LINK=0 BUILD_DIR=build-asan BUILD_TYPE=RelWithDebInfo OXKERNELS_CUDA=OFF \
   CMAKE_ARGS="-DOXKERNELS_SANITIZE=ON ${CMAKE_ARGS:-}" tools/dev-build.sh
 so=$(ls build-asan/_C*.so)
 pkg=$(mktemp -d)
