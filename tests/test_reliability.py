@@ -16,15 +16,97 @@ import oxkernels
 from oxkernels import ops
 
 
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 def _linreg(rng):
-    X = rng.standard_normal((37, 5)).astype(np.float32)
-    return (X, rng.standard_normal(37).astype(np.float32), rng.standard_normal((3, 6)).astype(np.float32)), {}
+    return (f32(rng, 37, 5), f32(rng, 37), f32(rng, 3, 6)), {}
 
 
-# op name -> factory(rng) -> (positional array-or-scalar args, keyword args)
+def _adam(rng):
+    shapes = [(7, 3), (5,)]
+    lists = [[f32(rng, *s) for s in shapes] for _ in range(3)]
+    sq = [np.abs(f32(rng, *s)) for s in shapes]
+    return (lists[0], lists[1], lists[2], sq, 3, 1e-3, 0.9, 0.999, 1e-8), {"weight_decay": 0.01}
+
+
+def _conv(rng):
+    return (f32(rng, 3, 2, 9, 9), f32(rng, 4, 2, 3, 3), f32(rng, 4)), {"padding": 1}
+
+
+def _conv_backward(rng):
+    return (f32(rng, 3, 4, 9, 9), f32(rng, 3, 2, 9, 9), f32(rng, 4, 2, 3, 3)), {"padding": 1}
+
+
+def _fused(rng):
+    return (f32(rng, 3, 2, 9, 9), f32(rng, 4, 2, 3, 3), f32(rng, 4)), {}
+
+
+def _fused_backward(rng):
+    x, w, b = f32(rng, 3, 2, 9, 9), f32(rng, 4, 2, 3, 3), f32(rng, 4)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
+    return (f32(rng, *out.shape), idx, x, w), {}
+
+
+def _ce(rng):
+    return (f32(rng, 9, 5), rng.integers(0, 5, 9)), {"label_smoothing": 0.1}
+
+
+def _ce_backward(rng):
+    return (np.array(1.0, np.float32), f32(rng, 9, 5), rng.integers(0, 5, 9)), {}
+
+
+def _pool(rng):
+    return (f32(rng, 2, 3, 9, 9), 2), {}
+
+
+def _pool_backward(rng):
+    return (f32(rng, 2, 3, 4, 4), f32(rng, 2, 3, 9, 9), 2), {}
+
+
+def _unary(rng):
+    return (f32(rng, 3, 5, 7),), {}
+
+
+def _binary(rng):
+    return (f32(rng, 3, 5, 7), f32(rng, 3, 5, 7)), {}
+
+
+def _linear(rng):
+    return (f32(rng, 7, 5), f32(rng, 3, 5), f32(rng, 3)), {"activation": "relu"}
+
+
+def _matmul(rng):
+    return (f32(rng, 5, 7), f32(rng, 7, 3)), {}
+
+
+# op name -> factory(rng) -> (positional args, keyword args). Arrays may sit in
+# lists (adam_step). Elementwise ops accept any rank: RANK_FREE skips the rank test.
 CASES = {
+    "adam_step": _adam,
+    "conv2d": _conv,
+    "conv2d_backward": _conv_backward,
+    "conv2d_relu_maxpool2d": _fused,
+    "conv2d_relu_maxpool2d_backward": _fused_backward,
+    "cross_entropy": _ce,
+    "cross_entropy_backward": _ce_backward,
+    "linear": _linear,
     "linreg_grad": _linreg,
+    "linreg_loss": _linreg,
+    "log_softmax": _unary,
+    "matmul": _matmul,
+    "max_pool2d": _pool,
+    "max_pool2d_backward": _pool_backward,
+    "relu": _unary,
+    "relu_backward": _binary,
+    "sigmoid": _unary,
+    "sigmoid_backward": _binary,
+    "softmax": _unary,
 }
+RANK_FREE = {"relu", "relu_backward", "sigmoid", "sigmoid_backward", "softmax", "log_softmax"}
+# Ops that update their array arguments in place: their outputs are those arguments.
+IN_PLACE = {"adam_step": lambda args: args[0] + args[2] + args[3]}
 
 
 def _case(name, seed=0):
@@ -35,6 +117,21 @@ def _call(name, args, kwargs):
     return getattr(ops, name)(*args, **kwargs)
 
 
+def _fresh(args):
+    """Copies of the arrays in args (in-place ops must start from the same state)."""
+    return [[a.copy() for a in x] if isinstance(x, list) else x.copy() if isinstance(x, np.ndarray) else x
+            for x in args]
+
+
+def _run(name, args, kwargs):
+    """Outputs of one call on fresh copies of args, as a list of arrays."""
+    args = _fresh(args)
+    result = _call(name, args, kwargs)
+    if name in IN_PLACE:
+        return [np.asarray(a) for a in IN_PLACE[name](args)]
+    return _outputs(result)
+
+
 def _outputs(result):
     if result is None:
         return []
@@ -43,8 +140,30 @@ def _outputs(result):
     return [np.asarray(result)]
 
 
-def _array_positions(args):
-    return [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+def _slots(args):
+    """(position, index-in-list or None) of every array argument."""
+    slots = []
+    for i, a in enumerate(args):
+        if isinstance(a, np.ndarray):
+            slots.append((i, None))
+        elif isinstance(a, list):
+            slots += [(i, j) for j, x in enumerate(a) if isinstance(x, np.ndarray)]
+    return slots
+
+
+def _get(args, slot):
+    i, j = slot
+    return args[i] if j is None else args[i][j]
+
+
+def _replace(args, slot, value):
+    args = _fresh(args)
+    i, j = slot
+    if j is None:
+        args[i] = value
+    else:
+        args[i][j] = value
+    return args
 
 
 OP_NAMES = sorted(ops.__all__)
@@ -58,50 +177,80 @@ def test_every_public_op_has_a_case():
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_non_array_arguments_are_type_errors(name):
     args, kwargs = _case(name)
-    for i in _array_positions(args):
-        bad = list(args)
-        bad[i] = args[i].tolist()
+    for slot in _slots(args):
         with pytest.raises(TypeError, match="must be a NumPy array or a torch tensor"):
-            _call(name, bad, kwargs)
+            _call(name, _replace(args, slot, _get(args, slot).tolist()), kwargs)
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_wrong_dtype_is_an_error_or_correct(name):
     args, kwargs = _case(name)
-    for i in _array_positions(args):
-        if args[i].dtype != np.float32:
-            continue
-        bad = list(args)
-        bad[i] = args[i].astype(np.int32)
-        with pytest.raises((TypeError, ValueError)):
-            _call(name, bad, kwargs)
+    for slot in _slots(args):
+        a = _get(args, slot)
+        wrong = a.astype(np.int32) if a.dtype == np.float32 else a.astype(np.float32)
+        with pytest.raises(TypeError, match="must"):
+            _call(name, _replace(args, slot, wrong), kwargs)
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_wrong_rank_is_a_value_error(name):
+    if name in RANK_FREE:
+        pytest.skip(f"{name} accepts arrays of any rank")
     args, kwargs = _case(name)
-    for i in _array_positions(args):
-        bad = list(args)
-        bad[i] = args[i][..., None]
-        with pytest.raises((TypeError, ValueError)):
-            _call(name, bad, kwargs)
+    for slot in _slots(args):
+        with pytest.raises(ValueError):
+            _call(name, _replace(args, slot, _get(args, slot)[..., None]), kwargs)
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_empty_and_huge_arrays_error_or_work(name):
+    """Zero-size dimensions and views of over 2^32 elements (stride-0, nothing
+    allocated): a result or a TypeError/ValueError, never a crash."""
+    args, kwargs = _case(name)
+    for slot in _slots(args):
+        a = _get(args, slot)
+        if a.ndim == 0:
+            continue
+        empty = np.empty((0,) + a.shape[1:], a.dtype)
+        huge = np.lib.stride_tricks.as_strided(a, shape=(2**32 + 1,) + a.shape[1:], strides=(0,) + a.strides[1:])
+        for variant in (empty, huge):
+            try:
+                _call(name, _replace(args, slot, variant), kwargs)
+            except (TypeError, ValueError, MemoryError):
+                pass
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_nan_and_inf_inputs_do_not_crash(name):
+    args, kwargs = _case(name)
+    for slot in _slots(args):
+        a = _get(args, slot)
+        if a.dtype.kind != "f" or a.size < 2:
+            continue
+        bad = a.copy()
+        bad.flat[0], bad.flat[-1] = np.nan, np.inf
+        try:
+            _call(name, _replace(args, slot, bad), kwargs)
+        except ValueError as e:  # an op may refuse non-finite input, naming it
+            assert "finite" in str(e) or "nan" in str(e).lower()
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_non_contiguous_views_error_or_match(name):
     args, kwargs = _case(name)
-    expected = _outputs(_call(name, [a.copy() if isinstance(a, np.ndarray) else a for a in args], kwargs))
-    for i in _array_positions(args):
-        if args[i].ndim == 0 or args[i].size < 2:
+    expected = _run(name, args, kwargs)
+    for slot in _slots(args):
+        a = _get(args, slot)
+        if a.ndim == 0 or a.size < 2:
             continue
-        for view in (_strided_copy(args[i]), _negative_strided_copy(args[i])):
-            bad = list(args)
-            bad[i] = view
+        for view in (_strided_copy(a), _negative_strided_copy(a)):
+            bad = _replace(args, slot, view)
             try:
-                got = _outputs(_call(name, bad, kwargs))
+                result = _call(name, bad, kwargs)
             except ValueError as e:
                 assert "contiguous" in str(e)
                 continue
+            got = [np.asarray(x) for x in IN_PLACE[name](bad)] if name in IN_PLACE else _outputs(result)
             for g, e in zip(got, expected):
                 np.testing.assert_array_equal(g, e)
 
@@ -129,7 +278,7 @@ def test_repeated_calls_are_bit_identical_across_thread_counts(name):
         results = []
         for threads in (1, 2, 2, 1):
             oxkernels.set_num_threads(threads)
-            results.append(_outputs(_call(name, args, kwargs)))
+            results.append(_run(name, args, kwargs))
     finally:
         oxkernels.set_num_threads(before)
     for other in results[1:]:
@@ -140,12 +289,12 @@ def test_repeated_calls_are_bit_identical_across_thread_counts(name):
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_concurrent_calls_match_serial(name):
     cases = [_case(name, seed=s) for s in range(4)]
-    serial = [_outputs(_call(name, *c)) for c in cases]
+    serial = [_run(name, *c) for c in cases]
     results = [None] * len(cases)
 
     def worker(k):
         for _ in range(20):
-            results[k] = _outputs(_call(name, *cases[k]))
+            results[k] = _run(name, *cases[k])
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(cases))]
     for t in threads:
