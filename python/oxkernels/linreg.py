@@ -41,7 +41,7 @@ class FitResult:
     seed: Any
 
 
-def _as_vector(name, value, B_hint, to_array):
+def _as_vector(name, value):
     """A scalar or 1-D sequence → (values as a 1-D host array, whether it was a grid)."""
     arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
     if arr.ndim == 0:
@@ -67,8 +67,8 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
     for name, v in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"linreg fit: argument '{name}' must be an int, got {type(v).__name__}")
-    lr_arr, lr_grid = _as_vector("lr", lr, None, None)
-    seed_arr, seed_grid = _as_vector("seed", seed, None, None)
+    lr_arr, lr_grid = _as_vector("lr", lr)
+    seed_arr, seed_grid = _as_vector("seed", seed)
     if not np.issubdtype(lr_arr.dtype, np.number) or np.issubdtype(lr_arr.dtype, np.complexfloating):
         raise TypeError(f"linreg fit: argument 'lr' must be a real number or array of them, got dtype {lr_arr.dtype}")
     if not np.issubdtype(seed_arr.dtype, np.integer):
@@ -83,8 +83,8 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
         raise ValueError(f"linreg fit: grid arguments must have one length B, got {sizes}")
     grid = bool(sizes)
     B = next(iter(sizes.values())) if sizes else 1
-    lr_arr = np.ascontiguousarray(np.broadcast_to(lr_arr.astype(np.float64), (B,)))
-    seed_arr = np.ascontiguousarray(np.broadcast_to(seed_arr.astype(np.int64), (B,)))
+    lr_arr = np.array(np.broadcast_to(lr_arr.astype(np.float64), (B,)))
+    seed_arr = np.array(np.broadcast_to(seed_arr.astype(np.int64), (B,)))
 
     if len(X.shape) != 2:
         raise ValueError(f"linreg fit: argument 'X' must be 2-D (n, d), got shape {tuple(X.shape)}")
@@ -115,7 +115,7 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
         if theta0 is None:
             th0 = np.zeros((B, d + 1), dtype=X.dtype)
         else:
-            th0 = np.ascontiguousarray(np.broadcast_to(theta0.reshape(-1, theta0.shape[-1]), (B, theta0.shape[-1])))
+            th0 = np.array(np.broadcast_to(theta0.reshape(-1, theta0.shape[-1]), (B, theta0.shape[-1])))
     thetas = empty(X, (B, steps_out + 1, d + 1))
     losses = empty(X, (B, steps_out + 1))
     state = empty(X, (B, 2, d + 1))
