@@ -41,9 +41,11 @@ struct FitParams {
 
 // X (n, d), y (n,), theta0 (B, d+1), lr (B,) float64, seed (B,) int64 — lr/seed on X's device.
 // Outputs: thetas (B, steps+1, d+1), losses (B, steps+1), indices (B, steps, batch) int64,
-// state (B, 2, d+1) of X's dtype (Adam's moments; scratch for the other methods).
+// state (B, 2, d+1) of X's dtype (Adam's moments; scratch for the other methods);
+// scratch (B, n) of X's dtype, needed only by the CUDA kernel for d+1 > 4 (residuals per step).
 struct FitArgs {
   View X, y, theta0, lr, seed, thetas, losses, indices, state;
+  View scratch;  // data == nullptr when not given
 };
 
 FitMethod parse_fit_method(const char* name);

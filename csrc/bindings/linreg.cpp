@@ -48,7 +48,7 @@ OX_BINDINGS(bind_linreg) {
       "linreg_fit",
       [](View X, View y, View theta0, View lr, View seed, const std::string& method, int64_t steps, int64_t batch,
          double beta1, double beta2, double eps, View thetas, View losses, View indices, View state,
-         uintptr_t stream) {
+         std::optional<View> scratch, uintptr_t stream) {
         FitParams p;
         p.method = parse_fit_method(method.c_str());
         p.steps = steps;
@@ -56,7 +56,12 @@ OX_BINDINGS(bind_linreg) {
         p.beta1 = beta1;
         p.beta2 = beta2;
         p.eps = eps;
-        FitArgs a{X, y, theta0, lr, seed, thetas, losses, indices, state};
+        FitArgs a{X, y, theta0, lr, seed, thetas, losses, indices, state, View{}};
+        if (scratch) {
+          check_same_device("linreg fit", "scratch", *scratch, "X", X);
+          check_writable("linreg fit", "scratch", *scratch);
+          a.scratch = *scratch;
+        }
         linreg_fit_check(a, p);
         if (X.device == Device::cuda)
           OX_CUDA_CALL("linreg fit", linreg_fit_cuda(a, p, stream));
@@ -65,7 +70,7 @@ OX_BINDINGS(bind_linreg) {
       },
       py::arg("X"), py::arg("y"), py::arg("theta0"), py::arg("lr"), py::arg("seed"), py::arg("method"),
       py::arg("steps"), py::arg("batch"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("thetas"),
-      py::arg("losses"), py::arg("indices"), py::arg("state"), py::arg("stream") = 0,
+      py::arg("losses"), py::arg("indices"), py::arg("state"), py::arg("scratch") = py::none(), py::arg("stream") = 0,
       py::call_guard<py::gil_scoped_release>());
 }
 

@@ -119,9 +119,11 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
     thetas = empty(X, (B, steps_out + 1, d + 1))
     losses = empty(X, (B, steps_out + 1))
     state = empty(X, (B, 2, d + 1))
+    # The CUDA kernel for d+1 > 4 keeps each step's residuals in a (B, n) scratch array.
+    scratch = empty(X, (B, X.shape[0])) if getattr(X, "is_cuda", False) and d + 1 > 4 else None
     b1, b2 = betas
     _C.linreg_fit(X, y, th0, lr_v, seed_v, method, int(steps), batch, float(b1), float(b2), float(eps),
-                  thetas, losses, indices, state, stream_of(X))
+                  thetas, losses, indices, state, scratch, stream_of(X))
     if not grid:
         thetas, losses, indices = thetas[0], losses[0], indices[0]
         lr_out, seed_out = float(lr_arr[0]), int(seed_arr[0])
