@@ -9,8 +9,8 @@ namespace ox {
 OX_BINDINGS(bind_linreg) {
   m.def(
       "linreg_grad",
-      [](View X, View y, View theta, std::optional<View> rows, View out, std::optional<View> workspace,
-         uintptr_t stream) {
+      [](View X, View y, View theta, std::optional<View> rows, View out, uintptr_t stream,
+         std::optional<View> workspace) {
         const View* r = rows ? &*rows : nullptr;
         linreg_check("linreg_grad", X, y, theta, r, out, true);
         if (X.device == Device::cuda) {
@@ -20,12 +20,12 @@ OX_BINDINGS(bind_linreg) {
           linreg_grad_cpu(X, y, theta, r, out);
         }
       },
-      py::arg("X"), py::arg("y"), py::arg("theta"), py::arg("rows"), py::arg("out"), py::arg("workspace") = py::none(),
-      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("X"), py::arg("y"), py::arg("theta"), py::arg("rows"), py::arg("out"), py::arg("stream") = 0,
+      py::arg("workspace") = py::none(), py::call_guard<py::gil_scoped_release>());
 
   m.def(
       "linreg_loss",
-      [](View X, View y, View theta, View out, std::optional<View> workspace, uintptr_t stream) {
+      [](View X, View y, View theta, View out, uintptr_t stream, std::optional<View> workspace) {
         linreg_check("linreg_loss", X, y, theta, nullptr, out, false);
         if (X.device == Device::cuda) {
           if (!workspace) value_error("linreg_loss: a CUDA call needs argument 'workspace'");
@@ -34,8 +34,8 @@ OX_BINDINGS(bind_linreg) {
           linreg_loss_cpu(X, y, theta, out);
         }
       },
-      py::arg("X"), py::arg("y"), py::arg("theta"), py::arg("out"), py::arg("workspace") = py::none(),
-      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("X"), py::arg("y"), py::arg("theta"), py::arg("out"), py::arg("stream") = 0,
+      py::arg("workspace") = py::none(), py::call_guard<py::gil_scoped_release>());
 
   // float64 entries the CUDA linreg_grad / linreg_loss need as workspace.
   m.def("linreg_cuda_workspace_numel", [](int64_t m_rows, int64_t d, int64_t B) {

@@ -36,7 +36,7 @@ def linreg_grad(X, y, theta, rows=None):
     out = empty(X, tuple(theta.shape))
     m = rows.shape[0] if rows is not None and len(rows.shape) == 1 else (X.shape[0] if len(X.shape) == 2 else 0)
     work = cuda_workspace(X, m, _batch(theta)) if kind == TORCH else None
-    _C.linreg_grad(X, y, theta, rows, out, work, stream_of(X))
+    _C.linreg_grad(X, y, theta, rows, out, stream_of(X), work)
     return out
 
 
@@ -52,5 +52,5 @@ def linreg_loss(X, y, theta):
 
         return torch.ops.oxkernels.linreg_loss(X, y, theta)
     out = empty(X, tuple(theta.shape[:-1]))
-    _C.linreg_loss(X, y, theta, out, None, 0)
+    _C.linreg_loss(X, y, theta, out, 0)
     return out
