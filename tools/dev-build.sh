@@ -10,5 +10,5 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} \
   -DPython_EXECUTABLE="$(command -v python3)" ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$build" -j "${JOBS:-2}"
 so=$(ls "$build"/_C*.so)
-ln -sf "$(realpath "$so")" python/oxkernels/
+if [ "${LINK:-1}" = 1 ]; then ln -sf "$(realpath "$so")" python/oxkernels/; fi
 echo "built $so"

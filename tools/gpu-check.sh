@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device session: build with CUDA for the local GPU, run the whole test
+# suite (CUDA tests included), then the GPU benchmarks. Everything it prints
+# also lands in $OUT (default ./gpu-out). Usage: tools/gpu-check.sh [bench suites...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=python
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+
+echo "== build"
+BUILD_DIR=build-gpu OXKERNELS_CUDA=ON JOBS=16 tools/dev-build.sh 2>&1 | tail -5 | tee "$OUT/build.log"
+python3 -m oxkernels info | tee -a "$OUT/gpu.txt"
+
+echo "== tests"
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests -q -x --timeout=120 -p no:cacheprovider \
+  ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
+
+echo "== benchmarks"
+timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/run.py --device cuda --max-time 0.2 "$@" 2>&1 \
+  | tee "$OUT/bench.log" | grep -v '^\$' | tail -80
