@@ -24,6 +24,7 @@ def _linreg(rng):
 # op name -> factory(rng) -> (positional array-or-scalar args, keyword args)
 CASES = {
     "linreg_grad": _linreg,
+    "linreg_loss": _linreg,
 }
 
 
