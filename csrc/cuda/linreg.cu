@@ -9,6 +9,8 @@
 // Results are therefore deterministic run to run.
 //
 // fit: one persistent block per trajectory runs every step (no launch per step).
+#include <stdint.h>  // before core/cuda_check.h, which uses ::uintptr_t
+
 #include <cstdint>
 
 #include "core/cuda_check.h"
