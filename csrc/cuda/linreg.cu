@@ -9,9 +9,11 @@
 // Results are therefore deterministic run to run.
 //
 // fit: one persistent block per trajectory runs every step (no launch per step).
-#include <stdint.h>  // before core/cuda_check.h, which uses ::uintptr_t
-
 #include <cstdint>
+#include <stdint.h>
+
+// core/cuda_check.h names uintptr_t unqualified; the device's toolchain declares only std::uintptr_t.
+namespace ox { using std::uintptr_t; }
 
 #include "core/cuda_check.h"
 #include "core/errors.h"
