@@ -34,37 +34,6 @@ template <class T> static inline T sum_lanes(T* p) {
   return p[0];
 }
 
-// aᵀb over d entries.
-template <class T> static inline T dot(const T* a, const T* b, int64_t d) {
-  T part[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= d; c += kLanes)
-    for (int k = 0; k < kLanes; ++k) part[k] += a[c + k] * b[c + k];
-  T tail = 0;
-  for (; c < d; ++c) tail += a[c] * b[c];
-  return sum_lanes(part) + tail;
-}
-
-// ---- small batches (B < kTileMinB): one row at a time ------------------------------------------
-// For each row: r_b = θ_b[:d]·x + θ_b[d] − y, then G_b[:d] += r_b x, G_b[d] += r_b, L_b += r_b².
-template <class T, bool kIndexed>
-static void rows_generic(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
-                         int64_t d, int64_t B, T* G, T* L) {
-  const int64_t stride = d + 1;
-  for (int64_t j = begin; j < end; ++j) {
-    const int64_t i = kIndexed ? rows[j] : j;
-    const T* x = X + i * d;
-    for (int64_t b = 0; b < B; ++b) {
-      const T* th = theta + b * stride;
-      const T r = dot(th, x, d) + th[d] - y[i];
-      T* g = G + b * stride;
-      for (int64_t c = 0; c < d; ++c) g[c] += r * x[c];
-      g[d] += r;
-      L[b] += r * r;
-    }
-  }
-}
-
 // d = 1, B = 1 (the course's line y = kx + b): vectorised over rows instead of columns.
 template <class T, bool kIndexed>
 static void rows_line(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
@@ -198,6 +167,108 @@ template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, i
     }
 }
 
+// Small batches (B < kTileMinB), row by row on the padded tile:
+//   r_b = x̃·θ_b − y (a dot over dp = multiple of kVec columns, no tail),
+//   G_b[:dp] += r_b x̃,  L_b += r_b².
+// Thp holds θ_b padded to dp columns; G is B × dp.
+template <class T>
+static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t nr, int64_t dp, int64_t B, bool want_grad,
+                         T* G, T* L) {
+  using S = Simd<T>;
+  constexpr int NV = kVec / S::W;
+  for (int64_t r = 0; r < nr; ++r) {
+    const T* x = Xt + r * dp;
+    for (int64_t b = 0; b < B; ++b) {
+      const T* th = Thp + b * dp;
+      typename S::V acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = S::set1(T(0));
+      for (int64_t c0 = 0; c0 < dp; c0 += kVec)
+        for (int v = 0; v < NV; ++v) acc[v] = S::fmadd(S::load(x + c0 + v * S::W), S::load(th + c0 + v * S::W), acc[v]);
+      T lanes[kVec];
+      for (int v = 0; v < NV; ++v) S::store(lanes + v * S::W, acc[v]);
+      const T res = sum_lanes(lanes) - yt[r];
+      L[b] += res * res;
+      if (want_grad) {
+        T* g = G + b * dp;
+        const typename S::V rv = S::set1(res);
+        for (int64_t c0 = 0; c0 < dp; c0 += kVec)
+          for (int v = 0; v < NV; ++v) {
+            T* gp = g + c0 + v * S::W;
+            S::store(gp, S::fmadd(rv, S::load(x + c0 + v * S::W), S::load(gp)));
+          }
+      }
+    }
+  }
+}
+
+// Small batches and few columns (B < kTileMinB, d+1 <= kNarrow): the tile is staged transposed,
+// XtT[c][r] (row c = d is the bias: 1 for real rows, 0 for padding), so that everything runs
+// over kVec rows at a time with no per-row horizontal sum:
+//   r[rows] = Σ_c θ_b[c] XtT[c][rows] − y[rows],  Gl_b[c][lanes] += r · XtT[c][rows],  Ll_b += r².
+// The kVec lanes of Gl / Ll are summed (fixed tree) once per block.
+constexpr int64_t kNarrow = 32;
+
+template <class T>
+static void tile_transposed(const T* XtT, const T* yt, const T* theta, int64_t stride, int64_t B, bool want_grad,
+                            T* Gl, T* Ll) {
+  using S = Simd<T>;
+  constexpr int NV = kVec / S::W;
+  for (int r0 = 0; r0 < kTileRows; r0 += kVec)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* th = theta + b * stride;
+      typename S::V acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = S::set1(T(0));
+      for (int64_t c = 0; c < stride; ++c) {
+        const typename S::V tc = S::set1(th[c]);
+        for (int v = 0; v < NV; ++v) acc[v] = S::fmadd(tc, S::load(XtT + c * kTileRows + r0 + v * S::W), acc[v]);
+      }
+      T* l = Ll + b * kVec;
+      for (int v = 0; v < NV; ++v) {
+        acc[v] = S::fmadd(S::set1(T(-1)), S::load(yt + r0 + v * S::W), acc[v]);  // − y (exact)
+        S::store(l + v * S::W, S::fmadd(acc[v], acc[v], S::load(l + v * S::W)));
+      }
+      if (want_grad)
+        for (int64_t c = 0; c < stride; ++c) {
+          T* g = Gl + (b * stride + c) * kVec;
+          const T* x = XtT + c * kTileRows + r0;
+          for (int v = 0; v < NV; ++v)
+            S::store(g + v * S::W, S::fmadd(acc[v], S::load(x + v * S::W), S::load(g + v * S::W)));
+        }
+    }
+}
+
+template <class T, bool kIndexed>
+static void rows_narrow(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
+                        int64_t d, int64_t B, int64_t dp, bool want_grad, T* Gp, T* L) {
+  const int64_t stride = d + 1;
+  T XtT[kNarrow * kTileRows];
+  T yt[kTileRows];
+  T* Gl = new T[B * stride * kVec]();
+  T* Ll = new T[B * kVec]();
+  for (int64_t t0 = begin; t0 < end; t0 += kTileRows) {
+    const int64_t nr = end - t0 < kTileRows ? end - t0 : kTileRows;
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      if (r < nr) {
+        const int64_t i = kIndexed ? rows[t0 + r] : t0 + r;
+        const T* x = X + i * d;
+        for (int64_t c = 0; c < d; ++c) XtT[c * kTileRows + r] = x[c];
+        XtT[d * kTileRows + r] = T(1);
+        yt[r] = y[i];
+      } else {
+        for (int64_t c = 0; c < stride; ++c) XtT[c * kTileRows + r] = T(0);
+        yt[r] = T(0);
+      }
+    }
+    tile_transposed(XtT, yt, theta, stride, B, want_grad, Gl, Ll);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t c = 0; c < stride; ++c) Gp[b * dp + c] += sum_lanes(Gl + (b * stride + c) * kVec);
+    L[b] += sum_lanes(Ll + b * kVec);
+  }
+  delete[] Ll;
+  delete[] Gl;
+}
+
 template <class T, bool kIndexed>
 static void rows_tiled(const T* X, const T* y, const T* ThT, const int64_t* rows, int64_t begin, int64_t end,
                        int64_t d, int64_t B, int64_t dp, int64_t Bp, bool want_grad, T* Gp, T* L) {
@@ -219,6 +290,10 @@ static void rows_tiled(const T* X, const T* y, const T* ThT, const int64_t* rows
         yt[r] = T(0);
       }
     }
+    if (B < kTileMinB) {
+      tile_rowwise(Xt, yt, ThT, nr, dp, B, want_grad, Gp, L);
+      continue;
+    }
     tile_residuals(Xt, yt, ThT, dp, Bp, Rt);
     if (want_grad) tile_grad(Xt, Rt, dp, Bp, Gp);
     for (int64_t r = 0; r < nr; ++r)
@@ -239,30 +314,39 @@ static void evaluate(const T* X, const T* y, const T* theta, const int64_t* rows
   if (block < min_block) block = min_block;
   const int64_t nblocks = (m + block - 1) / block;
 
-  const bool tiled = B >= kTileMinB;
+  // Paths: the line (d = 1, B = 1) row-vectorised; otherwise padded tiles, with the GEMM pair
+  // for B >= kTileMinB and a row-wise dot/axpy below that.
+  const bool line = d == 1 && B == 1;
+  const bool gemm = B >= kTileMinB;
+  const bool narrow = !line && !gemm && stride <= kNarrow;
+  const bool tiled = !line;
   const int64_t dp = tiled ? round_up(stride, kVec) : stride;
-  const int64_t Bp = tiled ? round_up(B, kVec) : B;
+  const int64_t Bp = gemm ? round_up(B, kVec) : B;
   const int64_t gsize = Bp * dp, psize = gsize + B;  // per block: G then L
   T* partial = new T[nblocks * psize]();
   T* ThT = nullptr;
-  if (tiled) {
+  if (gemm) {  // Θᵀ padded: ThT[c][b]
     ThT = new T[dp * Bp]();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < stride; ++c) ThT[c * Bp + b] = theta[b * stride + c];
+  } else if (tiled && !narrow) {  // Θ padded: ThT[b][c]
+    ThT = new T[Bp * dp]();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < stride; ++c) ThT[b * dp + c] = theta[b * stride + c];
   }
   const bool want_grad = grad != nullptr;
   for_each_block(m, block, [&](int64_t k, int64_t begin, int64_t end) {
     T* G = partial + k * psize;
     T* L = G + gsize;
-    if (tiled) {
+    if (narrow) {
+      if (rows) rows_narrow<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+      else rows_narrow<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+    } else if (tiled) {
       if (rows) rows_tiled<T, true>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
       else rows_tiled<T, false>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
-    } else if (d == 1 && B == 1) {
+    } else {
       if (rows) rows_line<T, true>(X, y, theta, rows, begin, end, G, L);
       else rows_line<T, false>(X, y, theta, rows, begin, end, G, L);
-    } else {
-      if (rows) rows_generic<T, true>(X, y, theta, rows, begin, end, d, B, G, L);
-      else rows_generic<T, false>(X, y, theta, rows, begin, end, d, B, G, L);
     }
   });
   const T inv_m = T(1) / static_cast<T>(m);
