@@ -120,13 +120,14 @@ template <> struct Simd<float> {
 };
 #endif
 
-// Rt[r][b] = Σ_c Xt[r][c] ThT[c][b] − yt[r]; register block of 4 rows × kVec thetas.
+// Rt[r][b] = Σ_c Xt[r][c] ThT[c][b] − yt[r]; register block of 4 rows × kVec thetas. The θ block
+// (dp × kVec) is the outer loop, so it stays in L1 while the tile's rows stream past it.
 template <class T>
 static void tile_residuals(const T* Xt, const T* yt, const T* ThT, int64_t dp, int64_t Bp, T* Rt) {
   using S = Simd<T>;
   constexpr int NV = kVec / S::W;
-  for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows)
-    for (int64_t b0 = 0; b0 < Bp; b0 += kVec) {
+  for (int64_t b0 = 0; b0 < Bp; b0 += kVec)
+    for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows) {
       typename S::V acc[kMicroRows][NV];
       for (int i = 0; i < kMicroRows; ++i)
         for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(-yt[r0 + i]);
@@ -167,38 +168,46 @@ template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, i
     }
 }
 
-// Small batches (B < kTileMinB), row by row on the padded tile:
-//   r_b = x̃·θ_b − y (a dot over dp = multiple of kVec columns, no tail),
-//   G_b[:dp] += r_b x̃,  L_b += r_b².
+// Small batches (B < kTileMinB), kMicroRows rows at a time on the padded tile:
+//   r_i = x̃_i·θ_b − y_i (dots over dp = a multiple of kVec columns, no tail),
+//   G_b[:dp] += Σ_i r_i x̃_i (one pass over G_b per kMicroRows rows),  L_b += Σ_i r_i².
+// Padded rows are all zero (bias column too), so their residual is 0 and they add nothing.
 // Thp holds θ_b padded to dp columns; G is B × dp.
 template <class T>
-static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t nr, int64_t dp, int64_t B, bool want_grad,
-                         T* G, T* L) {
+static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t dp, int64_t B, bool want_grad, T* G, T* L) {
   using S = Simd<T>;
   constexpr int NV = kVec / S::W;
-  for (int64_t r = 0; r < nr; ++r) {
-    const T* x = Xt + r * dp;
+  for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows)
     for (int64_t b = 0; b < B; ++b) {
       const T* th = Thp + b * dp;
-      typename S::V acc[NV];
-      for (int v = 0; v < NV; ++v) acc[v] = S::set1(T(0));
+      typename S::V acc[kMicroRows][NV];
+      for (int i = 0; i < kMicroRows; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(T(0));
       for (int64_t c0 = 0; c0 < dp; c0 += kVec)
-        for (int v = 0; v < NV; ++v) acc[v] = S::fmadd(S::load(x + c0 + v * S::W), S::load(th + c0 + v * S::W), acc[v]);
-      T lanes[kVec];
-      for (int v = 0; v < NV; ++v) S::store(lanes + v * S::W, acc[v]);
-      const T res = sum_lanes(lanes) - yt[r];
-      L[b] += res * res;
+        for (int v = 0; v < NV; ++v) {
+          const typename S::V tv = S::load(th + c0 + v * S::W);
+          for (int i = 0; i < kMicroRows; ++i)
+            acc[i][v] = S::fmadd(S::load(Xt + (r0 + i) * dp + c0 + v * S::W), tv, acc[i][v]);
+        }
+      T res[kMicroRows];
+      for (int i = 0; i < kMicroRows; ++i) {
+        T lanes[kVec];
+        for (int v = 0; v < NV; ++v) S::store(lanes + v * S::W, acc[i][v]);
+        res[i] = sum_lanes(lanes) - yt[r0 + i];
+        L[b] += res[i] * res[i];
+      }
       if (want_grad) {
         T* g = G + b * dp;
-        const typename S::V rv = S::set1(res);
         for (int64_t c0 = 0; c0 < dp; c0 += kVec)
           for (int v = 0; v < NV; ++v) {
             T* gp = g + c0 + v * S::W;
-            S::store(gp, S::fmadd(rv, S::load(x + c0 + v * S::W), S::load(gp)));
+            typename S::V gv = S::load(gp);
+            for (int i = 0; i < kMicroRows; ++i)
+              gv = S::fmadd(S::set1(res[i]), S::load(Xt + (r0 + i) * dp + c0 + v * S::W), gv);
+            S::store(gp, gv);
           }
       }
     }
-  }
 }
 
 // Small batches and few columns (B < kTileMinB, d+1 <= kNarrow): the tile is staged transposed,
@@ -291,7 +300,7 @@ static void rows_tiled(const T* X, const T* y, const T* ThT, const int64_t* rows
       }
     }
     if (B < kTileMinB) {
-      tile_rowwise(Xt, yt, ThT, nr, dp, B, want_grad, Gp, L);
+      tile_rowwise(Xt, yt, ThT, dp, B, want_grad, Gp, L);
       continue;
     }
     tile_residuals(Xt, yt, ThT, dp, Bp, Rt);
