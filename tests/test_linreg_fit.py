@@ -222,8 +222,8 @@ def test_cuda_trajectory_matches_cpu(rng, method, n, d):
     gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
     assert gpu.thetas.is_cuda
     assert np.array_equal(gpu.indices.cpu().numpy(), cpu.indices)
-    assert rel_err(gpu.thetas, cpu.thetas) < 1e-10
-    assert rel_err(gpu.losses, cpu.losses) < 1e-10
+    assert rel_err(gpu.thetas, cpu.thetas) < 1e-9  # float64, different summation order
+    assert rel_err(gpu.losses, cpu.losses) < 1e-9
     again = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
     assert torch.equal(again.thetas, gpu.thetas)
 

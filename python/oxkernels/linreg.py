@@ -97,6 +97,9 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
     if kind == TORCH:
         import torch
 
+        # On the GPU the finiteness checks cost a sync, so they run here (C++ checks host arrays).
+        if X.is_cuda and not np.all(np.isfinite(lr_arr)):
+            raise ValueError("linreg fit: argument 'lr' holds a non-finite value")
         if X.is_cuda and X.is_floating_point() and X.numel() and not bool(torch.isfinite(X).all()):
             raise ValueError("linreg fit: argument 'X' holds a non-finite value (NaN/Inf)")
         if y.is_cuda and y.is_floating_point() and y.numel() and not bool(torch.isfinite(y).all()):
