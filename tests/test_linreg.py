@@ -66,34 +66,42 @@ def test_line_problem_large_n(rng):
     assert rel_err(ops.linreg_loss(X, y, theta), l_ref) < 1e-5
 
 
-def test_deterministic_across_thread_counts(rng):
-    X, y, theta = problem(rng, 100_001, 7, 5, np.float32)
+# The CPU kernel has four paths: the line (d = 1, B = 1), narrow transposed tiles (B < 4,
+# d+1 <= 32), row-wise padded tiles (B < 4, wider), and the GEMM pair (B >= 4).
+PATHS = [(1, None), (19, 1), (40, 2), (19, 6), (40, 4)]
+
+
+@pytest.mark.parametrize("d,B", PATHS)
+def test_deterministic_across_thread_counts(rng, d, B):
+    X, y, theta = problem(rng, 100_001, d, B, np.float32)
     before = oxkernels.get_num_threads()
     try:
         oxkernels.set_num_threads(1)
-        g1 = ops.linreg_grad(X, y, theta)
+        g1, l1 = ops.linreg_grad(X, y, theta), ops.linreg_loss(X, y, theta)
         oxkernels.set_num_threads(2)
-        g2 = ops.linreg_grad(X, y, theta)
+        g2, l2 = ops.linreg_grad(X, y, theta), ops.linreg_loss(X, y, theta)
     finally:
         oxkernels.set_num_threads(before)
-    assert np.array_equal(g1, g2)
+    assert np.array_equal(g1, g2) and np.array_equal(l1, l2)
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_every_isa_matches(rng, isa):
+@pytest.mark.parametrize("d,B", PATHS)
+def test_every_isa_matches(rng, isa, d, B):
     order = ["scalar", "avx2", "avx512"]
     if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
         pytest.skip(f"this CPU does not support {isa}")
-    X, y, theta = problem(rng, 1003, 19, 6)
+    X, y, theta = problem(rng, 1003, d, B)
+    rows = rng.integers(0, 1003, size=45)
     g_ref, l_ref = reference(X, y, theta)
     try:
         oxkernels.set_isa(isa)
         g, loss = ops.linreg_grad(X, y, theta), ops.linreg_loss(X, y, theta)
-        g1 = ops.linreg_grad(X[:, :1].copy(), y, theta[0, :2].copy())
+        g_rows = ops.linreg_grad(X, y, theta, rows)
     finally:
         oxkernels.set_isa("auto")
     assert rel_err(g, g_ref) < 1e-12 and rel_err(loss, l_ref) < 1e-12
-    assert rel_err(g1, reference(X[:, :1], y, theta[0, :2])[0]) < 1e-12
+    assert rel_err(g_rows, reference(X, y, theta, rows)[0]) < 1e-12
 
 
 @pytest.mark.parametrize("B", [None, 5])
