@@ -29,8 +29,9 @@ def linreg_grad(X, y, theta, rows=None):
     X: (n, d) float32/float64 (no bias column); y: (n,); theta: (d+1,) or a batch
     (B, d+1), giving B gradients from one pass over X; rows: optional int64 (m,).
     Returns an array shaped like theta, of the same kind (NumPy / torch) and device.
-    Torch tensors go through the differentiable op torch.ops.oxkernels.linreg_grad
-    (not differentiable itself: it is the backward of linreg_loss).
+    Row indices on the CPU are range-checked (ValueError naming 'rows'); on a CUDA device
+    that check would need a sync, so an index outside [0, n) makes the result NaN instead.
+    On CUDA, d + B must stay below ~5000 (float64) / ~10000 (float32): one shared-memory tile.
     """
     kind = array_kind("linreg_grad", X=X, y=y, theta=theta, rows=rows)
     out = empty(X, tuple(theta.shape))
