@@ -1,48 +1,357 @@
+// CUDA kernels of the linreg family (see linreg.h for the math).
+//
+// linreg_grad / linreg_loss: one pass over X. Block k of a fixed grid (its size
+// depends only on m) takes a contiguous range of rows, walks it in tiles of TR
+// rows staged in shared memory (coalesced loads, the bias column 1 added
+// there), computes the tile's residuals R = X̃Θᵀ − y and adds Rᵀ X̃ and Σ R²
+// into its own slice of the float64 workspace (each entry owned by one
+// thread: no atomics). A second kernel adds the block slices in block order.
+// Results are therefore deterministic run to run.
+//
+// fit: one persistent block per trajectory runs every step (no launch per step).
+#include <cstdint>
+#include <stdint.h>
+
+// core/cuda_check.h names uintptr_t unqualified; the device's toolchain declares only std::uintptr_t.
+namespace ox { using std::uintptr_t; }
+
 #include "core/cuda_check.h"
+#include "core/errors.h"
 #include "linreg.h"
+#include "linreg_sample.h"
 
 namespace ox {
 namespace {
 
-// One block per output entry grad[b, c]; rows reduced in a fixed order.
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kRowsPerBlock = 512;
+constexpr int64_t kMaxBlocks = 1024;
+constexpr int64_t kSmemBudget = 40 * 1024;
+constexpr int kMaxTileRows = 64;
+
+int64_t grid_blocks(int64_t m) {
+  int64_t nb = (m + kRowsPerBlock - 1) / kRowsPerBlock;
+  return nb < 1 ? 1 : nb > kMaxBlocks ? kMaxBlocks : nb;
+}
+
+template <class T> int64_t tile_rows(int64_t d, int64_t B) {
+  int64_t tr = kSmemBudget / (static_cast<int64_t>(sizeof(T)) * (d + 1 + B + 1));
+  return tr > kMaxTileRows ? kMaxTileRows : tr;
+}
+
+__device__ __forceinline__ double quiet_nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+
+// Block k: rows [k*chunk, min(m, (k+1)*chunk)); its slice of work: E = B(d+1) grad sums, then B loss sums.
 template <class T>
-__global__ void grad_entry_kernel(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t m,
-                                  int64_t d, T* grad) {
-  const int64_t b = blockIdx.y, c = blockIdx.x, stride = d + 1;
-  const T* th = theta + b * stride;
-  T acc = 0;
-  for (int64_t j = threadIdx.x; j < m; j += blockDim.x) {
-    const int64_t i = rows ? rows[j] : j;
-    const T* x = X + i * d;
-    T r = th[d] - y[i];
-    for (int64_t k = 0; k < d; ++k) r += th[k] * x[k];
-    acc += r * (c < d ? x[c] : T(1));
-  }
-  __shared__ T part[256];
-  part[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+__global__ void partials_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __restrict__ theta,
+                                const int64_t* __restrict__ rows, int64_t n, int64_t m, int64_t d, int64_t B,
+                                int64_t chunk, int TR, bool want_grad, double* __restrict__ work) {
+  extern __shared__ unsigned char smem_raw[];
+  const int64_t stride = d + 1, E = B * stride;
+  T* Xs = reinterpret_cast<T*>(smem_raw);  // TR × (d+1), row r = x̃ of the tile's row r
+  T* Rs = Xs + TR * stride;                 // TR × B residuals
+  T* ys = Rs + TR * B;                      // TR targets
+  const int64_t begin = blockIdx.x * chunk;
+  const int64_t end = begin + chunk < m ? begin + chunk : m;
+  double* part = work + blockIdx.x * (E + B);
+  for (int64_t e = threadIdx.x; e < E + B; e += kThreads) part[e] = 0.0;
+
+  for (int64_t t0 = begin; t0 < end; t0 += TR) {
+    const int64_t nr = end - t0 < TR ? end - t0 : TR;
+    // Stage x̃ (and y) of nr rows; an out-of-range row index stages NaN (see linreg.h).
+    for (int64_t e = threadIdx.x; e < nr * stride; e += kThreads) {
+      const int64_t r = e / stride, c = e - r * stride;
+      const int64_t i = rows ? rows[t0 + r] : t0 + r;
+      const bool ok = i >= 0 && i < n;
+      Xs[e] = !ok ? static_cast<T>(quiet_nan()) : c < d ? X[i * d + c] : T(1);
+      if (c == 0) ys[r] = ok ? y[i] : static_cast<T>(quiet_nan());
+    }
+    __syncthreads();
+    // R[r][b] = x̃_r · θ_b − y_r
+    for (int64_t p = threadIdx.x; p < nr * B; p += kThreads) {
+      const int64_t r = p / B, b = p - r * B;
+      const T* x = Xs + r * stride;
+      const T* th = theta + b * stride;
+      T acc = -ys[r];
+      for (int64_t c = 0; c < stride; ++c) acc += x[c] * th[c];
+      Rs[p] = acc;
+    }
+    __syncthreads();
+    // G[b][c] += Σ_r R[r][b] x̃_r[c];  L[b] += Σ_r R[r][b]²
+    if (want_grad)
+      for (int64_t e = threadIdx.x; e < E; e += kThreads) {
+        const int64_t b = e / stride, c = e - b * stride;
+        T acc = 0;
+        for (int64_t r = 0; r < nr; ++r) acc += Rs[r * B + b] * Xs[r * stride + c];
+        part[e] += static_cast<double>(acc);
+      }
+    for (int64_t b = threadIdx.x; b < B; b += kThreads) {
+      T acc = 0;
+      for (int64_t r = 0; r < nr; ++r) acc += Rs[r * B + b] * Rs[r * B + b];
+      part[E + b] += static_cast<double>(acc);
+    }
     __syncthreads();
   }
-  if (threadIdx.x == 0) grad[b * stride + c] = part[0] / static_cast<T>(m);
+}
+
+// out_grad[e] = Σ_k work_k[e] / m;  out_loss[b] = Σ_k work_k[E+b] / (2m), k in block order.
+template <class T>
+__global__ void combine_kernel(const double* __restrict__ work, int64_t nblocks, int64_t E, int64_t B, int64_t m,
+                               T* grad, T* loss) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= E + B) return;
+  if (e < E && !grad) return;
+  if (e >= E && !loss) return;
+  double s = 0;
+  for (int64_t k = 0; k < nblocks; ++k) s += work[k * (E + B) + e];
+  if (e < E) grad[e] = static_cast<T>(s / static_cast<double>(m));
+  else loss[e - E] = static_cast<T>(s / (2.0 * static_cast<double>(m)));
+}
+
+template <class T>
+void evaluate(const View& X, const View& y, const View& theta, const View* rows, T* grad, T* loss,
+              const View& workspace, cudaStream_t stream, const char* op) {
+  const int64_t n = X.shape[0], d = X.shape[1], B = theta.ndim == 2 ? theta.shape[0] : 1;
+  const int64_t m = rows ? rows->shape[0] : n;
+  if (B == 0) return;
+  const int64_t TR = tile_rows<T>(d, B);
+  if (TR < 1)
+    value_error(op, ": on CUDA, d + B must stay below ", kSmemBudget / static_cast<int64_t>(sizeof(T)) - 2,
+                " (shared-memory tile), got d = ", d, ", B = ", B);
+  const int64_t nb = grid_blocks(m), chunk = (m + nb - 1) / nb;
+  const int64_t E = B * (d + 1);
+  if (workspace.numel() < nb * (E + B) || workspace.dtype != DType::f64 || workspace.device != Device::cuda)
+    value_error(op, ": argument 'workspace' must be a CUDA float64 array of at least ", nb * (E + B), " entries");
+  const size_t smem = sizeof(T) * static_cast<size_t>(TR * (d + 1 + B + 1));
+  partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, smem, stream>>>(
+      X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), rows ? rows->ptr<int64_t>() : nullptr, n, m, d, B, chunk,
+      static_cast<int>(TR), grad != nullptr, workspace.ptr<double>());
+  cuda_check_launch(op);
+  const int64_t total = E + B;
+  combine_kernel<T><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      workspace.ptr<double>(), nb, E, B, m, grad, loss);
+  cuda_check_launch(op);
+}
+
+// ---- fit: one block per trajectory ----------------------------------------------------------------
+
+// Sums v[0..K) over the block (fixed shuffle tree, then warps in order); every thread gets the result.
+template <class T, int K> __device__ void block_sum(T (&v)[K], T* red /* shared, kWarps*K + K */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+  if (lane == 0)
+#pragma unroll
+    for (int k = 0; k < K; ++k) red[warp * K + k] = v[k];
+  __syncthreads();
+  if (threadIdx.x < K) {
+    T s = 0;
+    for (int w = 0; w < kWarps; ++w) s += red[w * K + threadIdx.x];
+    red[kWarps * K + threadIdx.x] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = red[kWarps * K + k];
+  __syncthreads();  // red may be reused right away
+}
+
+struct FitKernelArgs {
+  int64_t n, d, steps, batch;
+  int method;
+  double beta1, beta2, eps;
+  const double* lr;
+  const int64_t* seed;
+  int64_t* indices;  // (B, steps, batch)
+};
+
+// θ_{t+1}[c] from θ_t[c] and the gradient entry g (Adam moments in state), see linreg.h / cpu/linreg.cpp.
+template <class T>
+__device__ void update_entry(const FitKernelArgs& a, int64_t t, T lr, const T* th, T* next, T* mom, T* vel, int64_t c,
+                             T g) {
+  if (a.method == static_cast<int>(FitMethod::adam)) {
+    const T b1 = static_cast<T>(a.beta1), b2 = static_cast<T>(a.beta2), e = static_cast<T>(a.eps);
+    const T bc1 = static_cast<T>(1.0 - pow(a.beta1, static_cast<double>(t + 1)));
+    const T bc2 = static_cast<T>(1.0 - pow(a.beta2, static_cast<double>(t + 1)));
+    mom[c] = b1 * mom[c] + (T(1) - b1) * g;
+    vel[c] = b2 * vel[c] + (T(1) - b2) * g * g;
+    const T mhat = mom[c] / bc1, vhat = vel[c] / bc2;
+    next[c] = th[c] - lr * mhat / (sqrt(vhat) + e);
+  } else {
+    next[c] = th[c] - lr * g;
+  }
+}
+
+// Small d (D = d+1 ≤ 4): each thread keeps its own D gradient sums and the loss in registers.
+template <class T, int D>
+__device__ void small_sums(const T* X, const T* y, const T* th, const int64_t* idx, int64_t count, T (&v)[D + 1],
+                           T* red) {
+#pragma unroll
+  for (int k = 0; k <= D; ++k) v[k] = 0;
+  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+    const int64_t i = idx ? idx[j] : j;
+    const T* x = X + i * (D - 1);
+    T r = th[D - 1] - y[i];
+#pragma unroll
+    for (int c = 0; c < D - 1; ++c) r += th[c] * x[c];
+#pragma unroll
+    for (int c = 0; c < D - 1; ++c) v[c] += r * x[c];
+    v[D - 1] += r;
+    v[D] += r * r;
+  }
+  block_sum<T, D + 1>(v, red);
+}
+
+template <class T, int D>
+__global__ void fit_small_kernel(const T* __restrict__ X, const T* __restrict__ y, FitKernelArgs a, T* thetas,
+                                 T* losses, T* state) {
+  __shared__ T red[kWarps * (D + 1) + D + 1];
+  const int64_t b = blockIdx.x, n = a.n;
+  T* traj = thetas + b * (a.steps + 1) * D;
+  T* mom = state + b * 2 * D;
+  T* vel = mom + D;
+  T* loss_out = losses + b * (a.steps + 1);
+  const T lr = static_cast<T>(a.lr[b]);
+  const uint64_t seed = static_cast<uint64_t>(a.seed[b]);
+  if (threadIdx.x < D) mom[threadIdx.x] = vel[threadIdx.x] = T(0);
+  T v[D + 1];
+  for (int64_t t = 0; t < a.steps; ++t) {
+    const T* th = traj + t * D;
+    T* next = traj + (t + 1) * D;
+    small_sums<T, D>(X, y, th, nullptr, n, v, red);
+    if (threadIdx.x == 0) loss_out[t] = v[D] / static_cast<T>(2 * n);
+    int64_t count = n;
+    if (a.method != static_cast<int>(FitMethod::gd)) {
+      int64_t* idx = a.indices + (b * a.steps + t) * a.batch;
+      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, idx);
+      __syncthreads();
+      small_sums<T, D>(X, y, th, idx, a.batch, v, red);
+      count = a.batch;
+    }
+    if (threadIdx.x < D) update_entry(a, t, lr, th, next, mom, vel, threadIdx.x, v[threadIdx.x] / static_cast<T>(count));
+    __syncthreads();
+  }
+  small_sums<T, D>(X, y, traj + a.steps * D, nullptr, n, v, red);
+  if (threadIdx.x == 0) loss_out[a.steps] = v[D] / static_cast<T>(2 * n);
+}
+
+// Any d: residuals of the step's rows go to scratch, then each warp sums columns
+// (lanes over rows, fixed shuffle tree) and updates those entries of θ.
+template <class T>
+__global__ void fit_generic_kernel(const T* __restrict__ X, const T* __restrict__ y, FitKernelArgs a, T* thetas,
+                                   T* losses, T* state, T* scratch /* (B, n) */) {
+  __shared__ T red[kWarps + 1];
+  const int64_t b = blockIdx.x, n = a.n, d = a.d, stride = d + 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T* traj = thetas + b * (a.steps + 1) * stride;
+  T* mom = state + b * 2 * stride;
+  T* vel = mom + stride;
+  T* resid = scratch + b * n;
+  T* loss_out = losses + b * (a.steps + 1);
+  const T lr = static_cast<T>(a.lr[b]);
+  const uint64_t seed = static_cast<uint64_t>(a.seed[b]);
+  for (int64_t c = threadIdx.x; c < stride; c += kThreads) mom[c] = vel[c] = T(0);
+  __syncthreads();
+  // Writes r_j for the rows j of idx (or all rows) into resid and returns Σ r² (every thread).
+  auto residuals = [&](const T* th, const int64_t* idx, int64_t count) {
+    T v[1] = {0};
+    for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+      const int64_t i = idx ? idx[j] : j;
+      const T* x = X + i * d;
+      T r = th[d] - y[i];
+      for (int64_t c = 0; c < d; ++c) r += th[c] * x[c];
+      resid[j] = r;
+      v[0] += r * r;
+    }
+    block_sum<T, 1>(v, red);  // its __syncthreads also publish resid
+    return v[0];
+  };
+  for (int64_t t = 0; t <= a.steps; ++t) {
+    const T* th = traj + t * stride;
+    const T loss_sum = residuals(th, nullptr, n);
+    if (threadIdx.x == 0) loss_out[t] = loss_sum / static_cast<T>(2 * n);
+    if (t == a.steps) break;
+    const int64_t* idx = nullptr;
+    int64_t count = n;
+    if (a.method != static_cast<int>(FitMethod::gd)) {
+      int64_t* sample = a.indices + (b * a.steps + t) * a.batch;
+      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, sample);
+      __syncthreads();
+      residuals(th, sample, a.batch);
+      idx = sample;
+      count = a.batch;
+    }
+    T* next = traj + (t + 1) * stride;
+    for (int64_t c = warp; c < stride; c += kWarps) {
+      T acc = 0;
+      for (int64_t j = lane; j < count; j += 32) {
+        const int64_t i = idx ? idx[j] : j;
+        acc += resid[j] * (c < d ? X[i * d + c] : T(1));
+      }
+      for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+      if (lane == 0) update_entry(a, t, lr, th, next, mom, vel, c, acc / static_cast<T>(count));
+    }
+    __syncthreads();
+  }
+}
+
+template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStream_t stream) {
+  const int64_t B = f.theta0.shape[0], n = f.X.shape[0], d = f.X.shape[1], stride = d + 1;
+  if (B == 0) return;
+  // θ_0 into the trajectory (row 0 of each (steps+1, d+1) slice).
+  cuda_check(cudaMemcpy2DAsync(f.thetas.data, sizeof(T) * (p.steps + 1) * stride, f.theta0.data, sizeof(T) * stride,
+                               sizeof(T) * stride, B, cudaMemcpyDeviceToDevice, stream),
+             "linreg fit: copy theta0");
+  FitKernelArgs a{n, d, p.steps, p.batch, static_cast<int>(p.method), p.beta1, p.beta2, p.eps,
+                  f.lr.ptr<double>(), f.seed.ptr<int64_t>(), f.indices.ptr<int64_t>()};
+  const unsigned grid = static_cast<unsigned>(B);
+  const T* X = f.X.ptr<T>();
+  const T* y = f.y.ptr<T>();
+  T* th = f.thetas.ptr<T>();
+  T* ls = f.losses.ptr<T>();
+  T* st = f.state.ptr<T>();
+  switch (stride) {
+    case 1: fit_small_kernel<T, 1><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
+    case 2: fit_small_kernel<T, 2><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
+    case 3: fit_small_kernel<T, 3><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
+    case 4: fit_small_kernel<T, 4><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
+    default: {
+      if (!f.scratch.data || f.scratch.numel() < B * n || f.scratch.dtype != f.X.dtype ||
+          f.scratch.device != Device::cuda)
+        value_error("linreg fit: argument 'scratch' must be a CUDA array of X's dtype with at least B*n = ", B * n,
+                    " entries");
+      fit_generic_kernel<T><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st, f.scratch.ptr<T>());
+    }
+  }
+  cuda_check_launch("linreg fit");
 }
 
 }  // namespace
 
+int64_t linreg_cuda_workspace_numel(int64_t m, int64_t d, int64_t B) {
+  return grid_blocks(m) * (B * (d + 1) + B);
+}
+
 void linreg_grad_cuda(const View& X, const View& y, const View& theta, const View* rows, const View& grad,
-                      uintptr_t stream) {
-  const int64_t B = theta.ndim == 2 ? theta.shape[0] : 1;
-  const int64_t m = rows ? rows->shape[0] : X.shape[0], d = X.shape[1];
-  dim3 grid(static_cast<unsigned>(d + 1), static_cast<unsigned>(B));
-  const int64_t* r = rows ? rows->ptr<int64_t>() : nullptr;
+                      const View& workspace, uintptr_t stream) {
   if (X.dtype == DType::f64)
-    grad_entry_kernel<<<grid, 256, 0, as_stream(stream)>>>(X.ptr<double>(), y.ptr<double>(), theta.ptr<double>(),
-                                                          r, m, d, grad.ptr<double>());
+    evaluate<double>(X, y, theta, rows, grad.ptr<double>(), nullptr, workspace, as_stream(stream), "linreg_grad");
   else
-    grad_entry_kernel<<<grid, 256, 0, as_stream(stream)>>>(X.ptr<float>(), y.ptr<float>(), theta.ptr<float>(),
-                                                          r, m, d, grad.ptr<float>());
-  cuda_check_launch("linreg_grad");
+    evaluate<float>(X, y, theta, rows, grad.ptr<float>(), nullptr, workspace, as_stream(stream), "linreg_grad");
+}
+
+void linreg_loss_cuda(const View& X, const View& y, const View& theta, const View& loss, const View& workspace,
+                      uintptr_t stream) {
+  if (X.dtype == DType::f64)
+    evaluate<double>(X, y, theta, nullptr, nullptr, loss.ptr<double>(), workspace, as_stream(stream), "linreg_loss");
+  else
+    evaluate<float>(X, y, theta, nullptr, nullptr, loss.ptr<float>(), workspace, as_stream(stream), "linreg_loss");
+}
+
+void linreg_fit_cuda(const FitArgs& a, const FitParams& p, uintptr_t stream) {
+  if (a.X.dtype == DType::f64) fit_launch<double>(a, p, as_stream(stream));
+  else fit_launch<float>(a, p, as_stream(stream));
 }
 
 }  // namespace ox

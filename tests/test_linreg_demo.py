@@ -1,0 +1,41 @@
+"""The `oxkernels linreg` command runs (without torch) and writes its plots."""
+import subprocess
+import sys
+
+import pytest
+
+PNGS = ["line_fits.png", "loss_curves_line.png", "loss_curves_dense.png", "loss_surface.png"]
+
+
+def run_demo(tmp_path, *extra, block_torch=True):
+    code = (
+        ("import sys; sys.modules['torch'] = None\n" if block_torch else "")
+        + "from oxkernels.cli import main\n"
+        + f"main(['linreg', '--n', '64', '--d', '3', '--steps', '30', '--out', {str(tmp_path)!r}, *{list(extra)!r}])\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_demo_writes_plots_without_torch(tmp_path):
+    out = run_demo(tmp_path)
+    assert out.returncode == 0, out.stderr
+    for method in ("gd", "sgd", "minibatch", "adam"):
+        assert out.stdout.count(f"\n{method} ") == 2, out.stdout  # one row per problem
+    for name in PNGS:
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_demo_rejects_bad_options(tmp_path):
+    out = run_demo(tmp_path, "--steps", "-1")
+    assert out.returncode != 0 and "--steps" in out.stderr
+
+
+def test_demo_on_cuda(tmp_path):
+    from conftest import cuda_available, cuda_skip_reason
+
+    if not cuda_available():
+        pytest.skip(cuda_skip_reason())
+    out = run_demo(tmp_path, "--device", "cuda", block_torch=False)
+    assert out.returncode == 0, out.stderr
+    assert all((tmp_path / name).exists() for name in PNGS)

@@ -1,0 +1,241 @@
+"""oxkernels.linreg.fit against a plain NumPy implementation of the course formulas,
+convergence to least squares, reproducibility, grids, sampling, bad input, CUDA."""
+import numpy as np
+import pytest
+
+from oxkernels.linreg import fit
+from conftest import rel_err, requires_cuda
+
+METHODS = ["gd", "sgd", "minibatch", "adam"]
+
+
+def line_problem(rng, n=200, dtype=np.float64):
+    x = rng.uniform(-2, 2, (n, 1))
+    y = 1.5 * x[:, 0] - 0.7 + 0.1 * rng.standard_normal(n)
+    return x.astype(dtype), y.astype(dtype)
+
+
+def dense_problem(rng, n, d, dtype=np.float64):
+    X = rng.standard_normal((n, d))
+    w = rng.standard_normal(d)
+    y = X @ w + 0.3 + 0.05 * rng.standard_normal(n)
+    return X.astype(dtype), y.astype(dtype)
+
+
+def numpy_course(X, y, method, lr, steps, indices, theta0, betas=(0.9, 0.999), eps=1e-8):
+    """The course's update rules written out in NumPy float64, rows taken from `indices`."""
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.float64)
+    Xt = np.hstack([X, np.ones((X.shape[0], 1))])
+    theta = np.asarray(theta0, np.float64).copy()
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    thetas, losses = [theta.copy()], []
+    for t in range(steps):
+        losses.append(np.mean((Xt @ theta - y) ** 2) / 2)
+        S = np.arange(X.shape[0]) if method == "gd" else indices[t]
+        grad = Xt[S].T @ (Xt[S] @ theta - y[S]) / len(S)
+        if method == "adam":
+            b1, b2 = betas
+            m = b1 * m + (1 - b1) * grad
+            v = b2 * v + (1 - b2) * grad ** 2
+            m_hat = m / (1 - b1 ** (t + 1))
+            v_hat = v / (1 - b2 ** (t + 1))
+            theta = theta - lr * m_hat / (np.sqrt(v_hat) + eps)
+        else:
+            theta = theta - lr * grad
+        thetas.append(theta.copy())
+    losses.append(np.mean((Xt @ theta - y) ** 2) / 2)
+    return np.array(thetas), np.array(losses)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(1, 1), (3, 3), (17, 1), (1000, 17)])
+def test_fit_reproduces_numpy_course(rng, method, n, d):
+    X, y = dense_problem(rng, n, d)
+    theta0 = 0.1 * rng.standard_normal(d + 1)
+    batch = min(5, n)
+    lr = 0.05
+    res = fit(X, y, method, lr, 40, batch_size=batch, seed=11, theta0=theta0)
+    expected_batch = {"gd": 0, "sgd": 1}.get(method, batch)
+    assert res.thetas.shape == (41, d + 1) and res.losses.shape == (41,)
+    assert res.indices.shape == (40, expected_batch)
+    thetas, losses = numpy_course(X, y, method, lr, 40, res.indices, theta0)
+    assert rel_err(res.thetas, thetas) < 1e-12
+    assert rel_err(res.losses, losses) < 1e-12
+    assert np.array_equal(res.theta, res.thetas[-1])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fit_float32_follows_float64(rng, method):
+    X, y = line_problem(rng, 300)
+    res64 = fit(X, y, method, 0.05, 30, batch_size=8, seed=3)
+    res32 = fit(X.astype(np.float32), y.astype(np.float32), method, 0.05, 30, batch_size=8, seed=3)
+    assert res32.thetas.dtype == np.float32
+    assert np.array_equal(res32.indices, res64.indices)
+    assert rel_err(res32.thetas, res64.thetas) < 1e-5
+
+
+@pytest.mark.parametrize("method,lr,steps", [("gd", 0.3, 2000), ("adam", 0.02, 3000)])
+def test_gd_and_adam_converge_to_lstsq(rng, method, lr, steps):
+    X, y = dense_problem(rng, 500, 4)
+    Xt = np.hstack([X, np.ones((500, 1))])
+    theta_ls = np.linalg.lstsq(Xt, y, rcond=None)[0]
+    res = fit(X, y, method, lr, steps, batch_size=500 if method == "adam" else 32)
+    assert np.linalg.norm(res.theta - theta_ls) < 1e-3 * np.linalg.norm(theta_ls)
+
+
+def test_minibatch_adam_reaches_noise_level(rng):
+    X, y = line_problem(rng, 1000)
+    res = fit(X, y, "adam", 0.05, 1500, batch_size=32)
+    Xt = np.hstack([X, np.ones((1000, 1))])
+    theta_ls = np.linalg.lstsq(Xt, y, rcond=None)[0]
+    assert np.linalg.norm(res.theta - theta_ls) < 0.05
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_trajectory(rng, method):
+    X, y = line_problem(rng)
+    a = fit(X, y, method, 0.05, 50, batch_size=7, seed=5)
+    b = fit(X, y, method, 0.05, 50, batch_size=7, seed=5)
+    assert np.array_equal(a.thetas, b.thetas) and np.array_equal(a.indices, b.indices)
+    if method != "gd":
+        c = fit(X, y, method, 0.05, 50, batch_size=7, seed=6)
+        assert not np.array_equal(a.indices, c.indices)
+
+
+def test_minibatch_draws_distinct_rows_uniformly(rng):
+    n, batch, steps = 50, 10, 2000
+    X, y = line_problem(rng, n)
+    res = fit(X, y, "minibatch", 0.0, steps, batch_size=batch, seed=1)
+    idx = res.indices
+    assert idx.min() >= 0 and idx.max() < n
+    assert all(len(set(row)) == batch for row in idx)
+    counts = np.bincount(idx.ravel(), minlength=n)
+    expected = steps * batch / n  # 400 per row
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 100, chi2  # 49 degrees of freedom: mean 49, P(chi2 > 100) ≈ 2e-5
+
+
+def test_batch_size_n_takes_every_row(rng):
+    X, y = line_problem(rng, 13)
+    res = fit(X, y, "minibatch", 0.1, 5, batch_size=13)
+    assert all(sorted(row) == list(range(13)) for row in res.indices)
+
+
+def test_grid_equals_single_runs(rng):
+    X, y = dense_problem(rng, 300, 3)
+    lrs = np.array([0.01, 0.05, 0.1, 0.2, 0.3])
+    seeds = np.array([1, 2, 3, 4, 5])
+    for method in METHODS:
+        grid = fit(X, y, method, lrs, 25, batch_size=9, seed=seeds)
+        assert grid.thetas.shape == (5, 26, 4) and grid.losses.shape == (5, 26)
+        for b in range(5):
+            one = fit(X, y, method, lrs[b], 25, batch_size=9, seed=int(seeds[b]))
+            assert np.array_equal(grid.thetas[b], one.thetas)
+            assert np.array_equal(grid.indices[b], one.indices)
+    shared_seed = fit(X, y, "sgd", lrs, 10, seed=4)
+    assert np.array_equal(shared_seed.indices[0], shared_seed.indices[4])
+
+
+def test_zero_steps(rng):
+    X, y = line_problem(rng)
+    res = fit(X, y, "adam", 0.1, 0, theta0=np.array([1.0, 2.0]))
+    assert res.thetas.shape == (1, 2) and np.array_equal(res.theta, [1.0, 2.0])
+    assert rel_err(res.losses, numpy_course(X, y, "gd", 0.1, 0, None, [1.0, 2.0])[1]) < 1e-12
+
+
+def test_torch_cpu_matches_numpy(rng):
+    torch = pytest.importorskip("torch")
+    X, y = line_problem(rng)
+    a = fit(X, y, "adam", 0.05, 30, batch_size=4, seed=2)
+    b = fit(torch.from_numpy(X), torch.from_numpy(y), "adam", 0.05, 30, batch_size=4, seed=2)
+    assert isinstance(b.thetas, torch.Tensor)
+    assert np.array_equal(b.thetas.numpy(), a.thetas) and np.array_equal(b.indices.numpy(), a.indices)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def test_bad_inputs_name_the_argument(rng):
+    X, y = line_problem(rng, 20)
+    with pytest.raises(TypeError, match="'X'"):
+        fit(X.astype(np.int64), y, "gd", 0.1, 5)
+    with pytest.raises(TypeError, match="'y'"):
+        fit(X, y.astype(np.float32), "gd", 0.1, 5)
+    with pytest.raises(ValueError, match="'y'"):
+        fit(X, y[:-1], "gd", 0.1, 5)
+    with pytest.raises(ValueError, match="'theta0'"):
+        fit(X, y, "gd", 0.1, 5, theta0=np.zeros(3))
+    with pytest.raises(ValueError, match="'X'"):
+        fit(X[:, 0], y, "gd", 0.1, 5)
+    with pytest.raises(ValueError, match="'steps'"):
+        fit(X, y, "gd", 0.1, -1)
+    with pytest.raises(TypeError, match="'steps'"):
+        fit(X, y, "gd", 0.1, 2.5)
+    with pytest.raises(ValueError, match="'batch_size'"):
+        fit(X, y, "minibatch", 0.1, 5, batch_size=21)
+    with pytest.raises(ValueError, match="'batch_size'"):
+        fit(X, y, "adam", 0.1, 5, batch_size=0)
+    with pytest.raises(ValueError, match="'method'"):
+        fit(X, y, "newton", 0.1, 5)
+    with pytest.raises(ValueError, match="'lr'"):
+        fit(X, y, "gd", [0.1, 0.2], 5, seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="'lr'"):
+        fit(X, y, "gd", np.nan, 5)
+    with pytest.raises(TypeError, match="'seed'"):
+        fit(X, y, "sgd", 0.1, 5, seed=1.5)
+    with pytest.raises(ValueError, match="'betas'"):
+        fit(X, y, "adam", 0.1, 5, batch_size=4, betas=(1.0, 0.999))
+
+
+@pytest.mark.parametrize("arg", ["X", "y"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_data_is_rejected(rng, arg, bad):
+    X, y = line_problem(rng, 20)
+    (X if arg == "X" else y).flat[7] = bad
+    with pytest.raises(ValueError, match=f"'{arg}'"):
+        fit(X, y, "gd", 0.1, 5)
+
+
+def test_empty_x_is_rejected():
+    with pytest.raises(ValueError, match="'X'"):
+        fit(np.zeros((0, 2)), np.zeros(0), "gd", 0.1, 5)
+
+
+def test_mixed_kinds_rejected(rng):
+    torch = pytest.importorskip("torch")
+    X, y = line_problem(rng, 20)
+    with pytest.raises(TypeError, match="'y'"):
+        fit(X, torch.from_numpy(y), "gd", 0.1, 5)
+
+
+# ---- CUDA against the CPU ---------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(1, 1), (17, 3), (1000, 1), (1000, 17), (5000, 40)])
+def test_cuda_trajectory_matches_cpu(rng, method, n, d):
+    import torch
+
+    X, y = dense_problem(rng, n, d)
+    lrs = np.array([0.01, 0.05, 0.1])
+    seeds = np.array([3, 4, 5])
+    cpu = fit(X, y, method, lrs, 60, batch_size=min(n, 9), seed=seeds)
+    gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
+    assert gpu.thetas.is_cuda
+    assert np.array_equal(gpu.indices.cpu().numpy(), cpu.indices)
+    assert rel_err(gpu.thetas, cpu.thetas) < 1e-9  # float64, different summation order
+    assert rel_err(gpu.losses, cpu.losses) < 1e-9
+    again = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
+    assert torch.equal(again.thetas, gpu.thetas)
+
+
+@requires_cuda
+def test_cuda_rejects_nan_and_mixed_devices(rng):
+    import torch
+
+    X, y = line_problem(rng, 20)
+    Xc, yc = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
+    with pytest.raises((TypeError, ValueError), match="'y'"):
+        fit(Xc, yc.cpu(), "gd", 0.1, 5)
+    Xc[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="'X'"):
+        fit(Xc, yc, "gd", 0.1, 5)
