@@ -139,7 +139,8 @@ View view_of(const py::handle& obj, const std::string& what) {
 
 class AdamGroup {
  public:
-  AdamGroup(py::list params, py::list states, bool amsgrad) : amsgrad_(amsgrad) {
+  // bump(list_of_params) marks in-place updates for autograd (torch._C._increment_version).
+  AdamGroup(py::list params, py::list states, bool amsgrad, py::object bump) : amsgrad_(amsgrad), bump_(bump) {
     const char* op = "Adam";
     const size_t n = params.size();
     if (states.size() != n) value_error(op, ": one state per param expected");
@@ -191,6 +192,7 @@ class AdamGroup {
     if (amsgrad != amsgrad_) return kStale;
     tensors_.clear();
     host_steps_.clear();
+    py::list updated;
     for (size_t i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       PyObject* param = e.param.ptr();
@@ -211,7 +213,7 @@ class AdamGroup {
       check_same_device(op, arg.c_str(), g, "its param", p);
       check_same_dtype(op, arg.c_str(), g, "its param", p);
       if (g.numel() != p.numel()) value_error(op, ": ", arg, " has shape ", shape_str(g), ", its param ", shape_str(p));
-      check_contiguous(op, arg.c_str(), g);
+      if (g.numel() > 0) check_contiguous(op, arg.c_str(), g);
       AdamTensor t;
       t.param = p.data;
       t.grad = g.data;
@@ -221,6 +223,7 @@ class AdamGroup {
       t.numel = p.numel();
       tensors_.push_back(t);
       host_steps_.push_back(&e.step_view);
+      updated.append(e.param);
     }
     if (tensors_.empty()) return kDone;
     const AdamHyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
@@ -241,10 +244,13 @@ class AdamGroup {
       }
     }
     const double* gs = grad_scale ? &*grad_scale : nullptr;
-    py::gil_scoped_release release;
-    run_step(op, tensors_, first, h, gs, lr_device ? &*lr_device : nullptr,
-             grad_scale_device ? &*grad_scale_device : nullptr, found_inf_device ? &*found_inf_device : nullptr,
-             stream);
+    {
+      py::gil_scoped_release release;
+      run_step(op, tensors_, first, h, gs, lr_device ? &*lr_device : nullptr,
+               grad_scale_device ? &*grad_scale_device : nullptr, found_inf_device ? &*found_inf_device : nullptr,
+               stream);
+    }
+    if (!bump_.is_none()) bump_(updated);
     return kDone;
   }
 
@@ -261,6 +267,7 @@ class AdamGroup {
   }
 
   bool amsgrad_;
+  py::object bump_;
   std::vector<Entry> entries_;
   const Entry* first_ = nullptr;
   std::vector<AdamTensor> tensors_;
@@ -284,7 +291,8 @@ OX_BINDINGS(bind_adam) {
 
   py::class_<AdamGroup>(m, "AdamGroup",
                         "One cached param group of oxkernels.optim.Adam (internal).")
-      .def(py::init<py::list, py::list, bool>(), py::arg("params"), py::arg("states"), py::arg("amsgrad"))
+      .def(py::init<py::list, py::list, bool, py::object>(), py::arg("params"), py::arg("states"),
+           py::arg("amsgrad"), py::arg("bump") = py::none())
       .def("step", &AdamGroup::step, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
            py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"), py::arg("maximize"),
            py::arg("lr_device") = py::none(), py::arg("grad_scale") = py::none(),
