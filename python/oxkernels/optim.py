@@ -71,6 +71,9 @@ class Adam(Optimizer):
     fused), decoupled_weight_decay.
     """
 
+    # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling itself.
+    _step_supports_amp_scaling = True
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False):
@@ -99,8 +102,6 @@ class Adam(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         self._caches = []
         super().__init__(params, defaults)
-        # torch.amp.GradScaler hands us grad_scale / found_inf instead of unscaling itself.
-        self._step_supports_amp_scaling = True
 
     # --- torch.optim.Optimizer plumbing -------------------------------------------------
 
