@@ -8,6 +8,7 @@
 //   v ← β₂v + (1−β₂)g²
 //   v̂ ← max(v̂max, v) (amsgrad, stored in v̂max) else v
 //   θ ← θ − step_size·m / (√v̂ / √(1−β₂ᵗ) + ε),   step_size = lr / (1−β₁ᵗ)
+// (the CPU multiplies √v̂ by 1/√(1−β₂ᵗ) instead of dividing: ≤ 1 ulp from torch, one division less)
 // t is the tensor's step count after this step's increment. The step-dependent
 // scalars are computed in double on the host (or on the device when t and lr
 // live there, the capturable mode), then rounded to float as torch does.

@@ -110,6 +110,9 @@ struct Entry {
   py::object param, state;  // state: the param's dict in optimizer.state, or None before init
   py::object exp_avg, exp_avg_sq, max_exp_avg_sq, step;
   View param_view, exp_avg_view, exp_avg_sq_view, max_view, step_view;
+  py::object param_dtype;           // the param's torch.dtype object (compared by identity)
+  py::object last_grad;             // weak reference to the grad seen at the last step, and its data pointer
+  void* last_grad_data = nullptr;
   bool has_state = false;
 };
 
@@ -119,6 +122,11 @@ PyObject* str_max_exp_avg_sq;
 PyObject* str_step;
 PyObject* str_grad;
 PyObject* str_data_ptr;
+PyObject* str_dtype;
+PyObject* str_is_cuda;
+PyObject* str_get_device;
+PyObject* str_numel;
+PyObject* str_is_contiguous;
 
 void* data_ptr_of(PyObject* tensor) {
   PyObject* r = PyObject_CallMethodNoArgs(tensor, str_data_ptr);
@@ -150,6 +158,7 @@ class AdamGroup {
       e.param = params[i];
       e.state = states[i];
       e.param_view = view_of(e.param, cat("params[", i, "]"));
+      e.param_dtype = e.param.attr("dtype");
       if (e.state.is_none()) continue;
       e.has_state = true;
       py::dict st = e.state.cast<py::dict>();
@@ -202,21 +211,11 @@ class AdamGroup {
       if (grad.is_none()) continue;
       if (!e.has_state) return kStale;  // first grad of this param: Python creates its state
       if (!same_state(e)) return kStale;
-      View g;
-      py::object keep;
-      const std::string arg = cat("params[", i, "].grad");
-      if (PyObject_IsTrue(grad.attr("is_sparse").ptr()) == 1)
-        type_error(op, ": ", arg, " is a sparse tensor; Adam does not support sparse gradients "
-                   "(use torch.optim.SparseAdam)");
-      g = view_of(grad, arg);
+      void* grad_data = grad_pointer(e, grad, i);
       const View& p = e.param_view;
-      check_same_device(op, arg.c_str(), g, "its param", p);
-      check_same_dtype(op, arg.c_str(), g, "its param", p);
-      if (g.numel() != p.numel()) value_error(op, ": ", arg, " has shape ", shape_str(g), ", its param ", shape_str(p));
-      if (g.numel() > 0) check_contiguous(op, arg.c_str(), g);
       AdamTensor t;
       t.param = p.data;
-      t.grad = g.data;
+      t.grad = grad_data;
       t.exp_avg = e.exp_avg_view.data;
       t.exp_avg_sq = e.exp_avg_sq_view.data;
       t.max_exp_avg_sq = amsgrad ? e.max_view.data : nullptr;
@@ -257,6 +256,68 @@ class AdamGroup {
   size_t size() const { return entries_.size(); }
 
  private:
+  // The grad's data pointer, validated against its param. A grad object seen at
+  // the last step with the same data pointer needs nothing more (zero_grad(set_to_none=False));
+  // a new one gets the cheap checks (dtype, device, size, contiguity: torch's
+  // grad setter already enforces dtype, device and size), and anything odd
+  // goes through the full View checks for a clear message.
+  void* grad_pointer(Entry& e, const py::object& grad, size_t i) {
+    PyObject* g = grad.ptr();
+    void* data = data_ptr_or_null(g);
+    if (data && e.last_grad && PyWeakref_GetObject(e.last_grad.ptr()) == g && data == e.last_grad_data) return data;
+    if (data && fast_grad_ok(e, g)) {
+      // A weak reference: holding the grad would keep it alive after zero_grad(set_to_none=True).
+      e.last_grad = py::reinterpret_steal<py::object>(PyWeakref_NewRef(g, nullptr));
+      if (!e.last_grad) PyErr_Clear();
+      e.last_grad_data = data;
+      return data;
+    }
+    PyErr_Clear();
+    e.last_grad = py::object();
+    full_grad_check(e, grad, i);  // throws with the reason
+    return view_of(grad, cat("params[", i, "].grad")).data;
+  }
+
+  static void* data_ptr_or_null(PyObject* tensor) {
+    PyObject* r = PyObject_CallMethodNoArgs(tensor, str_data_ptr);
+    if (!r) {
+      PyErr_Clear();
+      return nullptr;
+    }
+    void* p = PyLong_AsVoidPtr(r);
+    Py_DECREF(r);
+    return p;
+  }
+
+  static bool fast_grad_ok(const Entry& e, PyObject* g) {
+    py::object dtype = py::reinterpret_steal<py::object>(PyObject_GetAttr(g, str_dtype));
+    if (!dtype || dtype.ptr() != e.param_dtype.ptr()) return false;
+    py::object is_cuda = py::reinterpret_steal<py::object>(PyObject_GetAttr(g, str_is_cuda));
+    if (!is_cuda || (is_cuda.ptr() == Py_True) != (e.param_view.device == Device::cuda)) return false;
+    if (e.param_view.device == Device::cuda) {
+      py::object index = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(g, str_get_device));
+      if (!index || PyLong_AsLong(index.ptr()) != e.param_view.device_index) return false;
+    }
+    py::object numel = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(g, str_numel));
+    if (!numel || PyLong_AsLongLong(numel.ptr()) != e.param_view.numel()) return false;
+    py::object contiguous = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(g, str_is_contiguous));
+    return contiguous && contiguous.ptr() == Py_True;
+  }
+
+  void full_grad_check(const Entry& e, const py::object& grad, size_t i) const {
+    const char* op = "Adam";
+    const std::string arg = cat("params[", i, "].grad");
+    if (PyObject_IsTrue(grad.attr("is_sparse").ptr()) == 1)
+      type_error(op, ": ", arg, " is a sparse tensor; Adam does not support sparse gradients "
+                 "(use torch.optim.SparseAdam)");
+    View g = view_of(grad, arg);
+    const View& p = e.param_view;
+    check_same_device(op, arg.c_str(), g, "its param", p);
+    check_same_dtype(op, arg.c_str(), g, "its param", p);
+    if (g.numel() != p.numel()) value_error(op, ": ", arg, " has shape ", shape_str(g), ", its param ", shape_str(p));
+    if (g.numel() > 0) check_contiguous(op, arg.c_str(), g);
+  }
+
   bool same_state(const Entry& e) const {
     PyObject* st = e.state.ptr();
     if (PyDict_GetItem(st, str_exp_avg) != e.exp_avg.ptr()) return false;
@@ -283,6 +344,11 @@ OX_BINDINGS(bind_adam) {
   str_step = PyUnicode_InternFromString("step");
   str_grad = PyUnicode_InternFromString("grad");
   str_data_ptr = PyUnicode_InternFromString("data_ptr");
+  str_dtype = PyUnicode_InternFromString("dtype");
+  str_is_cuda = PyUnicode_InternFromString("is_cuda");
+  str_get_device = PyUnicode_InternFromString("get_device");
+  str_numel = PyUnicode_InternFromString("numel");
+  str_is_contiguous = PyUnicode_InternFromString("is_contiguous");
 
   m.def("adam_step", &adam_step_lists, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
         py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"), py::arg("step"), py::arg("lr"), py::arg("beta1"),

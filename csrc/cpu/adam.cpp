@@ -38,7 +38,7 @@ namespace {
 // One tensor's range [b, e) in plain C++: the reference order of operations.
 template <class T>
 void adam_range_plain(const AdamTensor& t, int64_t b, int64_t e, const AdamConstants<T>& c, T step_size,
-                      T bc2_sqrt) {
+                      T inv_bc2_sqrt) {
   T* __restrict p = static_cast<T*>(t.param);
   T* __restrict gp = static_cast<T*>(t.grad);
   T* __restrict m = static_cast<T*>(t.exp_avg);
@@ -63,7 +63,7 @@ void adam_range_plain(const AdamTensor& t, int64_t b, int64_t e, const AdamConst
       vhat = vmax[i] > vi ? vmax[i] : vi;
       vmax[i] = vhat;
     }
-    const T denom = std::sqrt(vhat) / bc2_sqrt + c.eps;
+    const T denom = std::sqrt(vhat) * inv_bc2_sqrt + c.eps;
     p[i] = theta - step_size * mi / denom;
   }
 }
@@ -122,7 +122,7 @@ struct Tail {
 // Same operations, same order as adam_range_plain (the lerp as one fma, as torch's vectorised lerp).
 template <bool kAmsgrad, class IO>
 static inline void adam_vector(const IO& io, float* p, float* gp, float* m, float* v, float* vmax,
-                               const AdamConstants<float>& c, vf step_size, vf bc2_sqrt) {
+                               const AdamConstants<float>& c, vf step_size, vf inv_bc2_sqrt) {
   vf g = io.ld(gp), theta = io.ld(p), mi = io.ld(m), vi = io.ld(v);
   if (c.scaled) {
     g = div(g, set1(c.grad_scale));
@@ -141,48 +141,48 @@ static inline void adam_vector(const IO& io, float* p, float* gp, float* m, floa
     vhat = vmax2(io.ld(vmax), vi);
     io.st(vmax, vhat);
   }
-  const vf denom = add(div(vsqrt(vhat), bc2_sqrt), set1(c.eps));
+  const vf denom = fmadd(vsqrt(vhat), inv_bc2_sqrt, set1(c.eps));
   io.st(p, sub(theta, div(mul(step_size, mi), denom)));
 }
 
 template <bool kAmsgrad>
 static void adam_range_vec(const AdamTensor& t, int64_t b, int64_t e, const AdamConstants<float>& c,
-                           float step_size_s, float bc2_sqrt_s) {
+                           float step_size_s, float inv_bc2_sqrt_s) {
   float* p = static_cast<float*>(t.param);
   float* gp = static_cast<float*>(t.grad);
   float* m = static_cast<float*>(t.exp_avg);
   float* v = static_cast<float*>(t.exp_avg_sq);
   float* vmax = static_cast<float*>(t.max_exp_avg_sq);
-  const vf step_size = set1(step_size_s), bc2_sqrt = set1(bc2_sqrt_s);
+  const vf step_size = set1(step_size_s), inv_bc2_sqrt = set1(inv_bc2_sqrt_s);
   int64_t i = b;
   const Full full;
   for (; i + kLanes <= e; i += kLanes)
     adam_vector<kAmsgrad>(full, p + i, gp + i, m + i, v + i, kAmsgrad ? vmax + i : nullptr, c, step_size,
-                          bc2_sqrt);
+                          inv_bc2_sqrt);
   if (i < e) {
     const Tail tail{tail_mask(e - i)};
     adam_vector<kAmsgrad>(tail, p + i, gp + i, m + i, v + i, kAmsgrad ? vmax + i : nullptr, c, step_size,
-                          bc2_sqrt);
+                          inv_bc2_sqrt);
   }
 }
 #endif
 
 template <class T>
 static void adam_range(const AdamTensor& t, int64_t b, int64_t e, const AdamConstants<T>& c, T step_size,
-                       T bc2_sqrt) {
+                       T inv_bc2_sqrt) {
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (sizeof(T) == 4) {
-    if (c.amsgrad) adam_range_vec<true>(t, b, e, c, step_size, bc2_sqrt);
-    else adam_range_vec<false>(t, b, e, c, step_size, bc2_sqrt);
+    if (c.amsgrad) adam_range_vec<true>(t, b, e, c, step_size, inv_bc2_sqrt);
+    else adam_range_vec<false>(t, b, e, c, step_size, inv_bc2_sqrt);
     return;
   }
 #endif
-  adam_range_plain(t, b, e, c, step_size, bc2_sqrt);
+  adam_range_plain(t, b, e, c, step_size, inv_bc2_sqrt);
 }
 
 template <class T>
 static void adam_all(const AdamTensor* tensors, const int64_t* offsets, const double* step_size,
-                     const double* bc2_sqrt, int64_t count, const AdamConstants<T>& c) {
+                     const double* inv_bc2_sqrt, int64_t count, const AdamConstants<T>& c) {
   const int64_t total = offsets[count];
   // Ranges of at least 16k elements (~450 kB of traffic) per thread.
   parallel_for(total, int64_t(1) << 14, [&](int64_t begin, int64_t end) {
@@ -196,7 +196,7 @@ static void adam_all(const AdamTensor* tensors, const int64_t* offsets, const do
     for (int64_t k = lo; k < count && offsets[k] < end; ++k) {
       const int64_t b = begin > offsets[k] ? begin - offsets[k] : 0;
       const int64_t e = (end < offsets[k + 1] ? end : offsets[k + 1]) - offsets[k];
-      if (b < e) adam_range<T>(tensors[k], b, e, c, static_cast<T>(step_size[k]), static_cast<T>(bc2_sqrt[k]));
+      if (b < e) adam_range<T>(tensors[k], b, e, c, static_cast<T>(step_size[k]), static_cast<T>(inv_bc2_sqrt[k]));
     }
   });
 }
@@ -204,10 +204,10 @@ static void adam_all(const AdamTensor* tensors, const int64_t* offsets, const do
 }  // namespace
 
 void adam_kernel(const AdamTensor* tensors, const int64_t* offsets, const double* step_size,
-                 const double* bc2_sqrt, int64_t count, const AdamConstants<float>* c32,
+                 const double* inv_bc2_sqrt, int64_t count, const AdamConstants<float>* c32,
                  const AdamConstants<double>* c64) {
-  if (c64) adam_all<double>(tensors, offsets, step_size, bc2_sqrt, count, *c64);
-  else adam_all<float>(tensors, offsets, step_size, bc2_sqrt, count, *c32);
+  if (c64) adam_all<double>(tensors, offsets, step_size, inv_bc2_sqrt, count, *c64);
+  else adam_all<float>(tensors, offsets, step_size, inv_bc2_sqrt, count, *c32);
 }
 
 }  // namespace OX_ISA
@@ -298,21 +298,23 @@ void adam_check(const char* op, const View* params, const View* grads, const Vie
 void adam_step_cpu(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
                    const double* grad_scale) {
   if (count <= 0) return;
-  // Host scalars in double, as torch: step_size = lr/(1−β₁ᵗ), bc2_sqrt = √(1−β₂ᵗ).
+  // Host scalars in double, as torch: step_size = lr/(1−β₁ᵗ), and 1/√(1−β₂ᵗ): torch divides
+  // √v̂ by √(1−β₂ᵗ); we multiply by the reciprocal (≤ 1 ulp apart) because the divider is
+  // the bottleneck of cache-resident steps (sqrt, div and div would share it).
   std::vector<int64_t> offsets(count + 1, 0);
-  std::vector<double> step_size(count), bc2_sqrt(count);
+  std::vector<double> step_size(count), inv_bc2_sqrt(count);
   for (int64_t k = 0; k < count; ++k) {
     offsets[k + 1] = offsets[k] + tensors[k].numel;
     const double t = tensors[k].step;
     step_size[k] = h.lr / (1.0 - std::pow(h.beta1, t));
-    bc2_sqrt[k] = std::sqrt(1.0 - std::pow(h.beta2, t));
+    inv_bc2_sqrt[k] = 1.0 / std::sqrt(1.0 - std::pow(h.beta2, t));
   }
   if (param_dtype == DType::f64) {
     const AdamConstants<double> c = adam_constants<double>(h, grad_scale);
-    OX_ISA_DISPATCH(adam_kernel, tensors, offsets.data(), step_size.data(), bc2_sqrt.data(), count, nullptr, &c);
+    OX_ISA_DISPATCH(adam_kernel, tensors, offsets.data(), step_size.data(), inv_bc2_sqrt.data(), count, nullptr, &c);
   } else {
     const AdamConstants<float> c = adam_constants<float>(h, grad_scale);
-    OX_ISA_DISPATCH(adam_kernel, tensors, offsets.data(), step_size.data(), bc2_sqrt.data(), count, &c, nullptr);
+    OX_ISA_DISPATCH(adam_kernel, tensors, offsets.data(), step_size.data(), inv_bc2_sqrt.data(), count, &c, nullptr);
   }
 }
 
