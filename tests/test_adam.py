@@ -1,0 +1,250 @@
+"""oxkernels.ops.adam_step against torch.optim.Adam / AdamW (single-tensor path, float64 where useful)."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import oxkernels
+from oxkernels.ops import adam_step
+
+from conftest import rel_err, requires_cuda
+
+SIZES = [(1,), (3,), (7, 5), (31,), (33,), (127, 3)]
+OPTIONS = list(itertools.product([0.0, 0.1], [False, True], [False, True], [False, True]))  # wd, decoupled, amsgrad, maximize
+
+
+def flat(arrays):
+    """The arrays of a group as one float64 vector (NumPy)."""
+    return np.concatenate([np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, np.float64).ravel()
+                           for a in arrays])
+
+
+def torch_reference(shapes, rng, lr, betas, eps, wd, decoupled, amsgrad, maximize, dtype=torch.float32):
+    params = [torch.tensor(rng.standard_normal(s), dtype=dtype, requires_grad=True) for s in shapes]
+    opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=wd, amsgrad=amsgrad,
+                           maximize=maximize, decoupled_weight_decay=decoupled, foreach=False)
+    return params, opt
+
+
+def run_parity(kind, shapes, rng, steps, wd, decoupled, amsgrad, maximize, betas=(0.9, 0.999), lr=1e-2, eps=1e-8,
+               dtype=torch.float32, tol=2e-6):
+    ref_params, opt = torch_reference(shapes, rng, lr, betas, eps, wd, decoupled, amsgrad, maximize, dtype)
+    conv = (lambda t: t.detach().numpy().copy()) if kind == "numpy" else (lambda t: t.detach().clone())
+    params = [conv(p) for p in ref_params]
+    m = [conv(torch.zeros_like(p)) for p in ref_params]
+    v = [conv(torch.zeros_like(p)) for p in ref_params]
+    vmax = [conv(torch.zeros_like(p)) for p in ref_params] if amsgrad else None
+    for t in range(1, steps + 1):
+        grads = [torch.tensor(rng.standard_normal(p.shape), dtype=dtype) for p in ref_params]
+        for p, g in zip(ref_params, grads):
+            p.grad = g.clone()
+        opt.step()
+        adam_step(params, [conv(g) for g in grads], m, v, t, lr, betas[0], betas[1], eps, weight_decay=wd,
+                  decoupled=decoupled, amsgrad=amsgrad, max_exp_avg_sqs=vmax, maximize=maximize)
+        # One relative error over the whole group: a single element that happens to be near 0
+        # would turn float32 rounding of O(1) terms into a large per-tensor relative error.
+        states = [opt.state[p] for p in ref_params]
+        assert rel_err(flat(params), flat(ref_params)) < tol, f"params at step {t}"
+        assert rel_err(flat(m), flat([s["exp_avg"] for s in states])) < tol, f"exp_avg at step {t}"
+        assert rel_err(flat(v), flat([s["exp_avg_sq"] for s in states])) < tol, f"exp_avg_sq at step {t}"
+        if amsgrad:
+            assert rel_err(flat(vmax), flat([s["max_exp_avg_sq"] for s in states])) < tol, f"max at step {t}"
+
+
+@pytest.mark.parametrize("wd,decoupled,amsgrad,maximize", OPTIONS)
+def test_parity_every_option_torch_tensors(rng, wd, decoupled, amsgrad, maximize):
+    run_parity("torch", SIZES, rng, 100, wd, decoupled, amsgrad, maximize)
+
+
+@pytest.mark.parametrize("wd,decoupled,amsgrad,maximize", [(0.0, False, False, False), (0.1, True, True, True),
+                                                           (0.05, False, True, False)])
+def test_parity_numpy(rng, wd, decoupled, amsgrad, maximize):
+    run_parity("numpy", SIZES, rng, 100, wd, decoupled, amsgrad, maximize)
+
+
+def test_parity_small_beta1_and_other_hyper(rng):
+    # beta1 <= 0.5 takes torch's other lerp branch; large eps and lr change the balance of the terms.
+    run_parity("torch", SIZES, rng, 50, 0.01, False, False, False, betas=(0.3, 0.9), lr=0.1, eps=1e-3)
+
+
+def test_parity_float64(rng):
+    run_parity("torch", SIZES, rng, 50, 0.1, True, True, False, dtype=torch.float64, tol=1e-13)
+
+
+@pytest.mark.parametrize("wd,decoupled,amsgrad,maximize", [(0.0, False, False, False), (0.1, True, True, True)])
+def test_parity_large_odd_tensor(rng, wd, decoupled, amsgrad, maximize):
+    run_parity("torch", [(1000003,), (5,)], rng, 4, wd, decoupled, amsgrad, maximize)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_every_isa_agrees(rng, isa):
+    if oxkernels.info()["isa_best"] == "scalar" or (isa == "avx512" and oxkernels.info()["isa_best"] != "avx512"):
+        pytest.skip(f"this CPU does not run {isa}")
+    try:
+        oxkernels.set_isa(isa)
+        run_parity("torch", SIZES + [(4099,)], rng, 20, 0.1, False, True, True)
+    finally:
+        oxkernels.set_isa("auto")
+
+
+def test_thread_count_does_not_change_result(rng):
+    base = [rng.standard_normal(n).astype(np.float32) for n in (100003, 17, 70001)]
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in base]
+    results = []
+    threads = oxkernels.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            oxkernels.set_num_threads(n)
+            p = [x.copy() for x in base]
+            m = [np.zeros_like(x) for x in base]
+            v = [np.zeros_like(x) for x in base]
+            for t in range(1, 4):
+                adam_step(p, grads, m, v, t, 1e-2, 0.9, 0.999, 1e-8, weight_decay=0.1)
+            results.append(p)
+    finally:
+        oxkernels.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_grad_scale_divides_and_writes_back_unscaled_grads(rng):
+    shapes = [(33,), (7, 3)]
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    scale = 1024.0
+    ref_p = [torch.tensor(x, requires_grad=True) for x in p0]
+    opt = torch.optim.Adam(ref_p, lr=1e-2, foreach=False)
+    for p, g in zip(ref_p, g0):
+        p.grad = torch.tensor(g) * scale / scale  # the unscaled grad torch would see after unscale_
+    opt.step()
+    p = [x.copy() for x in p0]
+    g = [x * np.float32(scale) for x in g0]
+    m = [np.zeros_like(x) for x in p0]
+    v = [np.zeros_like(x) for x in p0]
+    adam_step(p, g, m, v, 1, 1e-2, 0.9, 0.999, 1e-8, grad_scale=scale)
+    for i in range(len(shapes)):
+        assert rel_err(p[i], ref_p[i]) < 1e-6
+        assert rel_err(g[i], g0[i]) < 1e-7
+
+
+def test_single_arrays_and_empty_inputs(rng):
+    p = rng.standard_normal(5).astype(np.float32)
+    g = rng.standard_normal(5).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    before = p.copy()
+    adam_step(p, g, m, v, 1, 0.1, 0.9, 0.999, 1e-8)  # one array each, not lists
+    # First step: m̂ = g, v̂ = g², so θ moves by lr·g/(|g| + ε) ≈ lr·sign(g).
+    np.testing.assert_allclose(before - p, 0.1 * g / (np.abs(g) + 1e-8), rtol=1e-5)
+    e = np.zeros((0, 3), np.float32)
+    adam_step([e], [e.copy()], [e.copy()], [e.copy()], 1, 0.1, 0.9, 0.999, 1e-8)
+    adam_step([], [], [], [], 1, 0.1, 0.9, 0.999, 1e-8)
+
+
+def _arrays(n=5, dtype=np.float32):
+    return [np.zeros(n, dtype) + 1], [np.ones(n, dtype)], [np.zeros(n, dtype)], [np.zeros(n, dtype)]
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(lr=-1.0), ValueError, "'lr' must be >= 0"),
+    (dict(eps=-1e-8), ValueError, "'eps' must be >= 0"),
+    (dict(beta1=1.0), ValueError, r"'beta1' must be in \[0, 1\)"),
+    (dict(beta2=-0.1), ValueError, r"'beta2' must be in \[0, 1\)"),
+    (dict(weight_decay=-1.0), ValueError, "'weight_decay' must be >= 0"),
+    (dict(step=0), ValueError, "'step' must be >= 1"),
+])
+def test_bad_hyperparameters(kw, exc, match):
+    p, g, m, v = _arrays()
+    args = dict(step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        adam_step(p, g, m, v, **args)
+
+
+def test_bad_arrays():
+    p, g, m, v = _arrays()
+    hyper = (1, 1e-3, 0.9, 0.999, 1e-8)
+    with pytest.raises(ValueError, match="'grads' must hold one array per param"):
+        adam_step(p, g + g, m, v, *hyper)
+    with pytest.raises(ValueError, match=r"'exp_avgs\[0\]' must have the shape of 'params\[0\]'"):
+        adam_step(p, g, [np.zeros(6, np.float32)], v, *hyper)
+    with pytest.raises(TypeError, match=r"'grads\[0\]' must be float32, got float64"):
+        adam_step(p, [np.ones(5)], m, v, *hyper)
+    with pytest.raises(TypeError, match=r"'params\[1\]' must have the dtype of 'params\[0\]'"):
+        adam_step(p + [np.ones(5)], g + [np.ones(5)], m + [np.zeros(5)], v + [np.zeros(5)], *hyper)
+    with pytest.raises(TypeError, match=r"'params\[0\]' must be float32 or float64, got int32"):
+        adam_step([np.ones(5, np.int32)], g, m, v, *hyper)
+    with pytest.raises(TypeError, match="is a torch array but"):
+        adam_step(p, [torch.ones(5)], m, v, *hyper)
+    with pytest.raises(TypeError, match="must be a NumPy array or a torch tensor"):
+        adam_step(p, [[1.0] * 5], m, v, *hyper)
+    with pytest.raises(ValueError, match=r"'params\[0\]' must be contiguous"):
+        adam_step([np.ones(10, np.float32)[::2]], g, m, v, *hyper)
+    ro = np.ones(5, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"'exp_avgs\[0\]' must be writable"):
+        adam_step(p, g, [ro], v, *hyper)
+    with pytest.raises(ValueError, match="amsgrad=True needs argument 'max_exp_avg_sqs'"):
+        adam_step(p, g, m, v, *hyper, amsgrad=True)
+    with pytest.raises(ValueError, match="'max_exp_avg_sqs' must hold one array per param"):
+        adam_step(p, g, m, v, *hyper, amsgrad=True, max_exp_avg_sqs=[])
+
+
+# --- CUDA (skipped without a GPU) ----------------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("wd,decoupled,amsgrad,maximize", OPTIONS)
+def test_cuda_parity_with_torch(rng, wd, decoupled, amsgrad, maximize):
+    shapes = [(1,), (3,), (1000003,), (127, 3), (4096,)]
+    params = [torch.tensor(rng.standard_normal(s), dtype=torch.float32, device="cuda") for s in shapes]
+    ref = [p.clone().requires_grad_(True) for p in params]
+    opt = torch.optim.Adam(ref, lr=1e-2, weight_decay=wd, amsgrad=amsgrad, maximize=maximize,
+                           decoupled_weight_decay=decoupled, foreach=False)
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    vmax = [torch.zeros_like(p) for p in params] if amsgrad else None
+    for t in range(1, 21):
+        grads = [torch.randn_like(p) for p in params]
+        for r, g in zip(ref, grads):
+            r.grad = g.clone()
+        opt.step()
+        adam_step(params, grads, m, v, t, 1e-2, 0.9, 0.999, 1e-8, weight_decay=wd, decoupled=decoupled,
+                  amsgrad=amsgrad, max_exp_avg_sqs=vmax, maximize=maximize)
+    for i, r in enumerate(ref):
+        assert rel_err(params[i], r) < 2e-6
+        assert rel_err(m[i], opt.state[r]["exp_avg"]) < 2e-6
+        assert rel_err(v[i], opt.state[r]["exp_avg_sq"]) < 2e-6
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_low_precision_params_float32_state(rng, dtype):
+    shapes = [(3,), (1001,), (4096,)]
+    p32 = [torch.tensor(rng.standard_normal(s), dtype=torch.float32, device="cuda").to(dtype).float() for s in shapes]
+    params = [p.to(dtype) for p in p32]
+    m = [torch.zeros_like(p) for p in p32]
+    v = [torch.zeros_like(p) for p in p32]
+    ref_m = [torch.zeros_like(p) for p in p32]
+    ref_v = [torch.zeros_like(p) for p in p32]
+    grads = [torch.randn_like(p).to(dtype) for p in p32]
+    adam_step(params, grads, m, v, 1, 1e-2, 0.9, 0.999, 1e-8)
+    # Reference: the same step in float32 from the same (rounded) values, then rounded to dtype.
+    adam_step(p32, [g.float() for g in grads], ref_m, ref_v, 1, 1e-2, 0.9, 0.999, 1e-8)
+    for i in range(len(shapes)):
+        assert params[i].dtype == dtype
+        torch.testing.assert_close(params[i], p32[i].to(dtype), rtol=0, atol=0)
+        torch.testing.assert_close(m[i], ref_m[i])
+        torch.testing.assert_close(v[i], ref_v[i])
+
+
+@requires_cuda
+def test_cuda_bad_input():
+    p = [torch.ones(5, device="cuda")]
+    with pytest.raises(TypeError, match="all arrays must be on one device"):
+        adam_step(p, [torch.ones(5)], [torch.zeros(5, device="cuda")], [torch.zeros(5, device="cuda")],
+                  1, 1e-3, 0.9, 0.999, 1e-8)
+    with pytest.raises(TypeError, match=r"'exp_avgs\[0\]' must be float32"):
+        adam_step([torch.ones(5, device="cuda", dtype=torch.bfloat16)], [torch.ones(5, device="cuda", dtype=torch.bfloat16)],
+                  [torch.zeros(5, device="cuda", dtype=torch.bfloat16)], [torch.zeros(5, device="cuda")],
+                  1, 1e-3, 0.9, 0.999, 1e-8)
