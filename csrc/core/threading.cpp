@@ -41,7 +41,10 @@ class Pool {
     stop();
     threads_ = std::max(1, threads);
     quit_ = false;
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { work(i); });
+    // New workers start from the current generation: the last job (whose fn_/ctx_
+    // point into a finished caller's stack) must not run again after a resize.
+    const uint64_t now = generation_.load(std::memory_order_acquire);
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i, now] { work(i, now); });
   }
 
   // Returns false when the pool is busy (another caller, or a nested call).
@@ -74,8 +77,7 @@ class Pool {
     if (begin < end) fn_(ctx_, begin, end);
   }
 
-  void work(int index) {
-    uint64_t seen = 0;
+  void work(int index, uint64_t seen) {
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       for (int spin = 0; gen == seen && spin < 2000 && !quit_.load(); ++spin) {
