@@ -26,6 +26,7 @@ CASES = [
     (3, 16, 9, 5, 6, 3, (2, 1), (0, 2)),
     (1, 3, 32, 32, 6, 5, 1, 0),
     (3, 6, 14, 14, 16, 5, 1, 0),
+    (3, 3, 21, 19, 16, 3, 2, 1),
 ]
 IDS = [f"N{c[0]}C{c[1]}H{c[2]}W{c[3]}O{c[4]}K{c[5]}s{c[6]}p{c[7]}".replace(" ", "") for c in CASES]
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -123,12 +124,13 @@ def test_fused_ties_nan_and_negative_windows_match_torch():
     np.testing.assert_array_equal(gb, gb_ref.numpy())
 
 
+@pytest.mark.parametrize("channels", [5, 16])  # 16: the channel-vectorised tiles
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_every_instruction_set_agrees(rng, isa):
+def test_every_instruction_set_agrees(rng, isa, channels):
     order = ["scalar", "avx2", "avx512"]
     if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
         pytest.skip(f"this CPU does not run {isa}")
-    x, w, b, s, p = make(rng, (3, 6, 15, 21, 5, 3, (1, 2), (2, 1)), np.float32)
+    x, w, b, s, p = make(rng, (3, 6, 15, 21, channels, 3, (1, 2), (2, 1)), np.float32)
     _, g, refs = reference(x, w, b, s, p)
     _, gp, frefs = reference(x, w, b, s, p, pool=2)
     try:

@@ -199,18 +199,28 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       for (int64_t ow0 = 0; ow0 < a.OW; ow0 += NV * L) {
         typename V::R acc[OB][NV];
+        #pragma GCC unroll 32
         for (int o = 0; o < OB; ++o)
+          #pragma GCC unroll 32
           for (int v = 0; v < NV; ++v) acc[o][v] = V::set1(a.bp[ob * OB + o]);
         const T* wk = wblock;
         for (int64_t c = 0; c < C; ++c) {
           for (int64_t kh = 0; kh < KH; ++kh) {
             const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
-            for (int64_t kw = 0; kw < KW; ++kw, wk += OB) {
-              const T* xp = row + (kw % sw) * Wj + kw / sw;
+            // tap kw sits in phase kw % sw at offset kw / sw (stepped, no division)
+            for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += OB) {
+              const T* xp = row + q * Wj + j;
+              if (++q == sw) {
+                q = 0;
+                ++j;
+              }
               typename V::R xv[NV];
+              #pragma GCC unroll 32
               for (int v = 0; v < NV; ++v) xv[v] = V::loadu(xp + v * L);
+              #pragma GCC unroll 32
               for (int o = 0; o < OB; ++o) {
                 const typename V::R wv = V::set1(wk[o]);
+                #pragma GCC unroll 32
                 for (int v = 0; v < NV; ++v) acc[o][v] = V::fma(wv, xv[v], acc[o][v]);
               }
             }
@@ -218,6 +228,7 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
         }
         T* dst = out + (ob * OB) * ostride + (oh - oh0) * rstride + ow0;
         for (int o = 0; o < nout; ++o)
+          #pragma GCC unroll 32
           for (int v = 0; v < NV; ++v) {
             const int64_t left = a.OW - ow0 - v * L;
             if (left > 0) V::store(dst + o * ostride + v * L, V::mask(left), acc[o][v]);
@@ -225,6 +236,84 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
       }
     }
   }
+}
+
+// Channel-vectorised variant for output-channel counts that are a multiple of
+// the lane count L (conv2: 16 channels, 10-pixel rows): a vector holds L output
+// channels of one pixel, a tile holds PB pixels of a row, and each tap is one
+// weight-vector load feeding PB broadcast FMAs. All lanes do useful work however
+// narrow the row; the tile is transposed on the way out.
+template <class T, int PB>
+static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t ow0, T* dst, int64_t ostride) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t C = a.g.C, R = a.g.R, sw = a.g.sw, Wj = a.g.Wj, KH = a.KH, KW = a.KW;
+  typename V::R acc[PB];
+  const typename V::R bias = V::loadu(a.bp + ob * L);
+#pragma GCC unroll 32
+  for (int p = 0; p < PB; ++p) acc[p] = bias;
+  const T* wk = a.wp + ob * C * KH * KW * L;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
+      for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
+        const T* xp = row + q * Wj + j;
+        if (++q == sw) {
+          q = 0;
+          ++j;
+        }
+        const typename V::R wv = V::loadu(wk);
+#pragma GCC unroll 32
+        for (int p = 0; p < PB; ++p) acc[p] = V::fma(V::set1(xp[p]), wv, acc[p]);
+      }
+    }
+  alignas(64) T tile[PB][L];
+#pragma GCC unroll 32
+  for (int p = 0; p < PB; ++p) V::store(tile[p], V::mask(L), acc[p]);
+  const int64_t nout = a.O - ob * L < L ? a.O - ob * L : L;
+  for (int64_t o = 0; o < nout; ++o)
+    for (int p = 0; p < PB; ++p) dst[o * ostride + p] = tile[p][o];
+}
+
+template <class T> using TileCvFn = void (*)(const RowsArgs<T>&, int64_t, int64_t, int64_t, T*, int64_t);
+
+template <class T> static TileCvFn<T> pick_tile_cv(int64_t pb) {
+  switch (pb) {
+    case 1: return conv_tile_cv<T, 1>;
+    case 2: return conv_tile_cv<T, 2>;
+    case 3: return conv_tile_cv<T, 3>;
+    case 4: return conv_tile_cv<T, 4>;
+    case 5: return conv_tile_cv<T, 5>;
+    case 6: return conv_tile_cv<T, 6>;
+    case 7: return conv_tile_cv<T, 7>;
+    case 8: return conv_tile_cv<T, 8>;
+    case 9: return conv_tile_cv<T, 9>;
+    case 10: return conv_tile_cv<T, 10>;
+    case 11: return conv_tile_cv<T, 11>;
+    default: return conv_tile_cv<T, 12>;
+  }
+}
+
+// Splits a row of OW pixels into near-equal tiles of at most 12.
+template <class T>
+static void conv_rows_cv(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, int64_t ostride, int64_t rstride) {
+  const int64_t ntiles = (a.OW + 11) / 12, base = a.OW / ntiles, extra = a.OW % ntiles;
+  for (int64_t ob = 0; ob < a.nob; ++ob)
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t t = 0, ow0 = 0; t < ntiles; ++t) {
+        const int64_t pb = base + (t < extra ? 1 : 0);
+        pick_tile_cv<T>(pb)(a, ob, oh, ow0, out + ob * Vec<T>::L * ostride + (oh - oh0) * rstride + ow0, ostride);
+        ow0 += pb;
+      }
+}
+
+// Channel vectors pay off when the channels fill whole vectors and output rows
+// would leave many pixel lanes idle.
+template <class T> static bool use_channel_vectors(int64_t O, int64_t OW) {
+  constexpr int64_t L = Vec<T>::L;
+  if (L < 8 || O % L != 0) return false;
+  const int64_t lanes = (OW + L - 1) / L * L;
+  return OW * 100 < lanes * 85;
 }
 
 template <class T> using RowsFn = void (*)(const RowsArgs<T>&, int64_t, int64_t, T*, int64_t, int64_t);
@@ -258,8 +347,9 @@ template <class T> struct Packed {
   T* bp = nullptr;
   int ob = 1;
   int64_t nob = 0;
-  Packed(const T* w, const T* b, int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, bool flip_transpose) {
-    ob = pick_ob(Oout);
+  Packed(const T* w, const T* b, int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, bool flip_transpose,
+         int64_t OW) {
+    ob = use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
     nob = (Oout + ob - 1) / ob;
     wp = new T[nob * ob * Cin * KH * KW + 1]();
     bp = new T[nob * ob + 1]();
@@ -282,8 +372,9 @@ template <class T> struct Packed {
   Packed& operator=(const Packed&) = delete;
 };
 
-template <class T> static RowsFn<T> pick_rows(int ob, int64_t OW) {
-  return OW > Vec<T>::L ? pick_rows_nv<T, 2>(ob) : pick_rows_nv<T, 1>(ob);
+template <class T> static RowsFn<T> pick_rows(const Packed<T>& pk, int64_t Oout, int64_t OW) {
+  if (use_channel_vectors<T>(Oout, OW)) return conv_rows_cv<T>;
+  return OW > Vec<T>::L ? pick_rows_nv<T, 2>(pk.ob) : pick_rows_nv<T, 1>(pk.ob);
 }
 
 // Geometry of the forward input buffer of one image.
@@ -294,9 +385,9 @@ static BufGeom input_geom(const ConvShape& s, int lanes) {
 // ---- forward ---------------------------------------------------------------
 template <class T> static void forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
   if (s.N == 0 || s.O == 0 || s.OH == 0 || s.OW == 0) return;
-  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false);
+  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
   const BufGeom g = input_geom(s, Vec<T>::L);
-  const RowsFn<T> rows = pick_rows<T>(pk.ob, s.OW);
+  const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
     T* buf = new T[g.size()];
     RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW};
@@ -319,9 +410,9 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
                           uint8_t* idx) {
   const int64_t PH = s.OH / P, PW = s.OW / P;
   if (s.N == 0 || s.O == 0 || PH == 0 || PW == 0) return;
-  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false);
+  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
   const BufGeom g = input_geom(s, Vec<T>::L);
-  const RowsFn<T> rows = pick_rows<T>(pk.ob, s.OW);
+  const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
     T* buf = new T[g.size()];
     T* band = new T[pk.nob * pk.ob * P * s.OW];  // conv rows [p·P, p·P + P) of all channels
@@ -373,8 +464,13 @@ static void gw_tile(const GwArgs<T>& a, int64_t o0, int64_t c, int64_t kh, int64
   using V = Vec<T>;
   constexpr int L = V::L;
   const int64_t sw = a.g.sw, Wj = a.g.Wj, plane = a.OH * a.OW;
+  int64_t koff[KWB];  // where tap kw0 + k starts in a buffer row: phase (kw % sw), offset kw / sw
+  #pragma GCC unroll 32
+  for (int k = 0; k < KWB; ++k) koff[k] = ((kw0 + k) % sw) * Wj + (kw0 + k) / sw;
   typename V::R acc[OBW][KWB];
+  #pragma GCC unroll 32
   for (int o = 0; o < OBW; ++o)
+    #pragma GCC unroll 32
     for (int k = 0; k < KWB; ++k) acc[o][k] = V::zero();
   for (int64_t i = 0; i < a.nimg; ++i) {
     const T* g0 = a.gys[i] + o0 * plane;
@@ -384,16 +480,20 @@ static void gw_tile(const GwArgs<T>& a, int64_t o0, int64_t c, int64_t kh, int64
       for (int64_t ow0 = 0; ow0 < a.OW; ow0 += L) {
         const typename V::M m = V::mask(a.OW - ow0);
         typename V::R gv[OBW];
+        #pragma GCC unroll 32
         for (int o = 0; o < OBW; ++o) gv[o] = V::loadz(m, grow + o * plane + ow0);
+        #pragma GCC unroll 32
         for (int k = 0; k < KWB; ++k) {
-          const int64_t kw = kw0 + k;
-          const typename V::R xv = V::loadz(m, xrow + (kw % sw) * Wj + kw / sw + ow0);
+          const typename V::R xv = V::loadz(m, xrow + koff[k] + ow0);
+          #pragma GCC unroll 32
           for (int o = 0; o < OBW; ++o) acc[o][k] = V::fma(gv[o], xv, acc[o][k]);
         }
       }
     }
   }
+  #pragma GCC unroll 32
   for (int o = 0; o < OBW; ++o)
+    #pragma GCC unroll 32
     for (int k = 0; k < KWB; ++k) gw[(((o0 + o) * a.g.C + c) * a.KH + kh) * a.KW + kw0 + k] = V::sum(acc[o][k]);
 }
 
@@ -415,6 +515,64 @@ template <class T> static GwFn<T> pick_gw(int64_t ob, int64_t kb) {
     case 3: return pick_gw_k<T, 3>(kb);
     default: return pick_gw_k<T, 4>(kb);
   }
+}
+
+// Channel-vectorised ∂L/∂w tile (output channels a multiple of L): a vector
+// holds L output channels; ∂L/∂y is read pixel-major (transposed per image), so
+// one gradient-vector load feeds KHB × KWB broadcast FMAs, all lanes busy.
+template <class T, int KHB, int KWB>
+static void gw_tile_cv(const GwArgs<T>& a, int64_t ob, int64_t c, int64_t kh0, int64_t kw0, T* gw) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t sw = a.g.sw, Wj = a.g.Wj, O = a.O;
+  int64_t koff[KWB];
+  for (int k = 0; k < KWB; ++k) koff[k] = ((kw0 + k) % sw) * Wj + (kw0 + k) / sw;
+  typename V::R acc[KHB][KWB];
+#pragma GCC unroll 32
+  for (int r = 0; r < KHB; ++r)
+#pragma GCC unroll 32
+    for (int k = 0; k < KWB; ++k) acc[r][k] = V::zero();
+  for (int64_t i = 0; i < a.nimg; ++i) {
+    for (int64_t oh = 0; oh < a.OH; ++oh) {
+      const T* xr[KHB];
+#pragma GCC unroll 32
+      for (int r = 0; r < KHB; ++r) xr[r] = a.xbufs[i] + ((c * a.g.R + oh * a.sh + kh0 + r) * sw) * Wj;
+      const T* gr = a.gys[i] + oh * a.OW * O + ob * L;  // pixel-major: gT[pixel][O]
+      for (int64_t ow = 0; ow < a.OW; ++ow) {
+        const typename V::R gv = V::loadu(gr + ow * O);
+#pragma GCC unroll 32
+        for (int r = 0; r < KHB; ++r)
+#pragma GCC unroll 32
+          for (int k = 0; k < KWB; ++k) acc[r][k] = V::fma(V::set1(xr[r][koff[k] + ow]), gv, acc[r][k]);
+      }
+    }
+  }
+  alignas(64) T lanes[L];
+  for (int r = 0; r < KHB; ++r)
+    for (int k = 0; k < KWB; ++k) {
+      V::store(lanes, V::mask(L), acc[r][k]);
+      for (int o = 0; o < L; ++o) gw[(((ob * L + o) * a.g.C + c) * a.KH + kh0 + r) * a.KW + kw0 + k] = lanes[o];
+    }
+}
+
+template <class T, int KHB> static GwFn<T> pick_gw_cv_k(int64_t kb) {
+  switch (kb) {
+    case 1: return gw_tile_cv<T, KHB, 1>;
+    case 2: return gw_tile_cv<T, KHB, 2>;
+    case 3: return gw_tile_cv<T, KHB, 3>;
+    case 4: return gw_tile_cv<T, KHB, 4>;
+    default: return gw_tile_cv<T, KHB, 5>;
+  }
+}
+
+template <class T> static bool use_channel_vectors_gw(int64_t O, int64_t OW) {
+  return Vec<T>::L >= 8 && O % Vec<T>::L == 0 && OW % Vec<T>::L != 0;
+}
+
+// gT[pixel][o] = g[o][pixel] for one image.
+template <class T> static void transpose_image(const T* g, int64_t O, int64_t plane, T* gt) {
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t e = 0; e < plane; ++e) gt[e * O + o] = g[o * plane + e];
 }
 
 // ∂L/∂y of one image from the pooled gradient and the saved window positions.
@@ -441,19 +599,22 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const int64_t plane_y = s.O * s.OH * s.OW;
   const int64_t plane_gout = idx ? s.O * (s.OH / P) * (s.OW / P) : plane_y;
   const bool want_w = gw || gb;
+  const bool gw_cv = use_channel_vectors_gw<T>(s.O, s.OW);
   T* partial = want_w ? new T[nblocks * (nw + s.O) + 1]() : nullptr;
   const BufGeom xg = input_geom(s, Vec<T>::L);
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
-  Packed<T>* pk = gx ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true) : nullptr;
-  const RowsFn<T> rows = gx ? pick_rows<T>(pk->ob, s.W) : nullptr;
+  Packed<T>* pk = gx ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
+  const RowsFn<T> rows = gx ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
     T* xbufs = want_w ? new T[kBatchBlock * xg.size()] : nullptr;
     T* gexp = idx ? new T[kBatchBlock * plane_y] : nullptr;
     T* gbuf = gx ? new T[gg.size()] : nullptr;
+    T* gtrans = gw && gw_cv ? new T[kBatchBlock * plane_y] : nullptr;
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
+    const T* gtptr[kBatchBlock];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t n0 = blk * kBatchBlock, n1 = n0 + kBatchBlock < s.N ? n0 + kBatchBlock : s.N;
       for (int64_t n = n0; n < n1; ++n) {
@@ -476,7 +637,22 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       }
       if (!want_w) continue;
       T* part = partial + blk * (nw + s.O);
-      if (gw) {
+      if (gw && gw_cv) {
+        for (int64_t i = 0; i < n1 - n0; ++i) {
+          transpose_image(gptr[i], s.O, s.OH * s.OW, gtrans + i * plane_y);
+          gtptr[i] = gtrans + i * plane_y;
+        }
+        GwArgs<T> a{xptr, gtptr, n1 - n0, xg, s.O, s.KH, s.KW, s.sh, s.OH, s.OW};
+        for (int64_t ob = 0; ob < s.O / Vec<T>::L; ++ob)
+          for (int64_t kw0 = 0; kw0 < s.KW; kw0 += 5) {
+            const int64_t kb = s.KW - kw0 < 5 ? s.KW - kw0 : 5;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t kh = 0; kh < s.KH; kh += 2) {
+                const GwFn<T> tile = s.KH - kh >= 2 ? pick_gw_cv_k<T, 2>(kb) : pick_gw_cv_k<T, 1>(kb);
+                tile(a, ob, c, kh, kw0, part);
+              }
+          }
+      } else if (gw) {
         GwArgs<T> a{xptr, gptr, n1 - n0, xg, s.O, s.KH, s.KW, s.sh, s.OH, s.OW};
         for (int64_t o0 = 0; o0 < s.O; o0 += 4)
           for (int64_t kw0 = 0; kw0 < s.KW; kw0 += 5) {
@@ -499,6 +675,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         }
       }
     }
+    delete[] gtrans;
     delete[] gbuf;
     delete[] gexp;
     delete[] xbufs;
