@@ -185,6 +185,7 @@ template <class T> struct RowsArgs {
   const T* wp;          // packed weights
   const T* bp;          // packed bias (nob·OB entries)
   int64_t O, nob, OW;   // output channels, channel blocks, output width
+  int64_t r_lo, r_hi;   // buffer rows outside [r_lo, r_hi) are all zero: their taps are skipped
 };
 
 // out[o][oh − oh0][ow] (strides ostride, rstride) for oh in [oh0, oh1), all o.
@@ -203,9 +204,11 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
         for (int o = 0; o < OB; ++o)
           #pragma GCC unroll 32
           for (int v = 0; v < NV; ++v) acc[o][v] = V::set1(a.bp[ob * OB + o]);
-        const T* wk = wblock;
+        const int64_t kh_lo = a.r_lo - oh * a.sh > 0 ? a.r_lo - oh * a.sh : 0;
+        const int64_t kh_hi = a.r_hi - oh * a.sh < KH ? a.r_hi - oh * a.sh : KH;
         for (int64_t c = 0; c < C; ++c) {
-          for (int64_t kh = 0; kh < KH; ++kh) {
+          for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+            const T* wk = wblock + (c * KH + kh) * KW * OB;
             const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
             // tap kw sits in phase kw % sw at offset kw / sw (stepped, no division)
             for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += OB) {
@@ -252,9 +255,12 @@ static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t o
   const typename V::R bias = V::loadu(a.bp + ob * L);
 #pragma GCC unroll 32
   for (int p = 0; p < PB; ++p) acc[p] = bias;
-  const T* wk = a.wp + ob * C * KH * KW * L;
+  const T* wblock = a.wp + ob * C * KH * KW * L;
+  const int64_t kh_lo = a.r_lo - oh * a.sh > 0 ? a.r_lo - oh * a.sh : 0;
+  const int64_t kh_hi = a.r_hi - oh * a.sh < KH ? a.r_hi - oh * a.sh : KH;
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t kh = 0; kh < KH; ++kh) {
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const T* wk = wblock + (c * KH + kh) * KW * L;
       const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
       for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
         const T* xp = row + q * Wj + j;
@@ -390,7 +396,7 @@ template <class T> static void forward(const ConvShape& s, const T* x, const T* 
   const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
     T* buf = new T[g.size()];
-    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW};
+    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
     for (int64_t n = n0; n < n1; ++n) {
       fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
       rows(a, 0, s.OH, y + n * s.O * s.OH * s.OW, s.OH * s.OW, s.OW);
@@ -416,7 +422,7 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
     T* buf = new T[g.size()];
     T* band = new T[pk.nob * pk.ob * P * s.OW];  // conv rows [p·P, p·P + P) of all channels
-    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW};
+    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
     for (int64_t n = n0; n < n1; ++n) {
       fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
       for (int64_t p = 0; p < PH; ++p) {
@@ -631,7 +637,9 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         }
         if (gx) {
           fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
-          RowsArgs<T> a{gbuf, gg, s.KH, s.KW, 1, pk->wp, pk->bp, s.C, pk->nob, s.W};
+          // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
+          RowsArgs<T> a{gbuf, gg, s.KH, s.KW, 1, pk->wp, pk->bp, s.C, pk->nob, s.W,
+                        s.KH - 1 - s.ph, s.KH - 1 - s.ph + (s.OH - 1) * s.sh + 1};
           rows(a, 0, s.H, gx + n * s.C * s.H * s.W, s.H * s.W, s.W);
         }
       }
