@@ -3,4 +3,6 @@ from .. import _torch
 
 _torch.load()
 
-__all__: list = []
+from .conv import Conv2d, ConvReLUMaxPool2d  # noqa: E402
+
+__all__: list = ["Conv2d", "ConvReLUMaxPool2d"]

@@ -1,0 +1,154 @@
+"""conv benchmarks at the course's CIFAR-10 shapes, oxkernels against torch
+(oneDNN on the CPU, cuDNN with cudnn.benchmark=True on the GPU):
+
+- conv2d forward, and forward + backward as in training (conv1's input is the
+  data, so it needs no gradient; conv2's input does), GFLOP/s via extra_info;
+- the fused conv → ReLU → max-pool block against torch's three-op chain.
+
+    pytest benchmarks/bench_conv.py --benchmark-only          (or benchmarks/run.py)
+
+Test names end in _cpu or _cuda; CUDA cases synchronize inside the timed
+function and skip without a GPU.
+"""
+import pytest
+
+import oxkernels
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+from oxkernels import ops  # noqa: E402
+
+# name: (C, H, O, K, input needs grad)
+LAYERS = {"conv1": (3, 32, 6, 5, False), "conv2": (6, 14, 16, 5, True)}
+BATCHES = [64, 256]
+CASES = [(layer, n) for layer in LAYERS for n in BATCHES]
+IDS = [f"{layer}-N{n}" for layer, n in CASES]
+
+
+def _device_or_skip(device):
+    if device == "cuda":
+        if not (oxkernels.info()["cuda_built"] and torch.cuda.is_available()):
+            pytest.skip("needs a CUDA build of oxkernels and a GPU")
+        torch.backends.cudnn.benchmark = True
+
+
+def _problem(layer, n, device):
+    C, H, O, K, x_grad = LAYERS[layer]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, C, H, H, generator=g).to(device).requires_grad_(x_grad)
+    w = (torch.randn(O, C, K, K, generator=g) * 0.1).to(device).requires_grad_()
+    b = torch.randn(O, generator=g).to(device).requires_grad_()
+    return x, w, b
+
+
+def _flops(layer, n, backward):
+    C, H, O, K, x_grad = LAYERS[layer]
+    OH = H - K + 1
+    one = 2 * n * O * OH * OH * C * K * K  # one pass of the multiply-adds
+    return one * (1 + (1 + x_grad if backward else 0))
+
+
+def _timed(fn, device):
+    if device != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def _conv(impl):
+    return ops.conv2d if impl == "oxkernels" else F.conv2d
+
+
+def _fused(impl):
+    if impl == "oxkernels":
+        return ops.conv2d_relu_maxpool2d
+    return lambda x, w, b: F.max_pool2d(F.relu(F.conv2d(x, w, b)), 2)
+
+
+def _run_conv(benchmark, layer, n, impl, device, backward):
+    _device_or_skip(device)
+    x, w, b = _problem(layer, n, device)
+    conv = _conv(impl)
+    inputs = [t for t in (x, w, b) if t.requires_grad]
+    if backward:
+        grad = torch.randn_like(conv(x, w, b))
+
+        def step():
+            torch.autograd.grad(conv(x, w, b), inputs, grad)
+    else:
+
+        def step():
+            with torch.no_grad():
+                conv(x, w, b)
+
+    benchmark.group = f"conv: conv2d {'fwd+bwd' if backward else 'fwd'} {layer} N={n} ({device})"
+    benchmark.extra_info.update(impl=impl, device=device, flops=_flops(layer, n, backward))
+    benchmark(_timed(step, device))
+
+
+def _run_fused(benchmark, layer, n, impl, device, backward):
+    _device_or_skip(device)
+    x, w, b = _problem(layer, n, device)
+    block = _fused(impl)
+    inputs = [t for t in (x, w, b) if t.requires_grad]
+    if backward:
+        grad = torch.randn_like(block(x, w, b))
+
+        def step():
+            torch.autograd.grad(block(x, w, b), inputs, grad)
+    else:
+
+        def step():
+            with torch.no_grad():
+                block(x, w, b)
+
+    benchmark.group = f"conv: conv-relu-pool {'fwd+bwd' if backward else 'fwd'} {layer} N={n} ({device})"
+    benchmark.extra_info.update(impl="oxkernels" if impl == "oxkernels" else "torch",
+                                device=device, flops=_flops(layer, n, backward))
+    benchmark(_timed(step, device))
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_conv2d_fwd_cpu(benchmark, layer, n, impl):
+    _run_conv(benchmark, layer, n, impl, "cpu", backward=False)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_conv2d_fwdbwd_cpu(benchmark, layer, n, impl):
+    _run_conv(benchmark, layer, n, impl, "cpu", backward=True)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_fused_fwd_cpu(benchmark, layer, n, impl):
+    _run_fused(benchmark, layer, n, impl, "cpu", backward=False)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_fused_fwdbwd_cpu(benchmark, layer, n, impl):
+    _run_fused(benchmark, layer, n, impl, "cpu", backward=True)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_conv2d_fwd_cuda(benchmark, layer, n, impl):
+    _run_conv(benchmark, layer, n, impl, "cuda", backward=False)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_conv2d_fwdbwd_cuda(benchmark, layer, n, impl):
+    _run_conv(benchmark, layer, n, impl, "cuda", backward=True)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
+def test_fused_fwdbwd_cuda(benchmark, layer, n, impl):
+    _run_fused(benchmark, layer, n, impl, "cuda", backward=True)

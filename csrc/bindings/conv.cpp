@@ -1,0 +1,101 @@
+#include "conv.h"
+
+#include "bindings/python.h"
+
+namespace ox {
+
+static const View* opt(const std::optional<View>& v) { return v ? &*v : nullptr; }
+
+static void check_pool(const char* op, int64_t pool) {
+  if (pool < 1 || pool > 15) value_error(op, ": argument 'pool' must be in [1, 15], got ", pool);
+}
+
+static void check_grads(const char* op, const ConvShape& s, const View& x, const View* gx, const View* gw,
+                        const View* gb) {
+  if (gx) check_output(op, "grad_x", *gx, x, {s.N, s.C, s.H, s.W});
+  if (gw) check_output(op, "grad_weight", *gw, x, {s.O, s.C, s.KH, s.KW});
+  if (gb) check_output(op, "grad_bias", *gb, x, {s.O});
+}
+
+OX_BINDINGS(bind_conv) {
+  m.def(
+      "conv2d",
+      [](View x, View w, std::optional<View> b, int64_t sh, int64_t sw, int64_t ph, int64_t pw, View y,
+         uintptr_t stream) {
+        const char* op = "conv2d";
+        const ConvShape s = conv2d_check(op, x, w, opt(b), sh, sw, ph, pw);
+        check_output(op, "out", y, x, {s.N, s.O, s.OH, s.OW});
+        if (x.device == Device::cuda)
+          OX_CUDA_CALL(op, conv2d_forward_cuda(s, x, w, opt(b), y, stream));
+        else
+          conv2d_forward_cpu(s, x, w, opt(b), y);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("out"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "conv2d_backward",
+      [](View gy, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, std::optional<View> gx,
+         std::optional<View> gw, std::optional<View> gb, uintptr_t stream) {
+        const char* op = "conv2d_backward";
+        const ConvShape s = conv2d_check(op, x, w, nullptr, sh, sw, ph, pw);
+        check_like(op, "grad_out", gy, "x", x);
+        check_shape(op, "grad_out", gy, {s.N, s.O, s.OH, s.OW});
+        check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
+        if (x.device == Device::cuda)
+          OX_CUDA_CALL(op, conv2d_backward_cuda(s, gy, x, w, opt(gx), opt(gw), opt(gb), stream));
+        else
+          conv2d_backward_cpu(s, gy, x, w, opt(gx), opt(gw), opt(gb));
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "conv2d_relu_maxpool2d",
+      [](View x, View w, std::optional<View> b, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t pool,
+         View out, View idx, uintptr_t stream) {
+        const char* op = "conv2d_relu_maxpool2d";
+        check_pool(op, pool);
+        const ConvShape s = conv2d_check(op, x, w, opt(b), sh, sw, ph, pw);
+        check_output(op, "out", out, x, {s.N, s.O, s.OH / pool, s.OW / pool});
+        check_same_device(op, "indices", idx, "x", x);
+        check_dtype(op, "indices", idx, {DType::u8});
+        check_shape(op, "indices", idx, {s.N, s.O, s.OH / pool, s.OW / pool});
+        check_contiguous(op, "indices", idx);
+        check_writable(op, "indices", idx);
+        if (x.device == Device::cuda)
+          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_forward_cuda(s, pool, x, w, opt(b), out, idx, stream));
+        else
+          conv2d_relu_maxpool2d_forward_cpu(s, pool, x, w, opt(b), out, idx);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
+      py::arg("pw"), py::arg("pool"), py::arg("out"), py::arg("indices"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "conv2d_relu_maxpool2d_backward",
+      [](View gout, View idx, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t pool,
+         std::optional<View> gx, std::optional<View> gw, std::optional<View> gb, uintptr_t stream) {
+        const char* op = "conv2d_relu_maxpool2d_backward";
+        check_pool(op, pool);
+        const ConvShape s = conv2d_check(op, x, w, nullptr, sh, sw, ph, pw);
+        check_like(op, "grad_out", gout, "x", x);
+        check_shape(op, "grad_out", gout, {s.N, s.O, s.OH / pool, s.OW / pool});
+        check_same_device(op, "indices", idx, "x", x);
+        check_dtype(op, "indices", idx, {DType::u8});
+        check_shape(op, "indices", idx, {s.N, s.O, s.OH / pool, s.OW / pool});
+        check_contiguous(op, "indices", idx);
+        check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
+        if (x.device == Device::cuda)
+          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw),
+                                                               opt(gb), stream));
+        else
+          conv2d_relu_maxpool2d_backward_cpu(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb));
+      },
+      py::arg("grad_out"), py::arg("indices"), py::arg("x"), py::arg("weight"), py::arg("sh"), py::arg("sw"),
+      py::arg("ph"), py::arg("pw"), py::arg("pool"), py::arg("grad_x"), py::arg("grad_weight"),
+      py::arg("grad_bias"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace ox

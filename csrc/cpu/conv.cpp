@@ -1,0 +1,807 @@
+// conv2d and the fused conv → ReLU → max-pool block on the CPU (formulas in conv.h).
+//
+// Method: direct convolution, vectorised along the output row. Each image is
+// first copied into a zero-padded buffer whose rows are split into `sw` column
+// phases (column j·sw + q stored at [q][j]), so that for every stride the
+// pixels one kernel tap touches along an output row are contiguous. A tile of
+// OB output channels × NV vectors of output pixels is kept in registers while
+// the loop runs over (c, kh, kw): one vector load of input, OB broadcast FMAs.
+// The channel counts of the course nets (3→6, 6→16) are far too small for
+// im2col + GEMM to pay off.
+//
+// Backward runs over fixed blocks of kBatchBlock images (deterministic for any
+// thread count): per block it pads the images, accumulates ∂L/∂w and ∂L/∂b into
+// the block's partial (register tiles of OBW channels × KWB taps, reduced over
+// the block's images and pixels), and computes ∂L/∂x as a stride-1 convolution
+// of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
+// forward tile kernel. Block partials are summed in block order at the end.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "conv.h"
+#include "core/isa.h"
+#include "core/threading.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace ox {
+namespace OX_ISA {
+
+// ---- a minimal SIMD vocabulary: L lanes, masked tails ---------------------
+template <class T> struct Vec;
+
+#if defined(__AVX512F__)
+template <> struct Vec<float> {
+  using R = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static M mask(int64_t n) { return n >= L ? M(0xFFFF) : M((1u << (n > 0 ? n : 0)) - 1u); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(float v) { return _mm512_set1_ps(v); }
+  static R loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static R loadz(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, M m, R v) { _mm512_mask_storeu_ps(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static float sum(R v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float r = 0;
+    for (int i = 0; i < 16; ++i) r += t[i];
+    return r;
+  }
+};
+template <> struct Vec<double> {
+  using R = __m512d;
+  using M = __mmask8;
+  static constexpr int L = 8;
+  static M mask(int64_t n) { return n >= L ? M(0xFF) : M((1u << (n > 0 ? n : 0)) - 1u); }
+  static R zero() { return _mm512_setzero_pd(); }
+  static R set1(double v) { return _mm512_set1_pd(v); }
+  static R loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static R loadz(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
+  static void store(double* p, M m, R v) { _mm512_mask_storeu_pd(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static double sum(R v) {
+    alignas(64) double t[8];
+    _mm512_store_pd(t, v);
+    double r = 0;
+    for (int i = 0; i < 8; ++i) r += t[i];
+    return r;
+  }
+};
+#elif defined(__AVX2__)
+template <> struct Vec<float> {
+  using R = __m256;
+  using M = __m256i;
+  static constexpr int L = 8;
+  static M mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n > L ? L : n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static R loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static R loadz(M m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, M m, R v) { _mm256_maskstore_ps(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static float sum(R v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  }
+};
+template <> struct Vec<double> {
+  using R = __m256d;
+  using M = __m256i;
+  static constexpr int L = 4;
+  static M mask(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n > L ? L : n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(double v) { return _mm256_set1_pd(v); }
+  static R loadu(const double* p) { return _mm256_loadu_pd(p); }
+  static R loadz(M m, const double* p) { return _mm256_maskload_pd(p, m); }
+  static void store(double* p, M m, R v) { _mm256_maskstore_pd(p, m, v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static double sum(R v) {
+    double t[4];
+    _mm256_storeu_pd(t, v);
+    return (t[0] + t[1]) + (t[2] + t[3]);
+  }
+};
+#else
+template <class T> struct ScalarVec {
+  using R = T;
+  using M = bool;
+  static constexpr int L = 1;
+  static M mask(int64_t n) { return n > 0; }
+  static R zero() { return T(0); }
+  static R set1(T v) { return v; }
+  static R loadu(const T* p) { return *p; }
+  static R loadz(M m, const T* p) { return m ? *p : T(0); }
+  static void store(T* p, M m, R v) {
+    if (m) *p = v;
+  }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R add(R a, R b) { return a + b; }
+  static T sum(R v) { return v; }
+};
+template <> struct Vec<float> : ScalarVec<float> {};
+template <> struct Vec<double> : ScalarVec<double> {};
+#endif
+
+constexpr int64_t kBatchBlock = 8;  // images per backward block (fixed: determinism)
+
+// ---- padded, phase-split image buffers ------------------------------------
+// Layout of a buffer: [C][R rows][sw phases][Wj], column j·sw + q at [q][j].
+struct BufGeom {
+  int64_t C, R, sw, Wj;
+  int64_t size() const { return C * R * sw * Wj; }
+};
+
+// buf[c][r][q][j] = src[c][(r − pt)/dh][(j·sw + q − pl)/dw] where both divisions
+// are exact and in range, else 0. dh, dw > 1 insert zeros (dilated ∂L/∂y);
+// pt, pl may be negative (cropping).
+template <class T>
+static void fill_buffer(const T* src, int64_t Hs, int64_t Ws, int64_t dh, int64_t dw, int64_t pt, int64_t pl,
+                        const BufGeom& g, T* buf) {
+  const int64_t row_len = g.sw * g.Wj;
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t r = 0; r < g.R; ++r) {
+      T* row = buf + (c * g.R + r) * row_len;
+      std::memset(row, 0, sizeof(T) * row_len);
+      const int64_t d = r - pt;
+      if (d < 0 || d % dh != 0 || d / dh >= Hs) continue;
+      const T* srow = src + (c * Hs + d / dh) * Ws;
+      if (dw == 1 && g.sw == 1) {
+        const int64_t j0 = pl > 0 ? pl : 0, j1 = pl + Ws < g.Wj ? pl + Ws : g.Wj;
+        for (int64_t j = j0; j < j1; ++j) row[j] = srow[j - pl];
+        continue;
+      }
+      for (int64_t v = 0; v < Ws; ++v) {
+        const int64_t col = v * dw + pl;
+        if (col < 0) continue;
+        const int64_t j = col / g.sw, q = col % g.sw;
+        if (j >= g.Wj) break;
+        row[q * g.Wj + j] = srow[v];
+      }
+    }
+  }
+}
+
+// ---- forward tile kernel --------------------------------------------------
+// Packed weights: wp[ob][c][kh][kw][OB] (channels zero-padded to a multiple of OB).
+template <class T> struct RowsArgs {
+  const T* buf;
+  BufGeom g;
+  int64_t KH, KW, sh;   // kernel and row stride inside the buffer
+  const T* wp;          // packed weights
+  const T* bp;          // packed bias (nob·OB entries)
+  int64_t O, nob, OW;   // output channels, channel blocks, output width
+  int64_t r_lo, r_hi;   // buffer rows outside [r_lo, r_hi) are all zero: their taps are skipped
+};
+
+// out[o][oh − oh0][ow] (strides ostride, rstride) for oh in [oh0, oh1), all o.
+template <class T, int OB, int NV>
+static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, int64_t ostride, int64_t rstride) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t C = a.g.C, R = a.g.R, sw = a.g.sw, Wj = a.g.Wj, KH = a.KH, KW = a.KW;
+  for (int64_t ob = 0; ob < a.nob; ++ob) {
+    const T* wblock = a.wp + ob * C * KH * KW * OB;
+    const int64_t nout = a.O - ob * OB < OB ? a.O - ob * OB : OB;
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      for (int64_t ow0 = 0; ow0 < a.OW; ow0 += NV * L) {
+        typename V::R acc[OB][NV];
+        #pragma GCC unroll 32
+        for (int o = 0; o < OB; ++o)
+          #pragma GCC unroll 32
+          for (int v = 0; v < NV; ++v) acc[o][v] = V::set1(a.bp[ob * OB + o]);
+        const int64_t kh_lo = a.r_lo - oh * a.sh > 0 ? a.r_lo - oh * a.sh : 0;
+        const int64_t kh_hi = a.r_hi - oh * a.sh < KH ? a.r_hi - oh * a.sh : KH;
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+            const T* wk = wblock + (c * KH + kh) * KW * OB;
+            const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
+            // tap kw sits in phase kw % sw at offset kw / sw (stepped, no division)
+            for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += OB) {
+              const T* xp = row + q * Wj + j;
+              if (++q == sw) {
+                q = 0;
+                ++j;
+              }
+              typename V::R xv[NV];
+              #pragma GCC unroll 32
+              for (int v = 0; v < NV; ++v) xv[v] = V::loadu(xp + v * L);
+              #pragma GCC unroll 32
+              for (int o = 0; o < OB; ++o) {
+                const typename V::R wv = V::set1(wk[o]);
+                #pragma GCC unroll 32
+                for (int v = 0; v < NV; ++v) acc[o][v] = V::fma(wv, xv[v], acc[o][v]);
+              }
+            }
+          }
+        }
+        T* dst = out + (ob * OB) * ostride + (oh - oh0) * rstride + ow0;
+        for (int o = 0; o < nout; ++o)
+          #pragma GCC unroll 32
+          for (int v = 0; v < NV; ++v) {
+            const int64_t left = a.OW - ow0 - v * L;
+            if (left > 0) V::store(dst + o * ostride + v * L, V::mask(left), acc[o][v]);
+          }
+      }
+    }
+  }
+}
+
+// Channel-vectorised variant for output-channel counts that are a multiple of
+// the lane count L (conv2: 16 channels, 10-pixel rows): a vector holds L output
+// channels of one pixel, a tile holds PB pixels of a row, and each tap is one
+// weight-vector load feeding PB broadcast FMAs. All lanes do useful work however
+// narrow the row; the tile is transposed on the way out.
+template <class T, int PB>
+static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t ow0, T* dst, int64_t ostride) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t C = a.g.C, R = a.g.R, sw = a.g.sw, Wj = a.g.Wj, KH = a.KH, KW = a.KW;
+  typename V::R acc[PB];
+  const typename V::R bias = V::loadu(a.bp + ob * L);
+#pragma GCC unroll 32
+  for (int p = 0; p < PB; ++p) acc[p] = bias;
+  const T* wblock = a.wp + ob * C * KH * KW * L;
+  const int64_t kh_lo = a.r_lo - oh * a.sh > 0 ? a.r_lo - oh * a.sh : 0;
+  const int64_t kh_hi = a.r_hi - oh * a.sh < KH ? a.r_hi - oh * a.sh : KH;
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+      const T* wk = wblock + (c * KH + kh) * KW * L;
+      const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
+      for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
+        const T* xp = row + q * Wj + j;
+        if (++q == sw) {
+          q = 0;
+          ++j;
+        }
+        const typename V::R wv = V::loadu(wk);
+#pragma GCC unroll 32
+        for (int p = 0; p < PB; ++p) acc[p] = V::fma(V::set1(xp[p]), wv, acc[p]);
+      }
+    }
+  alignas(64) T tile[PB][L];
+#pragma GCC unroll 32
+  for (int p = 0; p < PB; ++p) V::store(tile[p], V::mask(L), acc[p]);
+  const int64_t nout = a.O - ob * L < L ? a.O - ob * L : L;
+  for (int64_t o = 0; o < nout; ++o)
+    for (int p = 0; p < PB; ++p) dst[o * ostride + p] = tile[p][o];
+}
+
+template <class T> using TileCvFn = void (*)(const RowsArgs<T>&, int64_t, int64_t, int64_t, T*, int64_t);
+
+template <class T> static TileCvFn<T> pick_tile_cv(int64_t pb) {
+  switch (pb) {
+    case 1: return conv_tile_cv<T, 1>;
+    case 2: return conv_tile_cv<T, 2>;
+    case 3: return conv_tile_cv<T, 3>;
+    case 4: return conv_tile_cv<T, 4>;
+    case 5: return conv_tile_cv<T, 5>;
+    case 6: return conv_tile_cv<T, 6>;
+    case 7: return conv_tile_cv<T, 7>;
+    case 8: return conv_tile_cv<T, 8>;
+    case 9: return conv_tile_cv<T, 9>;
+    case 10: return conv_tile_cv<T, 10>;
+    case 11: return conv_tile_cv<T, 11>;
+    default: return conv_tile_cv<T, 12>;
+  }
+}
+
+// Splits a row of OW pixels into near-equal tiles of at most 12.
+template <class T>
+static void conv_rows_cv(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, int64_t ostride, int64_t rstride) {
+  const int64_t ntiles = (a.OW + 11) / 12, base = a.OW / ntiles, extra = a.OW % ntiles;
+  for (int64_t ob = 0; ob < a.nob; ++ob)
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t t = 0, ow0 = 0; t < ntiles; ++t) {
+        const int64_t pb = base + (t < extra ? 1 : 0);
+        pick_tile_cv<T>(pb)(a, ob, oh, ow0, out + ob * Vec<T>::L * ostride + (oh - oh0) * rstride + ow0, ostride);
+        ow0 += pb;
+      }
+}
+
+// Channel vectors pay off when the channels fill whole vectors and output rows
+// would leave many pixel lanes idle.
+template <class T> static bool use_channel_vectors(int64_t O, int64_t OW) {
+  constexpr int64_t L = Vec<T>::L;
+  if (L < 8 || O % L != 0) return false;
+  const int64_t lanes = (OW + L - 1) / L * L;
+  return OW * 100 < lanes * 85;
+}
+
+template <class T> using RowsFn = void (*)(const RowsArgs<T>&, int64_t, int64_t, T*, int64_t, int64_t);
+
+template <class T, int NV> static RowsFn<T> pick_rows_nv(int ob) {
+  switch (ob) {
+    case 1: return conv_rows<T, 1, NV>;
+    case 2: return conv_rows<T, 2, NV>;
+    case 4: return conv_rows<T, 4, NV>;
+    case 6: return conv_rows<T, 6, NV>;
+    default: return conv_rows<T, 8, NV>;
+  }
+}
+
+// Output-channel block: the whole channel count when it is small, else a
+// divisor of it (6, 8), so that few lanes of the tile hold padding.
+static int pick_ob(int64_t O) {
+  if (O % 8 == 0) return 8;
+  if (O % 6 == 0) return 6;
+  if (O <= 1) return 1;
+  if (O <= 2) return 2;
+  if (O <= 4) return 4;
+  if (O <= 6) return 6;
+  return 8;
+}
+
+// A packed kernel for conv_rows. flip_transpose: w is (Cin, Oout, KH, KW) and the
+// packed kernel is w[ci][oo][KH−1−kh][KW−1−kw] (for ∂L/∂x).
+template <class T> struct Packed {
+  T* wp = nullptr;
+  T* bp = nullptr;
+  int ob = 1;
+  int64_t nob = 0;
+  Packed(const T* w, const T* b, int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, bool flip_transpose,
+         int64_t OW) {
+    ob = use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
+    nob = (Oout + ob - 1) / ob;
+    wp = new T[nob * ob * Cin * KH * KW + 1]();
+    bp = new T[nob * ob + 1]();
+    for (int64_t oo = 0; oo < Oout; ++oo) {
+      if (b) bp[oo] = b[oo];
+      for (int64_t ci = 0; ci < Cin; ++ci)
+        for (int64_t kh = 0; kh < KH; ++kh)
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            const T v = flip_transpose ? w[((ci * Oout + oo) * KH + (KH - 1 - kh)) * KW + (KW - 1 - kw)]
+                                       : w[((oo * Cin + ci) * KH + kh) * KW + kw];
+            wp[((((oo / ob) * Cin + ci) * KH + kh) * KW + kw) * ob + oo % ob] = v;
+          }
+    }
+  }
+  ~Packed() {
+    delete[] wp;
+    delete[] bp;
+  }
+  Packed(const Packed&) = delete;
+  Packed& operator=(const Packed&) = delete;
+};
+
+template <class T> static RowsFn<T> pick_rows(const Packed<T>& pk, int64_t Oout, int64_t OW) {
+  if (use_channel_vectors<T>(Oout, OW)) return conv_rows_cv<T>;
+  return OW > Vec<T>::L ? pick_rows_nv<T, 2>(pk.ob) : pick_rows_nv<T, 1>(pk.ob);
+}
+
+// Geometry of the forward input buffer of one image.
+static BufGeom input_geom(const ConvShape& s, int lanes) {
+  return BufGeom{s.C, (s.OH - 1) * s.sh + s.KH, s.sw, s.OW + (s.KW - 1) / s.sw + 2 * lanes};
+}
+
+// ---- forward ---------------------------------------------------------------
+template <class T> static void forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
+  if (s.N == 0 || s.O == 0 || s.OH == 0 || s.OW == 0) return;
+  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
+  const BufGeom g = input_geom(s, Vec<T>::L);
+  const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
+  parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
+    T* buf = new T[g.size()];
+    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
+    for (int64_t n = n0; n < n1; ++n) {
+      fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
+      rows(a, 0, s.OH, y + n * s.O * s.OH * s.OW, s.OH * s.OW, s.OW);
+    }
+    delete[] buf;
+  });
+}
+
+// ---- fused forward: conv + bias → ReLU → P×P max pool ----------------------
+// Only P conv rows of one image exist at a time (in a small scratch buffer);
+// the full-resolution activation is never written. Saved for backward: the
+// uint8 position of the chosen element in each window (255: ReLU blocked it).
+// That is 1 byte per pooled output and it makes ∂L/∂y exact without
+// recomputing the convolution; x and w are needed for ∂L/∂w, ∂L/∂x anyway.
+template <class T>
+static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w, const T* b, T* out,
+                          uint8_t* idx) {
+  const int64_t PH = s.OH / P, PW = s.OW / P;
+  if (s.N == 0 || s.O == 0 || PH == 0 || PW == 0) return;
+  Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
+  const BufGeom g = input_geom(s, Vec<T>::L);
+  const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
+  parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
+    T* buf = new T[g.size()];
+    T* band = new T[pk.nob * pk.ob * P * s.OW];  // conv rows [p·P, p·P + P) of all channels
+    RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
+    for (int64_t n = n0; n < n1; ++n) {
+      fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
+      for (int64_t p = 0; p < PH; ++p) {
+        rows(a, p * P, p * P + P, band, P * s.OW, s.OW);
+        for (int64_t o = 0; o < s.O; ++o) {
+          const T* bo = band + o * P * s.OW;
+          const int64_t base = ((n * s.O + o) * PH + p) * PW;
+          for (int64_t q = 0; q < PW; ++q) {
+            // torch's max_pool2d scan over relu(y): take v when v > max or v is NaN.
+            T mx = -INFINITY;
+            int64_t k = 0;
+            for (int64_t r = 0; r < P; ++r)
+              for (int64_t c = 0; c < P; ++c) {
+                const T v = bo[r * s.OW + q * P + c];
+                const T z = v <= T(0) ? T(0) : v;  // relu, NaN stays NaN
+                if (z > mx || std::isnan(z)) {
+                  mx = z;
+                  k = r * P + c;
+                }
+              }
+            out[base + q] = mx;
+            idx[base + q] = mx <= T(0) ? kPoolNoGrad : static_cast<uint8_t>(k);
+          }
+        }
+      }
+    }
+    delete[] band;
+    delete[] buf;
+  });
+}
+
+// ---- backward ---------------------------------------------------------------
+// ∂L/∂w tile: OBW output channels × KWB taps (kw0 …) of one (c, kh), summed over
+// the images of a block and all output pixels.
+template <class T> struct GwArgs {
+  const T* const* xbufs;  // padded input of each image of the block
+  const T* const* gys;    // ∂L/∂y (O, OH, OW) of each image
+  int64_t nimg;
+  BufGeom g;
+  int64_t O, KH, KW, sh, OH, OW;
+};
+
+template <class T, int OBW, int KWB>
+static void gw_tile(const GwArgs<T>& a, int64_t o0, int64_t c, int64_t kh, int64_t kw0, T* gw) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t sw = a.g.sw, Wj = a.g.Wj, plane = a.OH * a.OW;
+  int64_t koff[KWB];  // where tap kw0 + k starts in a buffer row: phase (kw % sw), offset kw / sw
+  #pragma GCC unroll 32
+  for (int k = 0; k < KWB; ++k) koff[k] = ((kw0 + k) % sw) * Wj + (kw0 + k) / sw;
+  typename V::R acc[OBW][KWB];
+  #pragma GCC unroll 32
+  for (int o = 0; o < OBW; ++o)
+    #pragma GCC unroll 32
+    for (int k = 0; k < KWB; ++k) acc[o][k] = V::zero();
+  for (int64_t i = 0; i < a.nimg; ++i) {
+    const T* g0 = a.gys[i] + o0 * plane;
+    for (int64_t oh = 0; oh < a.OH; ++oh) {
+      const T* xrow = a.xbufs[i] + ((c * a.g.R + oh * a.sh + kh) * sw) * Wj;
+      const T* grow = g0 + oh * a.OW;
+      for (int64_t ow0 = 0; ow0 < a.OW; ow0 += L) {
+        const typename V::M m = V::mask(a.OW - ow0);
+        typename V::R gv[OBW];
+        #pragma GCC unroll 32
+        for (int o = 0; o < OBW; ++o) gv[o] = V::loadz(m, grow + o * plane + ow0);
+        #pragma GCC unroll 32
+        for (int k = 0; k < KWB; ++k) {
+          const typename V::R xv = V::loadz(m, xrow + koff[k] + ow0);
+          #pragma GCC unroll 32
+          for (int o = 0; o < OBW; ++o) acc[o][k] = V::fma(gv[o], xv, acc[o][k]);
+        }
+      }
+    }
+  }
+  #pragma GCC unroll 32
+  for (int o = 0; o < OBW; ++o)
+    #pragma GCC unroll 32
+    for (int k = 0; k < KWB; ++k) gw[(((o0 + o) * a.g.C + c) * a.KH + kh) * a.KW + kw0 + k] = V::sum(acc[o][k]);
+}
+
+template <class T> using GwFn = void (*)(const GwArgs<T>&, int64_t, int64_t, int64_t, int64_t, T*);
+
+template <class T, int OBW> static GwFn<T> pick_gw_k(int64_t kb) {
+  switch (kb) {
+    case 1: return gw_tile<T, OBW, 1>;
+    case 2: return gw_tile<T, OBW, 2>;
+    case 3: return gw_tile<T, OBW, 3>;
+    case 4: return gw_tile<T, OBW, 4>;
+    default: return gw_tile<T, OBW, 5>;
+  }
+}
+template <class T> static GwFn<T> pick_gw(int64_t ob, int64_t kb) {
+  switch (ob) {
+    case 1: return pick_gw_k<T, 1>(kb);
+    case 2: return pick_gw_k<T, 2>(kb);
+    case 3: return pick_gw_k<T, 3>(kb);
+    default: return pick_gw_k<T, 4>(kb);
+  }
+}
+
+// Channel-vectorised ∂L/∂w tile (output channels a multiple of L): a vector
+// holds L output channels; ∂L/∂y is read pixel-major (transposed per image), so
+// one gradient-vector load feeds KHB × KWB broadcast FMAs, all lanes busy.
+template <class T, int KHB, int KWB>
+static void gw_tile_cv(const GwArgs<T>& a, int64_t ob, int64_t c, int64_t kh0, int64_t kw0, T* gw) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t sw = a.g.sw, Wj = a.g.Wj, O = a.O;
+  int64_t koff[KWB];
+  for (int k = 0; k < KWB; ++k) koff[k] = ((kw0 + k) % sw) * Wj + (kw0 + k) / sw;
+  typename V::R acc[KHB][KWB];
+#pragma GCC unroll 32
+  for (int r = 0; r < KHB; ++r)
+#pragma GCC unroll 32
+    for (int k = 0; k < KWB; ++k) acc[r][k] = V::zero();
+  for (int64_t i = 0; i < a.nimg; ++i) {
+    for (int64_t oh = 0; oh < a.OH; ++oh) {
+      const T* xr[KHB];
+#pragma GCC unroll 32
+      for (int r = 0; r < KHB; ++r) xr[r] = a.xbufs[i] + ((c * a.g.R + oh * a.sh + kh0 + r) * sw) * Wj;
+      const T* gr = a.gys[i] + oh * a.OW * O + ob * L;  // pixel-major: gT[pixel][O]
+      for (int64_t ow = 0; ow < a.OW; ++ow) {
+        const typename V::R gv = V::loadu(gr + ow * O);
+#pragma GCC unroll 32
+        for (int r = 0; r < KHB; ++r)
+#pragma GCC unroll 32
+          for (int k = 0; k < KWB; ++k) acc[r][k] = V::fma(V::set1(xr[r][koff[k] + ow]), gv, acc[r][k]);
+      }
+    }
+  }
+  alignas(64) T lanes[L];
+  for (int r = 0; r < KHB; ++r)
+    for (int k = 0; k < KWB; ++k) {
+      V::store(lanes, V::mask(L), acc[r][k]);
+      for (int o = 0; o < L; ++o) gw[(((ob * L + o) * a.g.C + c) * a.KH + kh0 + r) * a.KW + kw0 + k] = lanes[o];
+    }
+}
+
+template <class T, int KHB> static GwFn<T> pick_gw_cv_k(int64_t kb) {
+  switch (kb) {
+    case 1: return gw_tile_cv<T, KHB, 1>;
+    case 2: return gw_tile_cv<T, KHB, 2>;
+    case 3: return gw_tile_cv<T, KHB, 3>;
+    case 4: return gw_tile_cv<T, KHB, 4>;
+    default: return gw_tile_cv<T, KHB, 5>;
+  }
+}
+
+template <class T> static bool use_channel_vectors_gw(int64_t O, int64_t OW) {
+  return Vec<T>::L >= 8 && O % Vec<T>::L == 0 && OW % Vec<T>::L != 0;
+}
+
+// gT[pixel][o] = g[o][pixel] for one image.
+template <class T> static void transpose_image(const T* g, int64_t O, int64_t plane, T* gt) {
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t e = 0; e < plane; ++e) gt[e * O + o] = g[o * plane + e];
+}
+
+// ∂L/∂y of one image from the pooled gradient and the saved window positions.
+template <class T>
+static void expand_pool_grad(const ConvShape& s, int64_t P, const T* gout, const uint8_t* idx, T* gy) {
+  const int64_t PH = s.OH / P, PW = s.OW / P;
+  std::memset(gy, 0, sizeof(T) * s.O * s.OH * s.OW);
+  for (int64_t o = 0; o < s.O; ++o)
+    for (int64_t p = 0; p < PH; ++p)
+      for (int64_t q = 0; q < PW; ++q) {
+        const int64_t e = (o * PH + p) * PW + q;
+        const uint8_t k = idx[e];
+        if (k == kPoolNoGrad) continue;
+        gy[(o * s.OH + p * P + k / P) * s.OW + q * P + k % P] = gout[e];
+      }
+}
+
+// gy: ∂L/∂y (N, O, OH, OW), or with idx the pooled gradient (N, O, OH/P, OW/P).
+template <class T>
+static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_t P, const T* x, const T* w,
+                     T* gx, T* gw, T* gb) {
+  const int64_t nw = s.O * s.C * s.KH * s.KW;
+  const int64_t nblocks = (s.N + kBatchBlock - 1) / kBatchBlock;
+  const int64_t plane_y = s.O * s.OH * s.OW;
+  const int64_t plane_gout = idx ? s.O * (s.OH / P) * (s.OW / P) : plane_y;
+  const bool want_w = gw || gb;
+  const bool gw_cv = use_channel_vectors_gw<T>(s.O, s.OW);
+  T* partial = want_w ? new T[nblocks * (nw + s.O) + 1]() : nullptr;
+  const BufGeom xg = input_geom(s, Vec<T>::L);
+  // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
+  const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
+  Packed<T>* pk = gx ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
+  const RowsFn<T> rows = gx ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
+
+  parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
+    T* xbufs = want_w ? new T[kBatchBlock * xg.size()] : nullptr;
+    T* gexp = idx ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gbuf = gx ? new T[gg.size()] : nullptr;
+    T* gtrans = gw && gw_cv ? new T[kBatchBlock * plane_y] : nullptr;
+    const T* xptr[kBatchBlock];
+    const T* gptr[kBatchBlock];
+    const T* gtptr[kBatchBlock];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * kBatchBlock, n1 = n0 + kBatchBlock < s.N ? n0 + kBatchBlock : s.N;
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t i = n - n0;
+        if (idx) {
+          expand_pool_grad(s, P, gy + n * plane_gout, idx + n * plane_gout, gexp + i * plane_y);
+          gptr[i] = gexp + i * plane_y;
+        } else {
+          gptr[i] = gy + n * plane_y;
+        }
+        if (want_w) {
+          fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
+          xptr[i] = xbufs + i * xg.size();
+        }
+        if (gx) {
+          fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
+          // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
+          RowsArgs<T> a{gbuf, gg, s.KH, s.KW, 1, pk->wp, pk->bp, s.C, pk->nob, s.W,
+                        s.KH - 1 - s.ph, s.KH - 1 - s.ph + (s.OH - 1) * s.sh + 1};
+          rows(a, 0, s.H, gx + n * s.C * s.H * s.W, s.H * s.W, s.W);
+        }
+      }
+      if (!want_w) continue;
+      T* part = partial + blk * (nw + s.O);
+      if (gw && gw_cv) {
+        for (int64_t i = 0; i < n1 - n0; ++i) {
+          transpose_image(gptr[i], s.O, s.OH * s.OW, gtrans + i * plane_y);
+          gtptr[i] = gtrans + i * plane_y;
+        }
+        GwArgs<T> a{xptr, gtptr, n1 - n0, xg, s.O, s.KH, s.KW, s.sh, s.OH, s.OW};
+        for (int64_t ob = 0; ob < s.O / Vec<T>::L; ++ob)
+          for (int64_t kw0 = 0; kw0 < s.KW; kw0 += 5) {
+            const int64_t kb = s.KW - kw0 < 5 ? s.KW - kw0 : 5;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t kh = 0; kh < s.KH; kh += 2) {
+                const GwFn<T> tile = s.KH - kh >= 2 ? pick_gw_cv_k<T, 2>(kb) : pick_gw_cv_k<T, 1>(kb);
+                tile(a, ob, c, kh, kw0, part);
+              }
+          }
+      } else if (gw) {
+        GwArgs<T> a{xptr, gptr, n1 - n0, xg, s.O, s.KH, s.KW, s.sh, s.OH, s.OW};
+        for (int64_t o0 = 0; o0 < s.O; o0 += 4)
+          for (int64_t kw0 = 0; kw0 < s.KW; kw0 += 5) {
+            const int64_t ob = s.O - o0 < 4 ? s.O - o0 : 4, kb = s.KW - kw0 < 5 ? s.KW - kw0 : 5;
+            const GwFn<T> tile = pick_gw<T>(ob, kb);
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t kh = 0; kh < s.KH; ++kh) tile(a, o0, c, kh, kw0, part);
+          }
+      }
+      if (gb) {
+        const int64_t plane = s.OH * s.OW;
+        for (int64_t o = 0; o < s.O; ++o) {
+          typename Vec<T>::R acc = Vec<T>::zero();
+          for (int64_t i = 0; i < n1 - n0; ++i) {
+            const T* g = gptr[i] + o * plane;
+            for (int64_t e = 0; e < plane; e += Vec<T>::L)
+              acc = Vec<T>::add(acc, Vec<T>::loadz(Vec<T>::mask(plane - e), g + e));
+          }
+          part[nw + o] = Vec<T>::sum(acc);
+        }
+      }
+    }
+    delete[] gtrans;
+    delete[] gbuf;
+    delete[] gexp;
+    delete[] xbufs;
+  });
+
+  if (want_w) {
+    for (int64_t e = 0; e < nw + s.O; ++e) {
+      T acc = 0;
+      for (int64_t blk = 0; blk < nblocks; ++blk) acc += partial[blk * (nw + s.O) + e];
+      if (e < nw) {
+        if (gw) gw[e] = acc;
+      } else if (gb) {
+        gb[e - nw] = acc;
+      }
+    }
+  }
+  delete pk;
+  delete[] partial;
+}
+
+// ---- per-ISA entry points (type dispatch) ------------------------------------
+void conv_fwd(const ConvShape& s, const void* x, const void* w, const void* b, void* y, bool f64) {
+  if (f64)
+    forward(s, static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
+            static_cast<double*>(y));
+  else
+    forward(s, static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
+            static_cast<float*>(y));
+}
+
+void conv_bwd(const ConvShape& s, const void* gy, const uint8_t* idx, int64_t P, const void* x, const void* w,
+              void* gx, void* gw, void* gb, bool f64) {
+  if (f64)
+    backward(s, static_cast<const double*>(gy), idx, P, static_cast<const double*>(x),
+             static_cast<const double*>(w), static_cast<double*>(gx), static_cast<double*>(gw),
+             static_cast<double*>(gb));
+  else
+    backward(s, static_cast<const float*>(gy), idx, P, static_cast<const float*>(x), static_cast<const float*>(w),
+             static_cast<float*>(gx), static_cast<float*>(gw), static_cast<float*>(gb));
+}
+
+void conv_pool_fwd(const ConvShape& s, int64_t P, const void* x, const void* w, const void* b, void* out,
+                   uint8_t* idx, bool f64) {
+  if (f64)
+    fused_forward(s, P, static_cast<const double*>(x), static_cast<const double*>(w),
+                  static_cast<const double*>(b), static_cast<double*>(out), idx);
+  else
+    fused_forward(s, P, static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
+                  static_cast<float*>(out), idx);
+}
+
+}  // namespace OX_ISA
+}  // namespace ox
+
+#if OX_ISA_IS_scalar
+#include "core/checks.h"
+
+OX_ISA_DECLARE(void, conv_fwd, (const ConvShape&, const void*, const void*, const void*, void*, bool))
+OX_ISA_DECLARE(void, conv_bwd,
+               (const ConvShape&, const void*, const uint8_t*, int64_t, const void*, const void*, void*, void*,
+                void*, bool))
+OX_ISA_DECLARE(void, conv_pool_fwd,
+               (const ConvShape&, int64_t, const void*, const void*, const void*, void*, uint8_t*, bool))
+
+namespace ox {
+
+ConvShape conv2d_check(const char* op, const View& x, const View& w, const View* b, int64_t sh, int64_t sw,
+                       int64_t ph, int64_t pw) {
+  check_dtype(op, "x", x, {DType::f32, DType::f64});
+  check_rank(op, "x", x, 4);
+  check_contiguous(op, "x", x);
+  check_numel_fits(op, "x", x);
+  check_like(op, "weight", w, "x", x);
+  check_rank(op, "weight", w, 4);
+  if (b) {
+    check_like(op, "bias", *b, "x", x);
+    check_shape(op, "bias", *b, {w.shape[0]});
+  }
+  if (w.shape[1] != x.shape[1])
+    value_error(op, ": argument 'weight' has ", w.shape[1], " input channels (shape ", shape_str(w),
+                ") but 'x' has ", x.shape[1], " channels (shape ", shape_str(x), ")");
+  if (sh < 1 || sw < 1) value_error(op, ": argument 'stride' must be >= 1, got (", sh, ", ", sw, ")");
+  if (ph < 0 || pw < 0) value_error(op, ": argument 'padding' must be >= 0, got (", ph, ", ", pw, ")");
+  if (w.shape[2] < 1 || w.shape[3] < 1)
+    value_error(op, ": argument 'weight' must have a kernel of at least 1x1, got shape ", shape_str(w));
+  const int64_t Hp = x.shape[2] + 2 * ph, Wp = x.shape[3] + 2 * pw;
+  if (w.shape[2] > Hp || w.shape[3] > Wp)
+    value_error(op, ": kernel size (", w.shape[2], ", ", w.shape[3], ") of argument 'weight' is larger than the "
+                "padded input (", Hp, ", ", Wp, ") of argument 'x'");
+  ConvShape s{x.shape[0], x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2], w.shape[3], sh, sw, ph, pw,
+              0, 0};
+  s.OH = (Hp - s.KH) / sh + 1;
+  s.OW = (Wp - s.KW) / sw + 1;
+  return s;
+}
+
+void conv2d_forward_cpu(const ConvShape& s, const View& x, const View& w, const View* b, const View& y) {
+  OX_ISA_DISPATCH(conv_fwd, s, x.data, w.data, b ? b->data : nullptr, y.data, x.dtype == DType::f64);
+}
+
+void conv2d_backward_cpu(const ConvShape& s, const View& gy, const View& x, const View& w, const View* gx,
+                         const View* gw, const View* gb) {
+  OX_ISA_DISPATCH(conv_bwd, s, gy.data, nullptr, 1, x.data, w.data, gx ? gx->data : nullptr,
+                  gw ? gw->data : nullptr, gb ? gb->data : nullptr, x.dtype == DType::f64);
+}
+
+void conv2d_relu_maxpool2d_forward_cpu(const ConvShape& s, int64_t pool, const View& x, const View& w,
+                                       const View* b, const View& out, const View& idx) {
+  OX_ISA_DISPATCH(conv_pool_fwd, s, pool, x.data, w.data, b ? b->data : nullptr, out.data, idx.ptr<uint8_t>(),
+                  x.dtype == DType::f64);
+}
+
+void conv2d_relu_maxpool2d_backward_cpu(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
+                                        const View& x, const View& w, const View* gx, const View* gw,
+                                        const View* gb) {
+  OX_ISA_DISPATCH(conv_bwd, s, gout.data, idx.ptr<uint8_t>(), pool, x.data, w.data, gx ? gx->data : nullptr,
+                  gw ? gw->data : nullptr, gb ? gb->data : nullptr, x.dtype == DType::f64);
+}
+
+}  // namespace ox
+#endif

@@ -1,0 +1,266 @@
+// conv2d and the fused conv → ReLU → max-pool block on CUDA (formulas in conv.h).
+//
+// Direct convolution, kept simple and deterministic (no atomics):
+//  - forward / ∂L/∂x: one thread per output pixel, OBK output channels in
+//    registers, so one input load feeds OBK FMAs; the weights a warp reads are
+//    uniform across it (one broadcast transaction, cached);
+//  - ∂L/∂w, ∂L/∂b: one block per weight (bias) element, a fixed-order block
+//    reduction over the batch and the output pixels;
+//  - fused: a thread computes the P×P conv outputs of one pooled pixel and keeps
+//    only the running maximum (torch's rule) and its window position; the
+//    backward reads ∂L/∂y on the fly from the pooled gradient and the saved
+//    positions, so no full-resolution tensor is ever written.
+#include "conv.h"
+#include "core/cuda_check.h"
+
+namespace ox {
+namespace {
+
+constexpr int OBK = 8;            // output channels per thread
+constexpr int kThreads = 128;
+constexpr int kReduceThreads = 256;
+
+inline unsigned grid_for(int64_t total) {
+  int64_t blocks = (total + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride loops cover the rest
+}
+
+// ∂L/∂y as stored, or rebuilt from the pooled gradient and the saved positions.
+template <class T> struct GyPlain {
+  const T* g;
+  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i, int64_t j) const {
+    return g[((n * s.O + o) * s.OH + i) * s.OW + j];
+  }
+};
+template <class T> struct GyPooled {
+  const T* g;
+  const uint8_t* idx;
+  int64_t P;
+  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i, int64_t j) const {
+    const int64_t PH = s.OH / P, PW = s.OW / P, p = i / P, q = j / P;
+    if (p >= PH || q >= PW) return T(0);
+    const int64_t e = ((n * s.O + o) * PH + p) * PW + q;
+    return idx[e] == (i % P) * P + (j % P) ? g[e] : T(0);
+  }
+};
+
+// acc[j] += Σ_{c,kh,kw} x[n, c, oh·sh − ph + kh, ow·sw − pw + kw] · w[o0 + j, c, kh, kw]
+template <class T>
+__device__ void conv_point(const ConvShape& s, const T* __restrict__ xn, const T* __restrict__ w, int64_t o0,
+                           int64_t oh, int64_t ow, T (&acc)[OBK]) {
+  const int64_t ih0 = oh * s.sh - s.ph, iw0 = ow * s.sw - s.pw, wstride = s.C * s.KH * s.KW;
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t ih = ih0 + kh;
+      if (ih < 0 || ih >= s.H) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t iw = iw0 + kw;
+        if (iw < 0 || iw >= s.W) continue;
+        const T xv = xn[(c * s.H + ih) * s.W + iw];
+        const T* wk = w + ((o0 * s.C + c) * s.KH + kh) * s.KW + kw;
+#pragma unroll
+        for (int j = 0; j < OBK; ++j)
+          if (o0 + j < s.O) acc[j] += xv * wk[j * wstride];
+      }
+    }
+}
+
+template <class T>
+__global__ void forward_kernel(ConvShape s, const T* __restrict__ x, const T* __restrict__ w,
+                               const T* __restrict__ b, T* __restrict__ y) {
+  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = t / plane, pix = t % plane, oh = pix / s.OW, ow = pix % s.OW;
+    const T* xn = x + n * s.C * s.H * s.W;
+    for (int64_t o0 = 0; o0 < s.O; o0 += OBK) {
+      T acc[OBK];
+#pragma unroll
+      for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
+      conv_point(s, xn, w, o0, oh, ow, acc);
+#pragma unroll
+      for (int j = 0; j < OBK; ++j)
+        if (o0 + j < s.O) y[(n * s.O + o0 + j) * plane + pix] = acc[j];
+    }
+  }
+}
+
+template <class T>
+__global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict__ x, const T* __restrict__ w,
+                                     const T* __restrict__ b, T* __restrict__ out, uint8_t* __restrict__ idx) {
+  const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, total = s.N * plane;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = t / plane, pix = t % plane, p = pix / PW, q = pix % PW;
+    const T* xn = x + n * s.C * s.H * s.W;
+    for (int64_t o0 = 0; o0 < s.O; o0 += OBK) {
+      T mx[OBK];
+      int kbest[OBK];
+#pragma unroll
+      for (int j = 0; j < OBK; ++j) {
+        mx[j] = -INFINITY;
+        kbest[j] = 0;
+      }
+      for (int64_t r = 0; r < P; ++r)
+        for (int64_t c = 0; c < P; ++c) {
+          T acc[OBK];
+#pragma unroll
+          for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
+          conv_point(s, xn, w, o0, p * P + r, q * P + c, acc);
+#pragma unroll
+          for (int j = 0; j < OBK; ++j) {
+            const T z = acc[j] <= T(0) ? T(0) : acc[j];  // relu; NaN stays NaN
+            if (z > mx[j] || isnan(z)) {  // torch's max_pool2d rule: first max wins, NaN propagates
+              mx[j] = z;
+              kbest[j] = static_cast<int>(r * P + c);
+            }
+          }
+        }
+#pragma unroll
+      for (int j = 0; j < OBK; ++j)
+        if (o0 + j < s.O) {
+          const int64_t e = (n * s.O + o0 + j) * plane + pix;
+          out[e] = mx[j];
+          idx[e] = mx[j] <= T(0) ? kPoolNoGrad : static_cast<uint8_t>(kbest[j]);
+        }
+    }
+  }
+}
+
+// ∂L/∂x[n,c,h,v] = Σ_{o,kh,kw} g[n,o,i,j]·w[o,c,kh,kw] with i·sh = h + ph − kh, j·sw = v + pw − kw.
+template <class T, class Gy>
+__global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __restrict__ gx) {
+  const int64_t plane = s.H * s.W, total = s.N * plane;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = t / plane, pix = t % plane, h = pix / s.W, v = pix % s.W;
+    for (int64_t c0 = 0; c0 < s.C; c0 += OBK) {
+      T acc[OBK];
+#pragma unroll
+      for (int j = 0; j < OBK; ++j) acc[j] = T(0);
+      for (int64_t o = 0; o < s.O; ++o)
+        for (int64_t kh = 0; kh < s.KH; ++kh) {
+          const int64_t th = h + s.ph - kh;
+          if (th < 0 || th % s.sh != 0 || th / s.sh >= s.OH) continue;
+          for (int64_t kw = 0; kw < s.KW; ++kw) {
+            const int64_t tw = v + s.pw - kw;
+            if (tw < 0 || tw % s.sw != 0 || tw / s.sw >= s.OW) continue;
+            const T g = gy(s, n, o, th / s.sh, tw / s.sw);
+            const T* wk = w + ((o * s.C + c0) * s.KH + kh) * s.KW + kw;
+#pragma unroll
+            for (int j = 0; j < OBK; ++j)
+              if (c0 + j < s.C) acc[j] += g * wk[j * s.KH * s.KW];
+          }
+        }
+#pragma unroll
+      for (int j = 0; j < OBK; ++j)
+        if (c0 + j < s.C) gx[(n * s.C + c0 + j) * plane + pix] = acc[j];
+    }
+  }
+}
+
+template <class T> __device__ T block_sum(T v) {
+  __shared__ T part[kReduceThreads];
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int step = kReduceThreads / 2; step > 0; step /= 2) {
+    if (threadIdx.x < step) part[threadIdx.x] += part[threadIdx.x + step];
+    __syncthreads();
+  }
+  return part[0];
+}
+
+// One block per weight element e = (o, c, kh, kw).
+template <class T, class Gy>
+__global__ void grad_w_kernel(ConvShape s, Gy gy, const T* __restrict__ x, T* __restrict__ gw) {
+  const int64_t e = blockIdx.x;
+  const int64_t kw = e % s.KW, kh = (e / s.KW) % s.KH, c = (e / (s.KW * s.KH)) % s.C, o = e / (s.KW * s.KH * s.C);
+  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  T acc = 0;
+  for (int64_t t = threadIdx.x; t < total; t += kReduceThreads) {
+    const int64_t n = t / plane, pix = t % plane, i = pix / s.OW, j = pix % s.OW;
+    const int64_t ih = i * s.sh - s.ph + kh, iw = j * s.sw - s.pw + kw;
+    if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+    acc += gy(s, n, o, i, j) * x[((n * s.C + c) * s.H + ih) * s.W + iw];
+  }
+  const T sum = block_sum(acc);
+  if (threadIdx.x == 0) gw[e] = sum;
+}
+
+template <class T, class Gy> __global__ void grad_b_kernel(ConvShape s, Gy gy, T* __restrict__ gb) {
+  const int64_t o = blockIdx.x, plane = s.OH * s.OW, total = s.N * plane;
+  T acc = 0;
+  for (int64_t t = threadIdx.x; t < total; t += kReduceThreads)
+    acc += gy(s, t / plane, o, (t % plane) / s.OW, t % s.OW);
+  const T sum = block_sum(acc);
+  if (threadIdx.x == 0) gb[o] = sum;
+}
+
+template <class T, class Gy>
+void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, cudaStream_t st) {
+  if (gx && s.N * s.C * s.H * s.W > 0) {
+    grad_x_kernel<T><<<grid_for(s.N * s.H * s.W), kThreads, 0, st>>>(s, gy, w, gx);
+    cuda_check_launch("conv2d_backward (grad_x)");
+  }
+  if (gw && s.O * s.C * s.KH * s.KW > 0) {
+    grad_w_kernel<T><<<static_cast<unsigned>(s.O * s.C * s.KH * s.KW), kReduceThreads, 0, st>>>(s, gy, x, gw);
+    cuda_check_launch("conv2d_backward (grad_weight)");
+  }
+  if (gb && s.O > 0) {
+    grad_b_kernel<T><<<static_cast<unsigned>(s.O), kReduceThreads, 0, st>>>(s, gy, gb);
+    cuda_check_launch("conv2d_backward (grad_bias)");
+  }
+}
+
+template <class T> T* opt_ptr(const View* v) { return v ? v->ptr<T>() : nullptr; }
+
+}  // namespace
+
+void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const View* b, const View& y,
+                         uintptr_t stream) {
+  const int64_t total = s.N * s.OH * s.OW;
+  if (total == 0 || s.O == 0) return;
+  if (x.dtype == DType::f64)
+    forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+        s, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), y.ptr<double>());
+  else
+    forward_kernel<float><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+        s, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(b), y.ptr<float>());
+  cuda_check_launch("conv2d");
+}
+
+void conv2d_backward_cuda(const ConvShape& s, const View& gy, const View& x, const View& w, const View* gx,
+                          const View* gw, const View* gb, uintptr_t stream) {
+  if (x.dtype == DType::f64)
+    backward(s, GyPlain<double>{gy.ptr<double>()}, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(gx),
+             opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
+  else
+    backward(s, GyPlain<float>{gy.ptr<float>()}, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(gx),
+             opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
+}
+
+void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const View& x, const View& w,
+                                        const View* b, const View& out, const View& idx, uintptr_t stream) {
+  const int64_t total = s.N * (s.OH / pool) * (s.OW / pool);
+  if (total == 0 || s.O == 0) return;
+  if (x.dtype == DType::f64)
+    fused_forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+        s, pool, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), out.ptr<double>(), idx.ptr<uint8_t>());
+  else
+    fused_forward_kernel<float><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+        s, pool, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(b), out.ptr<float>(), idx.ptr<uint8_t>());
+  cuda_check_launch("conv2d_relu_maxpool2d");
+}
+
+void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
+                                         const View& x, const View& w, const View* gx, const View* gw,
+                                         const View* gb, uintptr_t stream) {
+  if (x.dtype == DType::f64)
+    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), pool}, x.ptr<double>(), w.ptr<double>(),
+             opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
+  else
+    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), pool}, x.ptr<float>(), w.ptr<float>(),
+             opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
+}
+
+}  // namespace ox

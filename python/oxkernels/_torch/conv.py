@@ -1,0 +1,141 @@
+"""torch.library custom ops for conv2d and the fused conv → ReLU → max-pool block:
+schemas, fake (meta) implementations and autograd. The backward passes are
+custom ops too, so torch.compile(fullgraph=True) traces a training step."""
+from typing import Optional
+
+import torch
+
+from .. import _C
+from .._arrays import stream_of
+
+
+def _out_hw(x, weight, stride, padding):
+    oh = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
+    return oh, ow
+
+
+def _grads(x, weight, needs):
+    """Fresh gradient buffers; an unwanted gradient is an empty (0,) tensor (the
+    schema has no optional outputs), turned into None by the autograd formulas."""
+    gx = torch.empty_like(x) if needs[0] else x.new_empty((0,))
+    gw = torch.empty_like(weight) if needs[1] else x.new_empty((0,))
+    gb = x.new_empty((weight.shape[0],)) if needs[2] else x.new_empty((0,))
+    return gx, gw, gb
+
+
+def _or_none(t, needed):
+    return t if needed else None
+
+
+# ---- conv2d -----------------------------------------------------------------
+@torch.library.custom_op("oxkernels::conv2d", mutates_args=())
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+           padding: list[int]) -> torch.Tensor:
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    oh, ow = _out_hw(x, weight, stride, padding)
+    y = x.new_empty((x.shape[0], weight.shape[0], max(oh, 0), max(ow, 0)))
+    _C.conv2d(x, weight, bias, stride[0], stride[1], padding[0], padding[1], y, stream_of(x))
+    return y
+
+
+@conv2d.register_fake
+def _(x, weight, bias, stride, padding):
+    oh, ow = _out_hw(x, weight, stride, padding)
+    return x.new_empty((x.shape[0], weight.shape[0], oh, ow))
+
+
+@torch.library.custom_op("oxkernels::conv2d_backward", mutates_args=())
+def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                    padding: list[int], needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
+    gx, gw, gb = _grads(x, weight, needs)
+    _C.conv2d_backward(grad_out, x, weight, stride[0], stride[1], padding[0], padding[1],
+                       _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), stream_of(x))
+    return gx, gw, gb
+
+
+@conv2d_backward.register_fake
+def _(grad_out, x, weight, stride, padding, needs):
+    return _grads(x, weight, needs)
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.geometry = (list(stride), list(padding))
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_grad(ctx, grad):
+    x, weight = ctx.saved_tensors
+    stride, padding = ctx.geometry
+    nx, nw, nb = ctx.needs_input_grad[:3]
+    needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
+    gx, gw, gb = torch.ops.oxkernels.conv2d_backward(grad, x, weight, stride, padding, needs)
+    return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None
+
+
+conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+
+
+# ---- fused conv → ReLU → max-pool --------------------------------------------
+@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d", mutates_args=())
+def conv2d_relu_maxpool2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                          padding: list[int], pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    oh, ow = _out_hw(x, weight, stride, padding)
+    shape = (x.shape[0], weight.shape[0], max(oh, 0) // pool, max(ow, 0) // pool) if pool > 0 else (0,)
+    out = x.new_empty(shape)
+    idx = torch.empty(shape, dtype=torch.uint8, device=x.device)
+    _C.conv2d_relu_maxpool2d(x, weight, bias, stride[0], stride[1], padding[0], padding[1], pool, out, idx,
+                             stream_of(x))
+    return out, idx
+
+
+@conv2d_relu_maxpool2d.register_fake
+def _(x, weight, bias, stride, padding, pool):
+    oh, ow = _out_hw(x, weight, stride, padding)
+    shape = (x.shape[0], weight.shape[0], oh // pool, ow // pool)
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+
+
+@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d_backward", mutates_args=())
+def conv2d_relu_maxpool2d_backward(grad_out: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
+                                   weight: torch.Tensor, stride: list[int], padding: list[int], pool: int,
+                                   needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
+    gx, gw, gb = _grads(x, weight, needs)
+    _C.conv2d_relu_maxpool2d_backward(grad_out, indices.contiguous(), x, weight, stride[0], stride[1], padding[0],
+                                      padding[1], pool, _or_none(gx, needs[0]), _or_none(gw, needs[1]),
+                                      _or_none(gb, needs[2]), stream_of(x))
+    return gx, gw, gb
+
+
+@conv2d_relu_maxpool2d_backward.register_fake
+def _(grad_out, indices, x, weight, stride, padding, pool, needs):
+    return _grads(x, weight, needs)
+
+
+def _fused_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, pool = inputs
+    _, idx = output
+    ctx.save_for_backward(x, weight, idx)
+    ctx.geometry = (list(stride), list(padding), pool)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(idx)
+
+
+def _fused_grad(ctx, grad, _grad_idx):
+    x, weight, idx = ctx.saved_tensors
+    stride, padding, pool = ctx.geometry
+    nx, nw, nb = ctx.needs_input_grad[:3]
+    needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
+    gx, gw, gb = torch.ops.oxkernels.conv2d_relu_maxpool2d_backward(grad, idx, x, weight, stride, padding, pool,
+                                                                   needs)
+    return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None, None
+
+
+conv2d_relu_maxpool2d.register_autograd(_fused_grad, setup_context=_fused_setup)
