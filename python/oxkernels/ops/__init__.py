@@ -2,5 +2,11 @@
 CUDA) in, torch tensors out (differentiable where the op has a gradient)."""
 from .linreg import *  # noqa: F401,F403
 from .linreg import __all__ as _linreg
+from .pool import *  # noqa: F401,F403
+from .pool import __all__ as _pool
+from .activation import *  # noqa: F401,F403
+from .activation import __all__ as _activation
+from .loss import *  # noqa: F401,F403
+from .loss import __all__ as _loss
 
-__all__ = [*_linreg]
+__all__ = [*_linreg, *_pool, *_activation, *_loss]
