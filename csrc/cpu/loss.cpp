@@ -12,6 +12,10 @@ namespace OX_ISA {
 
 static inline float exp1(float x) { return vexp(x); }
 static inline double exp1(double x) { return std::exp(x); }
+static inline void exp_inplace(float* v, int64_t n) { exp_array(v, v, n); }
+static inline void exp_inplace(double* v, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) v[k] = std::exp(v[k]);
+}
 
 // Elements of scratch per chunk of rows (L1-sized).
 constexpr int64_t kChunk = 1024;
@@ -29,8 +33,7 @@ template <class T> static void chunk_lse(const T* x, int64_t rows, int64_t C, T*
     T* er = e + r * C;
     for (int64_t j = 0; j < C; ++j) er[j] = xr[j] - m;
   }
-  const int64_t n = rows * C;
-  for (int64_t k = 0; k < n; ++k) e[k] = exp1(e[k]);
+  exp_inplace(e, rows * C);
   for (int64_t r = 0; r < rows; ++r) {
     const T* er = e + r * C;
     T s = 0;

@@ -80,16 +80,19 @@ template <class T> static void bwd_plane_2x2(const T* dy, const T* x, T* dx, con
     const T* gr = dy + i * g.wo;
     for (int64_t j = 0; j < g.wo; ++j) {
       const T a = r0[2 * j], b = r0[2 * j + 1], c = r1[2 * j], d = r1[2 * j + 1];
-      T m = a;
-      int k = 0;
-      if (takes_over(b, m)) { m = b; k = 1; }
-      if (takes_over(c, m)) { m = c; k = 2; }
-      if (takes_over(d, m)) { k = 3; }
+      // k = position of the winner in window order, as a T so that every select
+      // has the lanes of T (branch-free: this loop vectorises).
+      const bool tb = takes_over(b, a);
+      T m = tb ? b : a, k = tb ? T(1) : T(0);
+      const bool tc = takes_over(c, m);
+      m = tc ? c : m;
+      k = tc ? T(2) : k;
+      k = takes_over(d, m) ? T(3) : k;
       const T v = gr[j];
-      d0[2 * j] = k == 0 ? v : T(0);
-      d0[2 * j + 1] = k == 1 ? v : T(0);
-      d1[2 * j] = k == 2 ? v : T(0);
-      d1[2 * j + 1] = k == 3 ? v : T(0);
+      d0[2 * j] = k == T(0) ? v : T(0);
+      d0[2 * j + 1] = k == T(1) ? v : T(0);
+      d1[2 * j] = k == T(2) ? v : T(0);
+      d1[2 * j + 1] = k == T(3) ? v : T(0);
     }
     if (g.w & 1) d0[g.w - 1] = d1[g.w - 1] = T(0);
   }
