@@ -9,3 +9,11 @@ from .conv import __all__ as _conv
 
 __all__ = [*_linreg, *_adam]
 __all__ = [*_linreg, *_conv]
+from .pool import *  # noqa: F401,F403
+from .pool import __all__ as _pool
+from .activation import *  # noqa: F401,F403
+from .activation import __all__ as _activation
+from .loss import *  # noqa: F401,F403
+from .loss import __all__ as _loss
+
+__all__ = [*_linreg, *_pool, *_activation, *_loss]

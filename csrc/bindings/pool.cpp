@@ -1,0 +1,39 @@
+#include "pool.h"
+
+#include "bindings/python.h"
+
+namespace ox {
+
+OX_BINDINGS(bind_pool) {
+  m.def(
+      "max_pool2d",
+      [](View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, uintptr_t stream) {
+        const Pool2d p{kh, kw, sh, sw};
+        int64_t ho, wo;
+        max_pool2d_check("max_pool2d", x, p, &ho, &wo);
+        max_pool2d_check_out("max_pool2d", "out", out, x, ho, wo);
+        if (x.device == Device::cuda) OX_CUDA_CALL("max_pool2d", max_pool2d_forward_cuda(x, p, out, stream));
+        else max_pool2d_forward_cpu(x, p, out);
+      },
+      py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "max_pool2d_backward",
+      [](View grad, View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, uintptr_t stream) {
+        const char* op = "max_pool2d_backward";
+        const Pool2d p{kh, kw, sh, sw};
+        int64_t ho, wo;
+        max_pool2d_check(op, x, p, &ho, &wo);
+        check_like(op, "grad", grad, "x", x);
+        if (x.ndim == 4) check_shape(op, "grad", grad, {x.shape[0], x.shape[1], ho, wo});
+        else check_shape(op, "grad", grad, {x.shape[0], ho, wo});
+        if (x.ndim == 4) check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2], x.shape[3]});
+        else check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2]});
+        if (x.device == Device::cuda) OX_CUDA_CALL(op, max_pool2d_backward_cuda(grad, x, p, out, stream));
+        else max_pool2d_backward_cpu(grad, x, p, out);
+      },
+      py::arg("grad"), py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace ox

@@ -1,0 +1,336 @@
+#include "loss.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/isa.h"
+#include "core/threading.h"
+#include "cpu/vexp.h"
+
+namespace ox {
+namespace OX_ISA {
+
+static inline float exp1(float x) { return vexp(x); }
+static inline double exp1(double x) { return std::exp(x); }
+static inline void exp_inplace(float* v, int64_t n) { exp_array(v, v, n); }
+static inline void exp_inplace(double* v, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) v[k] = std::exp(v[k]);
+}
+
+// Elements of scratch per chunk of rows (L1-sized).
+constexpr int64_t kChunk = 1024;
+// Rows of a fixed reduction block: the loss sums block partials in block order.
+constexpr int64_t kBlockElems = 32768;
+
+// For `rows` contiguous rows of C logits: e[r, j] = e^{x_rj − m_r} and lse_r = m_r + log Σ_j e[r, j].
+// The e^{} pass runs over the whole chunk at once, so it vectorises even for C = 10.
+template <class T> static void chunk_lse(const T* x, int64_t rows, int64_t C, T* e, T* lse) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T m = xr[0];
+    for (int64_t j = 1; j < C; ++j) m = xr[j] > m ? xr[j] : m;
+    lse[r] = m;
+    T* er = e + r * C;
+    for (int64_t j = 0; j < C; ++j) er[j] = xr[j] - m;
+  }
+  exp_inplace(e, rows * C);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* er = e + r * C;
+    T s = 0;
+    for (int64_t j = 0; j < C; ++j) s += er[j];
+    lse[r] += std::log(s);
+  }
+}
+
+static inline int64_t chunk_rows(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
+
+// Per-row losses of rows [r0, r1) (0 where ignored); returns their sum in double.
+template <class T>
+static double ce_rows(const T* x, const int64_t* t, int64_t r0, int64_t r1, int64_t C, const CrossEntropy& ce,
+                      T* row_loss) {
+  const int64_t cr = chunk_rows(C);
+  T* e = new T[cr * C];
+  T lse[kChunk];
+  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
+  double total = 0;
+  for (int64_t c0 = r0; c0 < r1; c0 += cr) {
+    const int64_t rows = c0 + cr <= r1 ? cr : r1 - c0;
+    chunk_lse(x + c0 * C, rows, C, e, lse);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = c0 + r;
+      const T* xi = x + i * C;
+      T l = 0;
+      if (t[i] != ce.ignore_index) {
+        l = lse[r] - keep * xi[t[i]];  // = (1−ε)(lse − x_t) + ε(lse − mean x) with the term below
+        if (ce.label_smoothing != 0) {
+          T s = 0;
+          for (int64_t j = 0; j < C; ++j) s += xi[j];
+          l -= smooth * s;
+        }
+      }
+      if (row_loss) row_loss[i] = l;
+      total += static_cast<double>(l);
+    }
+  }
+  delete[] e;
+  return total;
+}
+
+static int64_t count_valid(const int64_t* t, int64_t n, int64_t ignore) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) c += t[i] != ignore;
+  return c;
+}
+
+template <class T>
+static void ce_forward(const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, T* out) {
+  const int64_t block = C >= kBlockElems ? 1 : kBlockElems / C;
+  if (ce.reduction == Reduction::none) {
+    for_each_block(N, block, [&](int64_t, int64_t b, int64_t e) { ce_rows(x, t, b, e, C, ce, out); });
+    return;
+  }
+  const int64_t nblocks = (N + block - 1) / block;
+  double one_partial;
+  double* partial = nblocks <= 1 ? &one_partial : new double[nblocks];
+  for_each_block(N, block, [&](int64_t k, int64_t b, int64_t e) {
+    partial[k] = ce_rows(x, t, b, e, C, ce, static_cast<T*>(nullptr));
+  });
+  double total = 0;
+  for (int64_t k = 0; k < nblocks; ++k) total += partial[k];
+  if (partial != &one_partial) delete[] partial;
+  if (ce.reduction == Reduction::mean) total /= static_cast<double>(count_valid(t, N, ce.ignore_index));
+  out[0] = static_cast<T>(total);
+}
+
+template <class T>
+static void ce_backward(const T* g, const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce,
+                        T* dx) {
+  T scale_all = 0;
+  if (ce.reduction == Reduction::sum) scale_all = g[0];
+  if (ce.reduction == Reduction::mean) scale_all = g[0] / static_cast<T>(count_valid(t, N, ce.ignore_index));
+  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
+  const int64_t cr = chunk_rows(C);
+  const int64_t block = C >= kBlockElems ? 1 : kBlockElems / C;
+  parallel_for(N, block, [&](int64_t b, int64_t end) {
+    T* e = new T[cr * C];
+    T lse[kChunk];
+    for (int64_t c0 = b; c0 < end; c0 += cr) {
+      const int64_t rows = c0 + cr <= end ? cr : end - c0;
+      chunk_lse(x + c0 * C, rows, C, e, lse);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = c0 + r;
+        T* d = dx + i * C;
+        if (t[i] == ce.ignore_index) {
+          for (int64_t j = 0; j < C; ++j) d[j] = 0;
+          continue;
+        }
+        const T s = ce.reduction == Reduction::none ? g[i] : scale_all;
+        // softmax = e / Σe = e^{x − lse}; e holds e^{x − m}, so softmax = e · e^{m − lse} = e / Σe.
+        const T* er = e + r * C;
+        T sum = 0;
+        for (int64_t j = 0; j < C; ++j) sum += er[j];
+        const T p_scale = s / sum, shift = s * smooth;
+        for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - shift;
+        d[t[i]] -= s * keep;
+      }
+    }
+    delete[] e;
+  });
+}
+
+void cross_entropy_fwd(const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, void* out,
+                       bool f64) {
+  if (f64) ce_forward(static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(out));
+  else ce_forward(static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(out));
+}
+
+void cross_entropy_bwd(const void* g, const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce,
+                       void* dx, bool f64) {
+  if (f64)
+    ce_backward(static_cast<const double*>(g), static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(dx));
+  else
+    ce_backward(static_cast<const float*>(g), static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(dx));
+}
+
+// ---- softmax / log_softmax over the middle axis of (outer, C, inner) ----
+
+template <class T>
+static void softmax_fwd_rows(const T* x, int64_t outer, int64_t C, int64_t inner, bool log, T* y) {
+  if (inner == 1) {  // contiguous rows: the chunked, vectorised path
+    const int64_t cr = chunk_rows(C);
+    parallel_for(outer, kBlockElems / (C < kBlockElems ? C : kBlockElems), [&](int64_t b, int64_t end) {
+      T* e = new T[cr * C];
+      T lse[kChunk];
+      for (int64_t c0 = b; c0 < end; c0 += cr) {
+        const int64_t rows = c0 + cr <= end ? cr : end - c0;
+        chunk_lse(x + c0 * C, rows, C, e, lse);
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* xr = x + (c0 + r) * C;
+          T* yr = y + (c0 + r) * C;
+          if (log) {
+            for (int64_t j = 0; j < C; ++j) yr[j] = xr[j] - lse[r];
+          } else {
+            const T* er = e + r * C;
+            T s = 0;
+            for (int64_t j = 0; j < C; ++j) s += er[j];
+            const T inv = T(1) / s;
+            for (int64_t j = 0; j < C; ++j) yr[j] = er[j] * inv;
+          }
+        }
+      }
+      delete[] e;
+    });
+    return;
+  }
+  // Strided rows (dim is not the last one): plain loops, one row at a time.
+  parallel_for(outer * inner, 256, [&](int64_t b, int64_t end) {
+    for (int64_t q = b; q < end; ++q) {
+      const int64_t o = q / inner, in = q % inner;
+      const T* xr = x + o * C * inner + in;
+      T* yr = y + o * C * inner + in;
+      T m = xr[0];
+      for (int64_t j = 1; j < C; ++j) m = xr[j * inner] > m ? xr[j * inner] : m;
+      T s = 0;
+      for (int64_t j = 0; j < C; ++j) s += exp1(xr[j * inner] - m);
+      const T lse = m + std::log(s);
+      for (int64_t j = 0; j < C; ++j)
+        yr[j * inner] = log ? xr[j * inner] - lse : exp1(xr[j * inner] - lse);
+    }
+  });
+}
+
+// softmax: dx = y (g − Σ g y);  log_softmax: dx = g − e^{y} Σ g.
+template <class T>
+static void softmax_bwd_rows(const T* g, const T* y, int64_t outer, int64_t C, int64_t inner, bool log, T* dx) {
+  parallel_for(outer * inner, inner == 1 ? 1 + 4096 / (C ? C : 1) : 256, [&](int64_t b, int64_t end) {
+    for (int64_t q = b; q < end; ++q) {
+      const int64_t o = q / inner, in = q % inner;
+      const int64_t base = o * C * inner + in;
+      const T* gr = g + base;
+      const T* yr = y + base;
+      T* dr = dx + base;
+      T dot = 0;
+      if (log) {
+        for (int64_t j = 0; j < C; ++j) dot += gr[j * inner];
+        for (int64_t j = 0; j < C; ++j) dr[j * inner] = gr[j * inner] - exp1(yr[j * inner]) * dot;
+      } else {
+        for (int64_t j = 0; j < C; ++j) dot += gr[j * inner] * yr[j * inner];
+        for (int64_t j = 0; j < C; ++j) dr[j * inner] = yr[j * inner] * (gr[j * inner] - dot);
+      }
+    }
+  });
+}
+
+void softmax_fwd(const void* x, int64_t outer, int64_t C, int64_t inner, bool log, void* y, bool f64) {
+  if (f64) softmax_fwd_rows(static_cast<const double*>(x), outer, C, inner, log, static_cast<double*>(y));
+  else softmax_fwd_rows(static_cast<const float*>(x), outer, C, inner, log, static_cast<float*>(y));
+}
+
+void softmax_bwd(const void* g, const void* y, int64_t outer, int64_t C, int64_t inner, bool log, void* dx,
+                 bool f64) {
+  if (f64)
+    softmax_bwd_rows(static_cast<const double*>(g), static_cast<const double*>(y), outer, C, inner, log,
+                     static_cast<double*>(dx));
+  else
+    softmax_bwd_rows(static_cast<const float*>(g), static_cast<const float*>(y), outer, C, inner, log,
+                     static_cast<float*>(dx));
+}
+
+}  // namespace OX_ISA
+}  // namespace ox
+
+#if OX_ISA_IS_scalar
+#include "core/checks.h"
+
+OX_ISA_DECLARE(void, cross_entropy_fwd, (const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, bool))
+OX_ISA_DECLARE(void, cross_entropy_bwd,
+               (const void*, const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, bool))
+OX_ISA_DECLARE(void, softmax_fwd, (const void*, int64_t, int64_t, int64_t, bool, void*, bool))
+OX_ISA_DECLARE(void, softmax_bwd, (const void*, const void*, int64_t, int64_t, int64_t, bool, void*, bool))
+
+namespace ox {
+
+void cross_entropy_check(const char* op, const View& logits, const View& target, const CrossEntropy& ce) {
+  check_dtype(op, "logits", logits, {DType::f32, DType::f64});
+  check_rank_between(op, "logits", logits, 1, 2);
+  check_contiguous(op, "logits", logits);
+  check_numel_fits(op, "logits", logits);
+  check_same_device(op, "target", target, "logits", logits);
+  check_dtype(op, "target", target, {DType::i64});
+  check_contiguous(op, "target", target);
+  if (logits.ndim == 2) check_shape(op, "target", target, {logits.shape[0]});
+  else check_shape(op, "target", target, {});
+  const int64_t C = logits.size(-1);
+  if (C < 1) value_error(op, ": argument 'logits' must have at least one class, got shape ", shape_str(logits));
+  if (!(ce.label_smoothing >= 0.0 && ce.label_smoothing <= 1.0))
+    value_error(op, ": argument 'label_smoothing' must be in [0, 1], got ", ce.label_smoothing);
+  const int r = static_cast<int>(ce.reduction);
+  if (r < 0 || r > 2) value_error(op, ": argument 'reduction' must be 'none', 'mean' or 'sum'");
+  if (target.device == Device::cpu) {
+    const int64_t* t = target.ptr<int64_t>();
+    const int64_t n = target.numel();
+    for (int64_t i = 0; i < n; ++i)
+      if ((t[i] < 0 || t[i] >= C) && t[i] != ce.ignore_index)
+        value_error(op, ": argument 'target' holds class ", t[i], " at position ", i, ", outside [0, ", C,
+                    ") and not ignore_index (", ce.ignore_index, ")");
+  }
+}
+
+void cross_entropy_check_out(const char* op, const View& out, const View& logits, const CrossEntropy& ce) {
+  if (ce.reduction == Reduction::none && logits.ndim == 2) check_output(op, "out", out, logits, {logits.shape[0]});
+  else check_output(op, "out", out, logits, {});
+}
+
+void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out) {
+  const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
+  OX_ISA_DISPATCH(cross_entropy_fwd, logits.data, target.ptr<int64_t>(), N, C, ce, out.data,
+                  logits.dtype == DType::f64);
+}
+
+void cross_entropy_backward_cpu(const View& grad, const View& logits, const View& target, const CrossEntropy& ce,
+                                const View& dx) {
+  const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
+  OX_ISA_DISPATCH(cross_entropy_bwd, grad.data, logits.data, target.ptr<int64_t>(), N, C, ce, dx.data,
+                  logits.dtype == DType::f64);
+}
+
+void softmax_check(const char* op, const View& x, int dim, const View& out) {
+  check_dtype(op, "x", x, {DType::f32, DType::f64});
+  check_contiguous(op, "x", x);
+  check_numel_fits(op, "x", x);
+  if (x.ndim == 0) value_error(op, ": argument 'x' must have at least one dimension, got a scalar");
+  if (dim < 0 || dim >= x.ndim)
+    value_error(op, ": argument 'dim' is out of range for 'x' with ", x.ndim, " dimensions");
+  check_same_device(op, "out", out, "x", x);
+  check_same_dtype(op, "out", out, "x", x);
+  bool same = out.ndim == x.ndim;
+  for (int i = 0; same && i < x.ndim; ++i) same = out.shape[i] == x.shape[i];
+  if (!same) value_error(op, ": argument 'out' must have shape ", shape_str(x), ", got ", shape_str(out));
+  check_contiguous(op, "out", out);
+  check_writable(op, "out", out);
+}
+
+static void split_dims(const View& x, int dim, int64_t* outer, int64_t* C, int64_t* inner) {
+  *outer = 1;
+  *inner = 1;
+  for (int i = 0; i < dim; ++i) *outer *= x.shape[i];
+  for (int i = dim + 1; i < x.ndim; ++i) *inner *= x.shape[i];
+  *C = x.shape[dim];
+}
+
+void softmax_forward_cpu(const View& x, int dim, bool log, const View& y) {
+  int64_t outer, C, inner;
+  split_dims(x, dim, &outer, &C, &inner);
+  if (outer * C * inner == 0) return;
+  OX_ISA_DISPATCH(softmax_fwd, x.data, outer, C, inner, log, y.data, x.dtype == DType::f64);
+}
+
+void softmax_backward_cpu(const View& g, const View& y, int dim, bool log, const View& dx) {
+  int64_t outer, C, inner;
+  split_dims(g, dim, &outer, &C, &inner);
+  if (outer * C * inner == 0) return;
+  OX_ISA_DISPATCH(softmax_bwd, g.data, y.data, outer, C, inner, log, dx.data, g.dtype == DType::f64);
+}
+
+}  // namespace ox
+#endif

@@ -1,0 +1,48 @@
+// Softmax, log-softmax and the fused softmax cross-entropy loss.
+//
+// Row i of logits x (C classes), lse_i = m_i + log Σ_j e^{x_ij − m_i}, m_i = max_j x_ij:
+//   log_softmax: y_ij = x_ij − lse_i          softmax: y_ij = e^{x_ij − lse_i}
+//   backward:    dx = g − e^{y} Σ_j g_j       dx = y ⊙ (g − Σ_j g_j y_j)
+// Cross-entropy with class targets t_i and label smoothing ε:
+//   ℓ_i = (1−ε)(lse_i − x_{i,t_i}) + ε (lse_i − (1/C) Σ_j x_ij),  ℓ_i = 0 where t_i = ignore_index
+//   reduction none: ℓ;  sum: Σ ℓ_i;  mean: Σ ℓ_i / #{i : t_i ≠ ignore_index}  (torch's rule, NaN if none)
+//   ∂/∂x_ij = s_i (softmax_ij − (1−ε)[j = t_i] − ε/C),  s_i = g_i (none), g (sum), g/count (mean), 0 if ignored
+// logits (N, C) or (C,) contiguous float32/float64; target (N,) or () int64.
+#pragma once
+#include <cstdint>
+
+#include "core/view.h"
+
+namespace ox {
+
+enum class Reduction : int { none = 0, mean = 1, sum = 2 };
+
+struct CrossEntropy {
+  Reduction reduction;
+  double label_smoothing;
+  int64_t ignore_index;
+};
+
+// Shapes, dtypes and devices; on the CPU also the target values.
+void cross_entropy_check(const char* op, const View& logits, const View& target, const CrossEntropy& ce);
+void cross_entropy_check_out(const char* op, const View& out, const View& logits, const CrossEntropy& ce);
+
+void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out);
+void cross_entropy_backward_cpu(const View& grad, const View& logits, const View& target, const CrossEntropy& ce,
+                                const View& dx);
+// CUDA: workspace is scratch of the logits' dtype with at least max(N, 1) elements.
+// Targets are not validated on the device (that would need a host sync): a row
+// whose target is outside [0, C) and not ignore_index gives a NaN loss and NaN gradient.
+void cross_entropy_forward_cuda(const View& logits, const View& target, const CrossEntropy& ce, const View& out,
+                                const View& workspace, uintptr_t stream);
+void cross_entropy_backward_cuda(const View& grad, const View& logits, const View& target, const CrossEntropy& ce,
+                                 const View& dx, const View& workspace, uintptr_t stream);
+
+// softmax / log_softmax over dimension `dim` (already normalised to [0, ndim)).
+void softmax_check(const char* op, const View& x, int dim, const View& out);
+void softmax_forward_cpu(const View& x, int dim, bool log, const View& y);
+void softmax_backward_cpu(const View& g, const View& y, int dim, bool log, const View& dx);
+void softmax_forward_cuda(const View& x, int dim, bool log, const View& y, uintptr_t stream);
+void softmax_backward_cuda(const View& g, const View& y, int dim, bool log, const View& dx, uintptr_t stream);
+
+}  // namespace ox

@@ -1,0 +1,94 @@
+"""torch ops for relu and sigmoid: oxkernels::relu, oxkernels::sigmoid and their
+backward ops (custom ops with fake impls and autograd), plus the lean eager path
+(`relu`, `sigmoid` here) that the public functions and modules use.
+
+Both backwards take the forward OUTPUT y: relu's dx = g·[y > 0], sigmoid's
+dx = g·y·(1 − y); so only y is saved.
+"""
+import torch
+
+from .. import _C
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _new(like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+def _define(name: str, forward_kernel, backward_kernel):
+    """Registers oxkernels::<name> and oxkernels::<name>_backward, and returns
+    (custom op, autograd.Function) for one activation."""
+
+    @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
+    def backward_op(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = _new(y)
+        backward_kernel(grad, y, out, _stream(y))
+        return out
+
+    @backward_op.register_fake
+    def _(grad, y):
+        return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+    @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
+    def forward_op(x: torch.Tensor) -> torch.Tensor:
+        out = _new(x)
+        forward_kernel(x, out, _stream(x))
+        return out
+
+    @forward_op.register_fake
+    def _(x):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return backward_op(grad.contiguous(), y)
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+    class EagerFn(torch.autograd.Function):
+        """Same kernels without the custom-op dispatch (≈ 4 µs cheaper per call)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            out = _new(x)
+            forward_kernel(x, out, _stream(x))
+            ctx.save_for_backward(out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            out = _new(y)
+            backward_kernel(grad.contiguous(), y, out, _stream(y))
+            return out
+
+    EagerFn.__name__ = f"{name.capitalize()}Function"
+    return forward_op, EagerFn
+
+
+relu_op, _ReluFn = _define("relu", _C.relu, _C.relu_backward)
+sigmoid_op, _SigmoidFn = _define("sigmoid", _C.sigmoid, _C.sigmoid_backward)
+
+
+def _apply(op, fn, kernel, x: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return op(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        return fn.apply(x)
+    out = _new(x)  # no autograd needed: call the kernel directly
+    kernel(x, out, _stream(x))
+    return out
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return _apply(relu_op, _ReluFn, _C.relu, x)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return _apply(sigmoid_op, _SigmoidFn, _C.sigmoid, x)

@@ -1,0 +1,141 @@
+"""torch ops for the loss family: oxkernels::cross_entropy, softmax,
+log_softmax and their backward ops (custom ops with fake impls and autograd),
+plus lean eager paths used by the public functions and CrossEntropyLoss.
+
+cross_entropy saves only its inputs: backward recomputes the row log-sum-exp
+(one pass over the logits, fused with the gradient), cheaper than writing and
+re-reading a saved softmax. reduction is passed to the kernels as an int:
+0 = none, 1 = mean, 2 = sum.
+"""
+import torch
+
+from .. import _C
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _workspace(logits: torch.Tensor):
+    """CUDA scratch (per-row losses / the valid-target count); None on the CPU."""
+    if not logits.is_cuda:
+        return None
+    n = logits.shape[0] if logits.dim() == 2 else 1
+    return torch.empty(max(n, 1), dtype=logits.dtype, device=logits.device)
+
+
+def _loss_shape(logits, reduction):
+    return (logits.shape[0],) if reduction == 0 and logits.dim() == 2 else ()
+
+
+def _ce_forward(logits, target, reduction, label_smoothing, ignore_index):
+    out = torch.empty(_loss_shape(logits, reduction), dtype=logits.dtype, device=logits.device)
+    _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
+                     _stream(logits))
+    return out
+
+
+def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index):
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    _C.cross_entropy_backward(grad.contiguous(), logits, target, out, reduction, label_smoothing, ignore_index,
+                              _workspace(logits), _stream(logits))
+    return out
+
+
+@torch.library.custom_op("oxkernels::cross_entropy_backward", mutates_args=())
+def cross_entropy_backward_op(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, reduction: int,
+                              label_smoothing: float, ignore_index: int) -> torch.Tensor:
+    return _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index)
+
+
+@cross_entropy_backward_op.register_fake
+def _(grad, logits, target, reduction, label_smoothing, ignore_index):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("oxkernels::cross_entropy", mutates_args=())
+def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, reduction: int, label_smoothing: float,
+                     ignore_index: int) -> torch.Tensor:
+    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+
+
+@cross_entropy_op.register_fake
+def _(logits, target, reduction, label_smoothing, ignore_index):
+    return logits.new_empty(_loss_shape(logits, reduction))
+
+
+def _ce_setup(ctx, inputs, output):
+    logits, target, ctx.reduction, ctx.label_smoothing, ctx.ignore_index = inputs
+    ctx.save_for_backward(logits, target)
+
+
+def _ce_op_backward(ctx, grad):
+    logits, target = ctx.saved_tensors
+    dx = cross_entropy_backward_op(grad.contiguous(), logits, target, ctx.reduction, ctx.label_smoothing,
+                                   ctx.ignore_index)
+    return dx, None, None, None, None
+
+
+cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_setup)
+
+
+class _CrossEntropyFn(torch.autograd.Function):
+    """Same kernels without the custom-op dispatch, for eager mode."""
+
+    @staticmethod
+    def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
+        ctx.args = (reduction, label_smoothing, ignore_index)
+        ctx.save_for_backward(logits, target)
+        return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, target = ctx.saved_tensors
+        return _ce_backward(grad, logits, target, *ctx.args), None, None, None, None
+
+
+def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
+    if torch.compiler.is_compiling():
+        return cross_entropy_op(logits, target, reduction, label_smoothing, ignore_index)
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _CrossEntropyFn.apply(logits, target, reduction, label_smoothing, ignore_index)
+    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+
+
+def _define_softmax(name: str, forward_kernel, backward_kernel):
+    @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
+    def backward_op(grad: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+        backward_kernel(grad, y, dim, out, _stream(y))
+        return out
+
+    @backward_op.register_fake
+    def _(grad, y, dim):
+        return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+    @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
+    def forward_op(x: torch.Tensor, dim: int) -> torch.Tensor:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        forward_kernel(x, dim, out, _stream(x))
+        return out
+
+    @forward_op.register_fake
+    def _(x, dim):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return backward_op(grad.contiguous(), y, ctx.dim), None
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+    return forward_op
+
+
+softmax_op = _define_softmax("softmax", _C.softmax, _C.softmax_backward)
+log_softmax_op = _define_softmax("log_softmax", _C.log_softmax, _C.log_softmax_backward)

@@ -1,0 +1,25 @@
+"""Drop-in ReLU, Sigmoid and Flatten."""
+import torch
+
+from .._torch import activation as _act
+
+__all__ = ["ReLU", "Sigmoid", "Flatten"]
+
+
+class ReLU(torch.nn.ReLU):
+    """torch.nn.ReLU on the oxkernels kernel. inplace=True is accepted but the
+    result is always a new tensor (the input is not modified)."""
+
+    def forward(self, x):
+        return _act.relu(x)
+
+
+class Sigmoid(torch.nn.Sigmoid):
+    """torch.nn.Sigmoid on the oxkernels kernel."""
+
+    def forward(self, x):
+        return _act.sigmoid(x)
+
+
+class Flatten(torch.nn.Flatten):
+    """torch.nn.Flatten(start_dim=1, end_dim=-1): a view, no kernel needed."""

@@ -1,0 +1,26 @@
+"""Drop-in CrossEntropyLoss on the fused softmax cross-entropy kernels."""
+import torch
+
+from ..ops.loss import _reduction
+from .._torch import loss as _loss
+
+__all__ = ["CrossEntropyLoss"]
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """torch.nn.CrossEntropyLoss with the same constructor (size_average / reduce
+    handled as torch does). Class-index targets only; weight must be None."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
+        if weight is not None:
+            raise ValueError("oxkernels.nn.CrossEntropyLoss: argument 'weight' (class weights) is not supported; "
+                             "pass weight=None")
+        super().__init__(None, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self._reduction_code = _reduction("CrossEntropyLoss", self.reduction)
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: argument 'label_smoothing' must be in [0, 1], got {label_smoothing}")
+
+    def forward(self, input, target):
+        return _loss.cross_entropy(input, target, self._reduction_code, float(self.label_smoothing),
+                                   int(self.ignore_index))

@@ -1,0 +1,34 @@
+"""Drop-in MaxPool2d on the oxkernels max_pool2d kernels."""
+import torch
+
+from ..ops.pool import _geometry
+from .._torch import pool as _pool
+
+__all__ = ["MaxPool2d"]
+
+
+def _is_zero(v) -> bool:
+    return v == 0 or (isinstance(v, (tuple, list)) and all(e == 0 for e in v))
+
+
+def _is_one(v) -> bool:
+    return v == 1 or (isinstance(v, (tuple, list)) and all(e == 1 for e in v))
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    """torch.nn.MaxPool2d with the same constructor; supported: padding=0, dilation=1,
+    return_indices=False, ceil_mode=False (anything else raises ValueError)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        unsupported = {"padding": not _is_zero(padding), "dilation": not _is_one(dilation),
+                       "return_indices": bool(return_indices), "ceil_mode": bool(ceil_mode)}
+        for name, bad in unsupported.items():
+            if bad:
+                raise ValueError(f"oxkernels.nn.MaxPool2d: argument '{name}'={getattr(self, name)!r} is not supported "
+                                 "(padding=0, dilation=1, return_indices=False, ceil_mode=False only)")
+        # torch keeps stride=kernel_size when stride is None or empty
+        self._geometry = _geometry("MaxPool2d", kernel_size, stride if stride else None)
+
+    def forward(self, x):
+        return _pool.max_pool2d(x, *self._geometry)

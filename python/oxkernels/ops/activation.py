@@ -1,0 +1,49 @@
+"""Elementwise activations: relu and sigmoid, forward and backward.
+
+    relu(x)    = max(x, 0)            relu_backward(g, y)    = g · [y > 0]
+    sigmoid(x) = 1 / (1 + e^{−x})     sigmoid_backward(g, y) = g · y · (1 − y)
+
+The backwards take the forward output y. Torch tensors in: differentiable torch
+ops (autograd through the same kernels); NumPy in: NumPy out.
+"""
+from .. import _C
+from .._arrays import TORCH, array_kind, empty, stream_of
+
+__all__ = ["relu", "sigmoid", "relu_backward", "sigmoid_backward"]
+
+
+def _unary(name, x):
+    if array_kind(name, x=x) == TORCH:
+        from .._torch import activation
+
+        return getattr(activation, name)(x)
+    out = empty(x, x.shape)
+    getattr(_C, name)(x, out, 0)
+    return out
+
+
+def _backward(name, grad, y):
+    array_kind(name, grad=grad, y=y)
+    out = empty(y, y.shape)
+    getattr(_C, name)(grad, y, out, stream_of(y))
+    return out
+
+
+def relu(x):
+    """max(x, 0) elementwise (NaN stays NaN). float32 (CPU/CUDA) or float64, contiguous."""
+    return _unary("relu", x)
+
+
+def sigmoid(x):
+    """1 / (1 + e^{−x}) elementwise, stable for any x. float32 (CPU/CUDA) or float64, contiguous."""
+    return _unary("sigmoid", x)
+
+
+def relu_backward(grad, y):
+    """Gradient of relu from its output y: grad where y > 0, else 0 (0 at x = 0, as torch)."""
+    return _backward("relu_backward", grad, y)
+
+
+def sigmoid_backward(grad, y):
+    """Gradient of sigmoid from its output y: grad · y · (1 − y)."""
+    return _backward("sigmoid_backward", grad, y)

@@ -1,0 +1,88 @@
+"""Softmax, log-softmax and the fused softmax cross-entropy loss.
+
+    cross_entropy: ℓ_i = (1−ε)(lse_i − x_{i,t_i}) + ε(lse_i − mean_j x_ij),  lse_i = log Σ_j e^{x_ij}
+    reduction 'mean' divides by the number of targets ≠ ignore_index (as torch).
+
+Torch tensors in: differentiable torch ops; NumPy in: NumPy out.
+"""
+from .. import _C
+from .._arrays import TORCH, array_kind, empty, stream_of
+
+__all__ = ["cross_entropy", "cross_entropy_backward", "softmax", "log_softmax"]
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _reduction(op, reduction):
+    try:
+        return _REDUCTIONS[reduction]
+    except (KeyError, TypeError):
+        raise ValueError(f"{op}: argument 'reduction' must be 'none', 'mean' or 'sum', got {reduction!r}") from None
+
+
+def _scalar_args(op, label_smoothing, ignore_index):
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{op}: argument 'ignore_index' must be an int, got {ignore_index!r}")
+    try:
+        return float(label_smoothing), ignore_index
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: argument 'label_smoothing' must be a float, got {label_smoothing!r}") from None
+
+
+def _loss_shape(logits, reduction):
+    return (logits.shape[0],) if reduction == 0 and len(logits.shape) == 2 else ()
+
+
+def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    """Softmax cross-entropy of logits (N, C) (or (C,)) against int64 class targets (N,) (or ()).
+
+    reduction: 'mean' (over non-ignored targets), 'sum' or 'none'; label_smoothing ε in [0, 1];
+    targets equal to ignore_index contribute nothing. Targets outside [0, C) raise ValueError
+    (CPU; on CUDA such rows give NaN, see csrc/loss.h)."""
+    op = "cross_entropy"
+    r = _reduction(op, reduction)
+    eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
+    if array_kind(op, logits=logits, target=target) == TORCH:
+        from .._torch import loss
+
+        return loss.cross_entropy(logits, target, r, eps, ignore)
+    out = empty(logits, _loss_shape(logits, r))
+    _C.cross_entropy(logits, target, out, r, eps, ignore)
+    return out
+
+
+def cross_entropy_backward(grad, logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    """∂loss/∂logits given grad = ∂L/∂loss (shaped like the loss):
+    s_i (softmax(x_i) − (1−ε) onehot(t_i) − ε/C), s_i from grad and the reduction, 0 where ignored."""
+    op = "cross_entropy_backward"
+    r = _reduction(op, reduction)
+    eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
+    if array_kind(op, grad=grad, logits=logits, target=target) == TORCH:
+        from .._torch import loss
+
+        return loss._ce_backward(grad, logits, target, r, eps, ignore)
+    out = empty(logits, logits.shape)
+    _C.cross_entropy_backward(grad, logits, target, out, r, eps, ignore)
+    return out
+
+
+def _softmax(name, x, dim):
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name}: argument 'dim' must be an int, got {dim!r}")
+    if array_kind(name, x=x) == TORCH:
+        from .._torch import loss
+
+        return getattr(loss, f"{name}_op")(x, dim)
+    out = empty(x, x.shape)
+    getattr(_C, name)(x, dim, out, stream_of(x))
+    return out
+
+
+def softmax(x, dim=-1):
+    """e^{x − lse} along dim (any dim; the reduction runs over the (outer, C, inner) view)."""
+    return _softmax("softmax", x, dim)
+
+
+def log_softmax(x, dim=-1):
+    """x − log Σ e^{x} along dim, max-subtracted (no overflow for any finite x)."""
+    return _softmax("log_softmax", x, dim)

@@ -1,0 +1,170 @@
+"""relu / sigmoid forward and backward against torch (float64 references), the
+torch integration (autograd, gradcheck, opcheck, compile), drop-in modules and bad input."""
+import numpy as np
+import pytest
+
+import oxkernels
+from oxkernels import _C, ops
+
+from conftest import poison, rel_err, requires_cuda
+
+torch = pytest.importorskip("torch")
+import oxkernels.nn as onn  # noqa: E402
+
+SHAPES = [(1,), (7,), (3, 31), (17, 6, 13, 13), (64, 16, 10, 10), (33, 129)]
+REFS = {"relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+def _ref_grad(name, x64, g64):
+    x = x64.clone().requires_grad_(True)
+    y = REFS[name](x)
+    y.backward(g64)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_forward_and_backward_match_torch(rng, name, shape, dtype):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y_ref, dx_ref = _ref_grad(name, torch.from_numpy(x).double(), torch.from_numpy(g).double())
+    y = poison(np.empty_like(x))
+    getattr(_C, name)(x, y, 0)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert rel_err(y, y_ref) < tol
+    dx = poison(np.empty_like(x))
+    getattr(_C, f"{name}_backward")(g, y, dx, 0)
+    assert rel_err(dx, dx_ref) < tol
+    # the public functions give the same
+    assert np.array_equal(getattr(ops, name)(x), y)
+    assert np.array_equal(getattr(ops, f"{name}_backward")(g, y), dx)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_every_isa_matches_torch(rng, isa):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
+        pytest.skip(f"CPU lacks {isa}")
+    x = (rng.standard_normal(1031) * 30).astype(np.float32)  # 1031: vector body and scalar tail
+    try:
+        oxkernels.set_isa(isa)
+        y = ops.sigmoid(x)
+        r = ops.relu(x)
+    finally:
+        oxkernels.set_isa("auto")
+    assert rel_err(y, torch.sigmoid(torch.from_numpy(x).double())) < 1e-6
+    assert np.array_equal(r, np.maximum(x, 0))
+
+
+def test_special_values_follow_torch():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, -100.0, -89.0, -87.0, 88.0, 100.0])
+    for name in ("relu", "sigmoid"):
+        y = getattr(ops, name)(x)
+        ref = REFS[name](x)
+        assert torch.equal(torch.isnan(y), torch.isnan(ref)), name
+        ok = ~torch.isnan(ref)
+        assert torch.allclose(y[ok], ref[ok], rtol=1e-6, atol=1e-38), (name, y, ref)
+    # relu's gradient: 0 at x = 0 and below, g at NaN (torch's threshold_backward)
+    xg = x.clone().requires_grad_(True)
+    ops.relu(xg).backward(torch.ones_like(x))
+    xr = x.clone().requires_grad_(True)
+    torch.relu(xr).backward(torch.ones_like(x))
+    assert torch.equal(xg.grad, xr.grad)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+def test_torch_autograd_matches_torch(rng, name):
+    x = torch.from_numpy(rng.standard_normal((17, 6, 13, 13)).astype(np.float32))
+    g = torch.from_numpy(rng.standard_normal((17, 6, 13, 13)).astype(np.float32))
+    y_ref, dx_ref = _ref_grad(name, x.double(), g.double())
+    for fn in (getattr(ops, name), getattr(torch.ops.oxkernels, name)):  # eager fast path and custom op
+        xg = x.clone().requires_grad_(True)
+        y = fn(xg)
+        assert isinstance(y, torch.Tensor) and y.dtype == torch.float32
+        y.backward(g)
+        assert rel_err(y, y_ref) < 1e-6
+        assert rel_err(xg.grad, dx_ref) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+def test_gradcheck_float64(rng, name):
+    x = torch.from_numpy(rng.standard_normal((3, 7)) + 0.05).requires_grad_(True)  # away from relu's kink
+    assert torch.autograd.gradcheck(getattr(ops, name), (x,))
+    assert torch.autograd.gradcheck(getattr(torch.ops.oxkernels, name), (x,))
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+def test_opcheck(rng, name):
+    x = torch.from_numpy(rng.standard_normal((5, 9))).requires_grad_(True)
+    torch.library.opcheck(getattr(torch.ops.oxkernels, name), (x,))
+    y = getattr(ops, name)(x.detach())
+    torch.library.opcheck(getattr(torch.ops.oxkernels, f"{name}_backward"), (torch.randn(5, 9, dtype=torch.float64), y))
+
+
+def test_modules_compile_fullgraph(rng):
+    model = torch.nn.Sequential(onn.Flatten(), onn.ReLU(), onn.Sigmoid())
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.ReLU(), torch.nn.Sigmoid())
+    x = torch.from_numpy(rng.standard_normal((4, 3, 5)).astype(np.float32))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = compiled(xa), ref(xb)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert ya.shape == (4, 15)
+    assert rel_err(ya, yb) < 1e-6 and rel_err(xa.grad, xb.grad) < 1e-6
+
+
+def test_modules_are_torch_modules():
+    assert isinstance(onn.ReLU(), torch.nn.ReLU)
+    assert onn.ReLU(inplace=True).inplace  # accepted; the result is a new tensor
+    x = torch.tensor([-1.0, 2.0])
+    y = onn.ReLU(inplace=True)(x)
+    assert torch.equal(y, torch.tensor([0.0, 2.0])) and torch.equal(x, torch.tensor([-1.0, 2.0]))
+    assert onn.Flatten(0, 1)(torch.zeros(2, 3, 4)).shape == (6, 4)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+def test_empty_input(name):
+    assert getattr(ops, name)(np.zeros((0, 3), np.float32)).shape == (0, 3)
+    x = torch.zeros(0, 5, requires_grad=True)
+    getattr(ops, name)(x).sum().backward()
+    assert x.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+def test_bad_input(name):
+    fn = getattr(ops, name)
+    with pytest.raises(TypeError, match="'x'.*float32 or float64.*int64"):
+        fn(np.arange(4))
+    with pytest.raises(ValueError, match="'x' must be contiguous"):
+        fn(np.zeros((4, 4), np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="'x' must be a NumPy array or a torch tensor"):
+        fn([1.0, 2.0])
+    with pytest.raises(TypeError, match="'y' is a torch array but 'grad' is a numpy"):
+        getattr(ops, f"{name}_backward")(np.zeros(3, np.float32), torch.zeros(3))
+    with pytest.raises(TypeError, match="'y' must have the dtype of 'grad'"):
+        getattr(ops, f"{name}_backward")(np.zeros(3, np.float32), np.zeros(3))
+    with pytest.raises(ValueError, match="'y' must have shape"):
+        getattr(ops, f"{name}_backward")(np.zeros(3, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="'out' must have shape"):
+        getattr(_C, name)(np.zeros(3, np.float32), np.zeros(4, np.float32), 0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+@pytest.mark.parametrize("shape", [(1,), (3, 31), (17, 6, 13, 13), (256, 6, 28, 28)])
+def test_cuda_matches_torch(rng, name, shape):
+    x = torch.from_numpy((rng.standard_normal(shape) * 4).astype(np.float32))
+    g = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    y_ref, dx_ref = _ref_grad(name, x.double(), g.double())
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        xc = x.cuda().requires_grad_(True)
+        y = getattr(ops, name)(xc)
+        y.backward(g.cuda())
+    stream.synchronize()
+    assert y.is_cuda and rel_err(y, y_ref) < 1e-6 and rel_err(xc.grad, dx_ref) < 1e-6
+    with pytest.raises(TypeError, match="one device"):
+        getattr(ops, f"{name}_backward")(g, y.detach())

@@ -1,0 +1,210 @@
+"""cross_entropy, softmax and log_softmax against torch (float64 references):
+reductions, label smoothing, ignore_index, extreme logits, any softmax dim, the
+torch integration, the drop-in CrossEntropyLoss and bad input."""
+import numpy as np
+import pytest
+
+from oxkernels import _C, ops
+
+from conftest import poison, rel_err, requires_cuda
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import oxkernels.nn as onn  # noqa: E402
+
+RED = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _targets(rng, n, c, ignore_frac=0.0, ignore_index=-100):
+    t = rng.integers(0, c, size=n).astype(np.int64)
+    t[rng.random(n) < ignore_frac] = ignore_index
+    return t
+
+
+def _torch_ce(x64, t, g64, **kw):
+    x = x64.clone().requires_grad_(True)
+    loss = F.cross_entropy(x, torch.from_numpy(t), **kw)
+    loss.backward(g64)
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("n,c", [(1, 1), (3, 10), (64, 10), (127, 7), (33, 1000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_matches_torch(rng, n, c, reduction, eps, dtype):
+    x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    t = _targets(rng, n, c, ignore_frac=0.2)
+    if (t != -100).sum() == 0:
+        t[0] = 0
+    shape = (n,) if reduction == "none" else ()
+    g = rng.standard_normal(shape).astype(dtype) + 2
+    ref, dx_ref = _torch_ce(torch.from_numpy(x).double(), t, torch.from_numpy(np.asarray(g)).double(),
+                            reduction=reduction, label_smoothing=eps)
+    out = poison(np.empty(shape, dtype))
+    _C.cross_entropy(x, t, out, RED[reduction], eps, -100)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    assert rel_err(out, ref) < tol
+    dx = poison(np.empty_like(x))
+    _C.cross_entropy_backward(np.asarray(g), x, t, dx, RED[reduction], eps, -100)
+    assert rel_err(dx, dx_ref) < tol
+    assert np.array_equal(ops.cross_entropy(x, t, reduction, eps), out)
+
+
+def test_extreme_logits_do_not_overflow(rng):
+    x = np.where(rng.random((31, 10)) < 0.5, -1e4, 1e4).astype(np.float32)
+    x[:, 3] = 1e4
+    t = _targets(rng, 31, 10)
+    for eps in (0.0, 0.2):
+        ref, dx_ref = _torch_ce(torch.from_numpy(x).double(), t, torch.tensor(1.0, dtype=torch.float64),
+                                label_smoothing=eps)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        loss = ops.cross_entropy(xt, torch.from_numpy(t), label_smoothing=eps)
+        loss.backward()
+        assert torch.isfinite(loss) and rel_err(loss, ref) < 1e-6
+        assert rel_err(xt.grad, dx_ref) < 1e-6
+    y = ops.log_softmax(x)
+    assert np.all(np.isfinite(y)) and rel_err(y, F.log_softmax(torch.from_numpy(x).double(), -1)) < 1e-6
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ignore_index_and_all_ignored_like_torch(rng, reduction):
+    x = rng.standard_normal((7, 5))
+    for t in (np.array([1, 3, 3, 0, 4, 2, 1]), np.full(7, 2)):
+        for eps in (0.0, 0.3):
+            ref, dx_ref = _torch_ce(torch.from_numpy(x), t, torch.ones(7 if reduction == "none" else ()),
+                                    reduction=reduction, label_smoothing=eps, ignore_index=2)
+            xt = torch.from_numpy(x).requires_grad_(True)
+            loss = ops.cross_entropy(xt, torch.from_numpy(t), reduction, eps, ignore_index=2)
+            loss.backward(torch.ones_like(loss))
+            assert torch.equal(torch.isnan(loss), torch.isnan(ref))  # all ignored + mean: NaN, as torch
+            assert torch.allclose(loss.nan_to_num(), ref.nan_to_num(), rtol=1e-12)
+            assert torch.allclose(xt.grad, dx_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_single_sample_and_empty_batch():
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(4)
+    assert torch.allclose(ops.cross_entropy(x, t), F.cross_entropy(x, t))
+    assert ops.cross_entropy(x, t, "none").shape == ()
+    empty = np.zeros((0, 10), np.float32)
+    te = np.zeros(0, np.int64)
+    assert np.isnan(ops.cross_entropy(empty, te))  # torch: nan
+    assert ops.cross_entropy(empty, te, "sum") == 0
+    assert ops.cross_entropy(empty, te, "none").shape == (0,)
+    xe = torch.zeros(0, 10, requires_grad=True)
+    ops.cross_entropy(xe, torch.from_numpy(te), "sum").backward()
+    assert xe.grad.shape == (0, 10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_torch_paths_and_gradcheck(rng, reduction):
+    x = torch.from_numpy(rng.standard_normal((9, 4))).requires_grad_(True)
+    t = torch.from_numpy(_targets(rng, 9, 4, ignore_frac=0.3))
+    t[0] = 1
+    r = RED[reduction]
+    assert torch.autograd.gradcheck(lambda v: ops.cross_entropy(v, t, reduction, 0.1), (x,))
+    assert torch.autograd.gradcheck(lambda v: torch.ops.oxkernels.cross_entropy(v, t, r, 0.1, -100), (x,))
+    torch.library.opcheck(torch.ops.oxkernels.cross_entropy, (x, t, r, 0.1, -100))
+    g = torch.rand(9 if reduction == "none" else (), dtype=torch.float64)
+    torch.library.opcheck(torch.ops.oxkernels.cross_entropy_backward, (g, x.detach(), t, r, 0.1, -100))
+
+
+@pytest.mark.parametrize("shape,dim", [((7,), 0), ((3, 31), -1), ((33, 10), 1), ((5, 7, 3), 1), ((4, 3, 2, 5), 0),
+                                       ((2, 129), 0)])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_any_dim(rng, shape, dim, name):
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    ref_fn = getattr(F, name)
+    y = poison(np.empty_like(x))
+    getattr(_C, name)(x, dim, y, 0)
+    assert rel_err(y, ref_fn(torch.from_numpy(x).double(), dim)) < 1e-6
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    g = torch.from_numpy(rng.standard_normal(shape))
+    yo = getattr(ops, name)(xt, dim)
+    yo.backward(g)
+    xr = xt.detach().clone().requires_grad_(True)
+    ref_fn(xr, dim).backward(g)
+    assert rel_err(yo, ref_fn(xr.detach(), dim)) < 1e-13 and rel_err(xt.grad, xr.grad) < 1e-12
+    small = torch.from_numpy(rng.standard_normal((3, 4, 2))).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: getattr(ops, name)(v, 1), (small,))
+    torch.library.opcheck(getattr(torch.ops.oxkernels, name), (small, 1))
+
+
+def test_module_and_compile(rng):
+    x = torch.from_numpy(rng.standard_normal((17, 10)).astype(np.float32))
+    t = torch.from_numpy(_targets(rng, 17, 10, ignore_frac=0.2, ignore_index=3))
+    for kwargs in ({}, {"reduction": "sum", "label_smoothing": 0.1, "ignore_index": 3}, {"reduction": "none"},
+                   {"size_average": False}):
+        ours, ref = onn.CrossEntropyLoss(**kwargs), torch.nn.CrossEntropyLoss(**kwargs)
+        assert isinstance(ours, torch.nn.CrossEntropyLoss) and ours.reduction == ref.reduction
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        la, lb = ours(xa, t), ref(xb, t)
+        la.sum().backward()
+        lb.sum().backward()
+        assert rel_err(la, lb) < 1e-6 and rel_err(xa.grad, xb.grad) < 1e-6
+    with pytest.raises(ValueError, match="'weight'"):
+        onn.CrossEntropyLoss(weight=torch.ones(10))
+    model = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.ReLU())
+    loss_fn = onn.CrossEntropyLoss(label_smoothing=0.05)
+
+    def step(v, target):
+        return loss_fn(model(v), target) + ops.log_softmax(v).sum() * 0 + ops.softmax(v, 0).sum() * 0
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    tt = torch.from_numpy(_targets(rng, 17, 5))
+    la = compiled(x, tt)
+    la.backward()
+    assert rel_err(la, F.cross_entropy(model(x), tt, label_smoothing=0.05)) < 1e-6
+
+
+def test_bad_input():
+    x = np.zeros((4, 3), np.float32)
+    t = np.array([0, 1, 2, 1])
+    with pytest.raises(ValueError, match="'target' holds class 3 at position 2"):
+        ops.cross_entropy(x, np.array([0, 1, 3, 1]))
+    with pytest.raises(ValueError, match="'target' holds class -1"):
+        ops.cross_entropy(torch.zeros(4, 3, requires_grad=True), torch.tensor([0, -1, 0, 0]))
+    with pytest.raises(TypeError, match="'target' must be int64"):
+        ops.cross_entropy(x, t.astype(np.int32))
+    with pytest.raises(ValueError, match="'target' must have shape \\(4,\\)"):
+        ops.cross_entropy(x, t[:3])
+    with pytest.raises(ValueError, match="'logits' must have 1 to 2 dimensions"):
+        ops.cross_entropy(np.zeros((4, 3, 2), np.float32), t)
+    with pytest.raises(TypeError, match="'logits' must be float32 or float64"):
+        ops.cross_entropy(np.zeros((4, 3), np.int64), t)
+    with pytest.raises(ValueError, match="'reduction' must be"):
+        ops.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="'label_smoothing' must be in"):
+        ops.cross_entropy(x, t, label_smoothing=1.5)
+    with pytest.raises(TypeError, match="'target' is a torch array but 'logits' is a numpy"):
+        ops.cross_entropy(x, torch.from_numpy(t))
+    with pytest.raises(ValueError, match="'dim' is out of range"):
+        ops.softmax(x, 2)
+    with pytest.raises(TypeError, match="'dim' must be an int"):
+        ops.log_softmax(x, 1.0)
+    with pytest.raises(ValueError, match="'grad' must have shape"):
+        ops.cross_entropy_backward(np.zeros(4, np.float32), x, t)
+
+
+@requires_cuda
+@pytest.mark.parametrize("n,c", [(1, 10), (64, 10), (1024, 10), (33, 1000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cuda_matches_torch(rng, n, c, reduction):
+    x = (rng.standard_normal((n, c)) * 3).astype(np.float32)
+    t = _targets(rng, n, c, ignore_frac=0.2)
+    t[0] = 1
+    g = torch.rand(n if reduction == "none" else (), dtype=torch.float64) + 0.5
+    ref, dx_ref = _torch_ce(torch.from_numpy(x).double(), t, g, reduction=reduction, label_smoothing=0.1)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        xc = torch.from_numpy(x).cuda().requires_grad_(True)
+        loss = ops.cross_entropy(xc, torch.from_numpy(t).cuda(), reduction, 0.1)
+        loss.backward(g.float().cuda())
+        sm = ops.softmax(xc.detach(), 0)
+        ls = ops.log_softmax(xc.detach())
+    stream.synchronize()
+    assert rel_err(loss, ref) < 2e-6 and rel_err(xc.grad, dx_ref) < 2e-6
+    assert rel_err(sm, F.softmax(torch.from_numpy(x).double(), 0)) < 1e-6
+    assert rel_err(ls, F.log_softmax(torch.from_numpy(x).double(), 1)) < 1e-6

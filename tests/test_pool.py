@@ -1,0 +1,189 @@
+"""max_pool2d forward and backward against torch (float64 references): odd
+shapes, overlapping windows, ties / −inf / NaN, the torch integration, the
+drop-in MaxPool2d and bad input."""
+import numpy as np
+import pytest
+
+from oxkernels import _C, ops
+
+from conftest import poison, rel_err, requires_cuda
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import oxkernels.nn as onn  # noqa: E402
+
+# (shape, kernel, stride): 2×2/2 (the course), odd planes, overlapping (stride < kernel), gaps (stride > kernel)
+CASES = [
+    ((64, 6, 28, 28), 2, None),
+    ((3, 16, 10, 10), 2, 2),
+    ((1, 1, 5, 7), 2, None),
+    ((17, 3, 13, 9), 3, 1),
+    ((3, 6, 33, 31), (3, 2), (2, 1)),
+    ((2, 1, 9, 11), 1, 2),
+    ((3, 3, 11, 12), 2, 3),
+    ((6, 7, 5), 5, 1),  # (C, H, W) input, window = whole plane
+]
+
+
+def _torch_pool(x64, kernel, stride, g64):
+    x = x64.clone().requires_grad_(True)
+    y = F.max_pool2d(x, kernel, stride)
+    y.backward(g64)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("shape,kernel,stride", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_matches_torch(rng, shape, kernel, stride, dtype):
+    x = rng.standard_normal(shape).astype(dtype)
+    y_ref = F.max_pool2d(torch.from_numpy(x).double(), kernel, stride)
+    g = rng.standard_normal(tuple(y_ref.shape)).astype(dtype)
+    y_ref, dx_ref = _torch_pool(torch.from_numpy(x).double(), kernel, stride, torch.from_numpy(g).double())
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    y = poison(np.empty(tuple(y_ref.shape), dtype))
+    _C.max_pool2d(x, y, kh, kw, sh, sw, 0)
+    assert rel_err(y, y_ref) == 0
+    dx = poison(np.empty_like(x))
+    _C.max_pool2d_backward(g, x, dx, kh, kw, sh, sw, 0)
+    assert rel_err(dx, dx_ref) < (1e-6 if dtype == np.float32 else 1e-14)
+    assert np.array_equal(ops.max_pool2d(x, kernel, stride), y)
+    assert np.array_equal(ops.max_pool2d_backward(g, x, kernel, stride), dx)
+
+
+def _special_input(rng, shape):
+    """Small integers (many ties) with −inf, +inf and NaN sprinkled in, and whole −inf / NaN windows."""
+    x = rng.integers(-2, 3, size=shape).astype(np.float32)
+    flat = x.reshape(-1)
+    idx = rng.permutation(flat.size)
+    flat[idx[: flat.size // 8]] = -np.inf
+    flat[idx[flat.size // 8: flat.size // 6]] = np.nan
+    flat[idx[flat.size // 6: flat.size // 5]] = np.inf
+    x[0, 0, :2, :2] = -np.inf
+    x[0, 0, 2:4, 2:4] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 1), (2, 1), ((2, 3), (1, 2))])
+def test_ties_inf_nan_route_like_torch(rng, kernel, stride):
+    x = _special_input(rng, (3, 4, 9, 10))
+    xt = torch.from_numpy(x)
+    y_ref = F.max_pool2d(xt, kernel, stride)
+    g = torch.from_numpy(rng.standard_normal(tuple(y_ref.shape)).astype(np.float32))
+    y_ref, dx_ref = _torch_pool(xt, kernel, stride, g)
+    xo = xt.clone().requires_grad_(True)
+    y = ops.max_pool2d(xo, kernel, stride)
+    y.backward(g)
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+    assert torch.equal(y.nan_to_num(), y_ref.nan_to_num())
+    assert torch.equal(xo.grad, dx_ref)  # same positions, same accumulation
+
+
+@pytest.mark.parametrize("shape,kernel,stride", CASES[1:6])
+def test_torch_autograd_and_custom_op(rng, shape, kernel, stride):
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    y_ref = F.max_pool2d(x.double(), kernel, stride)
+    g = torch.from_numpy(rng.standard_normal(tuple(y_ref.shape)).astype(np.float32))
+    y_ref, dx_ref = _torch_pool(x.double(), kernel, stride, g.double())
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (kh, kw) if stride is None else ((stride, stride) if isinstance(stride, int) else stride)
+    for fn in (lambda t: ops.max_pool2d(t, kernel, stride), lambda t: torch.ops.oxkernels.max_pool2d(t, kh, kw, sh, sw)):
+        xg = x.clone().requires_grad_(True)
+        y = fn(xg)
+        y.backward(g)
+        assert rel_err(y, y_ref) == 0 and rel_err(xg.grad, dx_ref) < 1e-6
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 1), (2, 3)])
+def test_gradcheck_float64(rng, kernel, stride):
+    x = torch.from_numpy(rng.standard_normal((2, 3, 7, 8))).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: ops.max_pool2d(t, kernel, stride), (x,))
+    kh = kernel
+    sh = kernel if stride is None else stride
+    assert torch.autograd.gradcheck(lambda t: torch.ops.oxkernels.max_pool2d(t, kh, kh, sh, sh), (x,))
+
+
+def test_opcheck(rng):
+    x = torch.from_numpy(rng.standard_normal((2, 3, 7, 8))).requires_grad_(True)
+    torch.library.opcheck(torch.ops.oxkernels.max_pool2d, (x, 3, 2, 1, 2))
+    g = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.oxkernels.max_pool2d_backward, (g, x.detach(), 3, 2, 1, 2))
+
+
+def test_module_compile_fullgraph(rng):
+    model = torch.nn.Sequential(onn.ReLU(), onn.MaxPool2d(2, 2), onn.Flatten())
+    ref = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2), torch.nn.Flatten())
+    x = torch.from_numpy(rng.standard_normal((3, 6, 11, 10)).astype(np.float32))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = compiled(xa), ref(xb)
+    ya.sum().backward()
+    yb.sum().backward()
+    assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+
+
+def test_module_arguments():
+    m = onn.MaxPool2d(3)
+    assert isinstance(m, torch.nn.MaxPool2d) and m.stride == 3
+    assert onn.MaxPool2d((2, 3), (1, 2), padding=0, dilation=(1, 1))(torch.randn(1, 1, 6, 7)).shape == (1, 1, 5, 3)
+    for kwargs, name in [({"padding": 1}, "padding"), ({"dilation": 2}, "dilation"),
+                         ({"return_indices": True}, "return_indices"), ({"ceil_mode": True}, "ceil_mode")]:
+        with pytest.raises(ValueError, match=name):
+            onn.MaxPool2d(2, **kwargs)
+
+
+def test_empty_batch():
+    y = ops.max_pool2d(np.zeros((0, 3, 8, 8), np.float32), 2)
+    assert y.shape == (0, 3, 4, 4)
+    x = torch.zeros(0, 3, 8, 8, requires_grad=True)
+    ops.max_pool2d(x, 2).sum().backward()
+    assert x.grad.shape == (0, 3, 8, 8)
+
+
+def test_bad_input():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="'x' must have 3 to 4 dimensions"):
+        ops.max_pool2d(np.zeros((8, 8), np.float32), 2)
+    with pytest.raises(ValueError, match="'x' must have 3 to 4 dimensions"):
+        ops.max_pool2d(np.zeros((1, 2, 3, 8, 8), np.float32), 2)
+    with pytest.raises(ValueError, match="'kernel_size' must be positive"):
+        ops.max_pool2d(x, 0)
+    with pytest.raises(ValueError, match="'stride' must be positive"):
+        ops.max_pool2d(x, 2, -1)
+    with pytest.raises(ValueError, match="'stride' must be positive"):
+        ops.max_pool2d(torch.zeros(2, 3, 8, 8), 2, 0)
+    with pytest.raises(ValueError, match="'kernel_size' .* is larger than the input plane"):
+        ops.max_pool2d(x, 9)
+    with pytest.raises(TypeError, match="'kernel_size' must be an int or a pair"):
+        ops.max_pool2d(x, 2.5)
+    with pytest.raises(TypeError, match="'stride' must be an int or a pair"):
+        ops.max_pool2d(x, 2, (1, 2, 3))
+    with pytest.raises(TypeError, match="'x' must be float32 or float64, got int64"):
+        ops.max_pool2d(np.zeros((2, 3, 8, 8), np.int64), 2)
+    with pytest.raises(ValueError, match="'x' must be contiguous"):
+        ops.max_pool2d(torch.zeros(2, 8, 8, 3).permute(0, 3, 1, 2), 2)
+    with pytest.raises(TypeError, match="'x' is a torch array but 'grad' is a numpy"):
+        ops.max_pool2d_backward(np.zeros((2, 3, 4, 4), np.float32), torch.zeros(2, 3, 8, 8), 2)
+    with pytest.raises(TypeError, match="'grad' must have the dtype of 'x'"):
+        ops.max_pool2d_backward(np.zeros((2, 3, 4, 4)), x, 2)
+    with pytest.raises(ValueError, match="'grad' must have shape"):
+        ops.max_pool2d_backward(np.zeros((2, 3, 3, 4), np.float32), x, 2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,kernel,stride", CASES)
+def test_cuda_matches_torch(rng, shape, kernel, stride):
+    x = torch.from_numpy(_special_input(rng, shape) if len(shape) == 4 else rng.standard_normal(shape).astype(np.float32))
+    y_ref = F.max_pool2d(x, kernel, stride)
+    g = torch.from_numpy(rng.standard_normal(tuple(y_ref.shape)).astype(np.float32))
+    y_ref, dx_ref = _torch_pool(x, kernel, stride, g)  # torch's CPU kernel defines the routing
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        xc = x.cuda().requires_grad_(True)
+        y = ops.max_pool2d(xc, kernel, stride)
+        y.backward(g.cuda())
+    stream.synchronize()
+    assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_ref))
+    assert torch.equal(y.cpu().nan_to_num(), y_ref.nan_to_num())
+    assert rel_err(xc.grad, dx_ref) < 1e-6
