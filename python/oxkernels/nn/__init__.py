@@ -3,4 +3,6 @@ from .. import _torch
 
 _torch.load()
 
-__all__: list = []
+from .linear import Linear  # noqa: E402
+
+__all__: list = ["Linear"]
