@@ -19,6 +19,7 @@
 #include "core/threading.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // false positives in GCC 12's AVX-512 headers
 #include <immintrin.h>
 #endif
 
