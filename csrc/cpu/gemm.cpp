@@ -140,7 +140,7 @@ template <class V> static OX_INLINE typename V::R apply_act(Activation act, type
 
 template <class V> struct Tiles;  // MR rows × NV registers (NR = NV·W columns)
 #if defined(__AVX512F__)
-template <> struct Tiles<VecF> { static constexpr int MR = 12, NV = 2, KC = 256, MC = 144, NC = 2048; };
+template <> struct Tiles<VecF> { static constexpr int MR = 12, NV = 2, KC = 384, MC = 96, NC = 2048; };
 #elif defined(__AVX2__)
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
 #endif
@@ -297,13 +297,16 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
   const S* bias = static_cast<const S*>(g.bias);
   S* C = static_cast<S*>(g.C);
   const int64_t K = g.K;
+  // k blocks of equal size (784 = 3 × 262, not 384 + 384 + 16); fixed by K alone, so the
+  // summation order never depends on the thread split.
+  const int64_t k_blocks = (K + P::KC - 1) / P::KC, kc_step = (K + k_blocks - 1) / k_blocks;
   S* pa = scratch<S>(0, static_cast<int64_t>(P::MC + MR) * P::KC);
   S* pb = scratch<S>(1, static_cast<int64_t>(P::NC + NR) * P::KC);
   if (!pa || !pb) throw std::bad_alloc();
   for (int64_t jc = n0; jc < n1; jc += P::NC) {
     const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
-    for (int64_t pc = 0; pc < K; pc += P::KC) {
-      const int64_t kc = K - pc < P::KC ? K - pc : P::KC;
+    for (int64_t pc = 0; pc < K; pc += kc_step) {
+      const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
       pack_b(B + pc * g.b_rs + jc * g.b_cs, g.b_rs, g.b_cs, kc, nc, NR, pb);
       const Epilogue ep{g.alpha, g.beta, pc == 0, pc + kc == K, g.act};
       for (int64_t ic = m0; ic < m1; ic += P::MC) {
