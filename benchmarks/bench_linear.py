@@ -159,3 +159,61 @@ def test_gemm(benchmark, shape, impl, device):
             torch.mm(a, b, out=out)
             sync()
     benchmark(run)
+
+
+# ---- quick summary without pytest-benchmark: python benchmarks/bench_linear.py [cpu|cuda] ----
+
+def _time_us(fn, sync, reps=50):
+    import time
+
+    for _ in range(5):
+        fn()
+    sync()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        best = min(best, (time.perf_counter() - t) / reps)
+    return best * 1e6
+
+
+def summary(device="cpu"):
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    print(f"linear layers on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}): "
+          "µs oxkernels / torch, speed-up = torch / oxkernels")
+    for batch in BATCHES:
+        for k, n, act in LAYERS:
+            x = torch.randn(batch, k, device=device, requires_grad=True)
+            w = (torch.randn(n, k, device=device) / k ** 0.5).requires_grad_()
+            b = torch.randn(n, device=device, requires_grad=True)
+            g = torch.randn(batch, n, device=device)
+            row = []
+            for mode in ("fwd", "fwd+bwd"):
+                t = {}
+                for impl, f in IMPLS.items():
+                    if mode == "fwd":
+                        def run(f=f):
+                            with torch.no_grad():
+                                f(x, w, b, act)
+                    else:
+                        def run(f=f):
+                            f(x, w, b, act).backward(g)
+                    t[impl] = _time_us(run, sync)
+                row.append(f"{mode} {t['oxkernels']:8.1f} / {t['torch']:8.1f} = x{t['torch'] / t['oxkernels']:.2f}")
+            print(f"  batch {batch:5d} {_layer_id((k, n, act)):>12}: " + "   ".join(row), flush=True)
+    for m, n, k in GEMM_SHAPES:
+        a, bb = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        out = torch.empty(m, n, device=device)
+        stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
+        reps = max(3, min(200, int(2e10 / (m * n * k))))
+        t_ox = _time_us(lambda: _C.gemm(a, bb, out, False, False, 1.0, 0.0, None, None, stream), sync, reps)
+        t_th = _time_us(lambda: torch.mm(a, bb, out=out), sync, reps)
+        gf = lambda t: 2 * m * n * k / t / 1e3  # noqa: E731
+        print(f"  gemm {m}x{n}x{k}: oxkernels {gf(t_ox):8.1f} GFLOP/s, torch {gf(t_th):8.1f} GFLOP/s, "
+              f"ratio {t_th / t_ox:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    summary(sys.argv[1] if len(sys.argv) > 1 else "cpu")

@@ -166,14 +166,15 @@ static void pack_a_impl(const T* A, int64_t rs, int64_t cs, const T* aux, int64_
     if (rows < MR)
       for (int64_t k = 0; k < kc; ++k)
         for (int i = rows; i < MR; ++i) p[k * MR + i] = T(0);
-    for (int i = 0; i < rows; ++i) {
-      const int64_t off = (i0 + i) * rs;
-      const T* a = A + off;
-      const T* y = aux ? aux + off : nullptr;
-      for (int64_t k = 0; k < kc; ++k) {
-        T v = a[k * cs];
-        if constexpr (G != Activation::none) v *= grad_of<T, G>(y[k * cs]);
-        p[k * MR + i] = v;
+    const T* a = A + i0 * rs;
+    const T* y = aux ? aux + i0 * rs : nullptr;
+    for (int64_t k = 0; k < kc; ++k) {  // MR read streams, one sequential write stream
+      T* q = p + k * MR;
+      for (int i = 0; i < rows; ++i) {
+        const int64_t off = i * rs + k * cs;
+        T v = a[off];
+        if constexpr (G != Activation::none) v *= grad_of<T, G>(y[off]);
+        q[i] = v;
       }
     }
   }
@@ -201,13 +202,14 @@ static void pack_b(const T* B, int64_t rs, int64_t cs, int64_t kc, int64_t nc, i
         for (int j = 0; j < cols; ++j) q[j] = b[j];
         for (int j = cols; j < NR; ++j) q[j] = T(0);
       }
-    } else {  // columns of B are (typically) contiguous, e.g. B = Wᵀ
-      for (int j = 0; j < cols; ++j) {
-        const T* b = B + (j0 + j) * cs;
-        for (int64_t k = 0; k < kc; ++k) p[k * NR + j] = b[k * rs];
+    } else {  // columns of B are (typically) contiguous, e.g. B = Wᵀ: NR read streams, one
+              // sequential write stream (the panel may not fit L1; its source lines do)
+      const T* b = B + j0 * cs;
+      for (int64_t k = 0; k < kc; ++k) {
+        T* q = p + k * NR;
+        for (int j = 0; j < cols; ++j) q[j] = b[j * cs + k * rs];
+        for (int j = cols; j < NR; ++j) q[j] = T(0);
       }
-      for (int64_t k = 0; k < kc; ++k)
-        for (int j = cols; j < NR; ++j) p[k * NR + j] = T(0);
     }
   }
 }
