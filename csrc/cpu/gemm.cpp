@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "core/isa.h"
 #include "core/threading.h"
@@ -140,7 +141,7 @@ template <class V> static OX_INLINE typename V::R apply_act(Activation act, type
 
 template <class V> struct Tiles;  // MR rows × NV registers (NR = NV·W columns)
 #if defined(__AVX512F__)
-template <> struct Tiles<VecF> { static constexpr int MR = 12, NV = 2, KC = 384, MC = 96, NC = 2048; };
+template <> struct Tiles<VecF> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 2048; };
 #elif defined(__AVX2__)
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
 #endif
@@ -188,10 +189,65 @@ static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation 
   else pack_a_impl<T, Activation::none>(A, rs, cs, nullptr, mc, kc, MR, out);
 }
 
+#if defined(__AVX512F__)
+// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c.
+// unpack + shuffle_ps build, in each 128-bit lane L, column 4L + c of four rows;
+// two rounds of shuffle_f32x4 then gather lane L of the four row groups.
+static OX_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
+                 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+  }
+}
+
+// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR = 32: 16×16 blocks of W
+// are loaded row by row and transposed in registers instead of gathered element-wise.
+static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc, float* out) {
+  constexpr int NR = 32;
+  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+    const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
+    float* p = out + j0 * kc;
+    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+      const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
+      const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
+      for (int h = 0; h < 2; ++h) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) {
+          const int j = 16 * h + i;
+          r[i] = j < cols ? _mm512_maskz_loadu_ps(mask, B + (j0 + j) * cs + k0) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (int kk = 0; kk < kn; ++kk) _mm512_storeu_ps(p + (k0 + kk) * NR + 16 * h, r[kk]);
+      }
+    }
+  }
+}
+#endif
+
 // B[k, j0..] (kc × nc) → NR-wide panels, panel p at out + p·NR·kc, element (k, j) at k·NR + j;
 // columns past nc are zero.
 template <class T>
 static void pack_b(const T* B, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int NR, T* out) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (rs == 1 && cs != 1 && NR == 32) return pack_b_transposed(B, cs, kc, nc, out);
+#endif
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
     T* p = out + j0 * kc;

@@ -93,8 +93,7 @@ class _LinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # runs under no_grad; its results carry no graph (first order only)
         x, weight, out = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         dx, dw, db = _backward(grad_out, x, weight, out, ctx.activation, need_x, need_weight,
