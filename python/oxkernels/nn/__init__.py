@@ -14,3 +14,6 @@ from .pool import *  # noqa: E402,F401,F403
 from .pool import __all__ as _pool  # noqa: E402
 
 __all__: list = [*_activation, *_loss, *_pool]
+from .linear import Linear  # noqa: E402
+
+__all__: list = ["Linear"]

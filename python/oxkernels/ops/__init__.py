@@ -17,3 +17,7 @@ from .loss import *  # noqa: F401,F403
 from .loss import __all__ as _loss
 
 __all__ = [*_linreg, *_pool, *_activation, *_loss]
+from .linear import *  # noqa: F401,F403
+from .linear import __all__ as _linear
+
+__all__ = [*_linreg, *_linear]

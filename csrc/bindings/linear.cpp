@@ -1,0 +1,116 @@
+#include "linear.h"
+
+#include <string>
+
+#include "bindings/python.h"
+
+namespace ox {
+
+// NumPy 2 gives zero-size arrays all-zero strides, which the contiguity check rejects;
+// an empty array is contiguous whatever its strides (TODO lead: move into View::is_contiguous).
+static View& empty_as_contiguous(View& v) {
+  if (v.numel() == 0) {
+    int64_t expected = 1;
+    for (int i = v.ndim - 1; i >= 0; --i) {
+      v.strides[i] = expected;
+      expected *= v.shape[i] > 0 ? v.shape[i] : 1;
+    }
+  }
+  return v;
+}
+static View* empty_as_contiguous(std::optional<View>& v) { return v ? &empty_as_contiguous(*v) : nullptr; }
+
+static Activation activation_arg(const char* op, const std::optional<std::string>& name) {
+  return parse_activation(op, name ? name->c_str() : nullptr);
+}
+
+// gemm: the raw product for tests and benchmarks, on (strided) 2-D arrays.
+static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, double alpha, double beta,
+                       std::optional<View> bias, std::optional<std::string> activation, uintptr_t stream) {
+  const char* op = "gemm";
+  empty_as_contiguous(a); empty_as_contiguous(b); empty_as_contiguous(out); empty_as_contiguous(bias);
+  check_dtype(op, "a", a, {DType::f32, DType::f64});
+  check_rank(op, "a", a, 2);
+  check_rank(op, "b", b, 2);
+  check_same_dtype(op, "b", b, "a", a);
+  check_same_device(op, "b", b, "a", a);
+  check_numel_fits(op, "a", a);
+  check_numel_fits(op, "b", b);
+  GemmArgs g;
+  g.M = trans_a ? a.shape[1] : a.shape[0];
+  g.K = trans_a ? a.shape[0] : a.shape[1];
+  const int64_t kb = trans_b ? b.shape[1] : b.shape[0];
+  g.N = trans_b ? b.shape[0] : b.shape[1];
+  if (kb != g.K)
+    value_error(op, ": inner dimensions differ: op(a) is (", g.M, ", ", g.K, ") but op(b) is (", kb, ", ", g.N,
+                ")");
+  check_output(op, "out", out, a, {g.M, g.N});
+  if (bias) {
+    check_like(op, "bias", *bias, "a", a);
+    check_shape(op, "bias", *bias, {g.N});
+  }
+  g.A = a.data; g.a_rs = a.strides[trans_a ? 1 : 0]; g.a_cs = a.strides[trans_a ? 0 : 1];
+  g.B = b.data; g.b_rs = b.strides[trans_b ? 1 : 0]; g.b_cs = b.strides[trans_b ? 0 : 1];
+  g.C = out.data; g.c_rs = g.N;
+  g.alpha = alpha; g.beta = beta;
+  g.bias = bias ? bias->data : nullptr;
+  g.act = activation_arg(op, activation);
+  py::gil_scoped_release release;
+  if (a.device == Device::cuda) OX_CUDA_CALL(op, gemm_cuda(g, a.dtype, stream));
+  else gemm_cpu(g, a.dtype);
+}
+
+OX_BINDINGS(bind_linear) {
+  m.def("gemm", &gemm_entry,
+        "out = act(alpha · op(a) op(b) + beta · out + bias), op = transpose when trans_* is set",
+        py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("bias") = py::none(),
+        py::arg("activation") = py::none(), py::arg("stream") = 0);
+  m.def(
+      "gemm_tile",
+      []() {
+        int mr = 0, nr = 0;
+        gemm_cpu_tile(&mr, &nr);
+        return py::make_tuple(mr, nr);
+      },
+      "(MR, NR) register tile of the CPU kernel of the active ISA");
+  m.def(
+      "linear",
+      [](View x, View weight, std::optional<View> bias, View out, std::optional<std::string> activation,
+         uintptr_t stream) {
+        const char* op = "linear";
+        const Activation act = activation_arg(op, activation);
+        empty_as_contiguous(x); empty_as_contiguous(weight); empty_as_contiguous(out);
+        const View* b = empty_as_contiguous(bias);
+        linear_check(op, x, weight, b, out);
+        py::gil_scoped_release release;
+        if (x.device == Device::cuda) OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream));
+        else linear_cpu(x, weight, b, act, out);
+      },
+      "out = act(x weightᵀ + bias)", py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+      py::arg("activation") = py::none(), py::arg("stream") = 0);
+  m.def(
+      "linear_backward",
+      [](View grad_out, View x, View weight, std::optional<View> out, std::optional<std::string> activation,
+         std::optional<View> grad_x, std::optional<View> grad_weight, std::optional<View> grad_bias,
+         uintptr_t stream) {
+        const char* op = "linear_backward";
+        const Activation act = activation_arg(op, activation);
+        empty_as_contiguous(grad_out); empty_as_contiguous(x); empty_as_contiguous(weight);
+        const View* y = empty_as_contiguous(out);
+        const View* dx = empty_as_contiguous(grad_x);
+        const View* dw = empty_as_contiguous(grad_weight);
+        const View* db = empty_as_contiguous(grad_bias);
+        linear_backward_check(op, grad_out, x, weight, y, act, dx, dw, db);
+        py::gil_scoped_release release;
+        if (x.device == Device::cuda)
+          OX_CUDA_CALL(op, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream));
+        else linear_backward_cpu(grad_out, x, weight, y, act, dx, dw, db);
+      },
+      "grads of out = act(x weightᵀ + bias): grad_x = dz weight, grad_weight = dzᵀ x, grad_bias = Σ dz, "
+      "dz = grad_out ⊙ act'(out)",
+      py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("activation"),
+      py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream") = 0);
+}
+
+}  // namespace ox

@@ -1,0 +1,458 @@
+// CPU matrix product with fused prologue/epilogue; see csrc/gemm.h for the formula.
+//
+// Goto/BLIS blocking, per thread:
+//   for jc (NC columns of C):  for pc (KC of k):  pack B[pc:+kc, jc:+nc] into NR-wide panels
+//     for ic (MC rows of C):  pack A'[ic:+mc, pc:+kc] into MR-tall panels (prologue g applied here)
+//       for each MR×NR tile: acc = Σ_k a_panel[k] ⊗ b_panel[k]  (registers), then
+//         C = alpha·acc + (first k block ? beta·C : C), and on the last k block + bias, act.
+// Threads take disjoint, NR/MR-aligned ranges of C's columns (or rows); the k
+// blocking does not depend on the split, so every element sums in one fixed order.
+#include "gemm.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+#include "core/isa.h"
+#include "core/threading.h"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // false positives in GCC 12's AVX-512 headers
+#include <immintrin.h>
+#endif
+
+#define OX_INLINE inline __attribute__((always_inline))
+
+namespace ox {
+namespace OX_ISA {
+
+// ---- vector abstraction: one register of W lanes --------------------------------------------
+
+template <class T> struct ScalarVec {  // W = 1: the portable fallback (and all float64 work)
+  using S = T;
+  using R = T;
+  static constexpr int W = 1;
+  static OX_INLINE R zero() { return T(0); }
+  static OX_INLINE R set1(T x) { return x; }
+  static OX_INLINE R load(const T* p) { return *p; }
+  static OX_INLINE R loadn(const T* p, int) { return *p; }
+  static OX_INLINE void store(T* p, R v) { *p = v; }
+  static OX_INLINE void storen(T* p, R v, int) { *p = v; }
+  static OX_INLINE R fma(R a, R b, R c) { return a * b + c; }
+  static OX_INLINE R add(R a, R b) { return a + b; }
+  static OX_INLINE R mul(R a, R b) { return a * b; }
+  static OX_INLINE R relu(R a) { return a > T(0) ? a : T(0); }
+  static OX_INLINE R sigmoid(R a) { return T(1) / (T(1) + std::exp(-a)); }
+};
+
+#if defined(__AVX512F__)
+struct VecF {
+  using S = float;
+  using R = __m512;
+  static constexpr int W = 16;
+  static OX_INLINE __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static OX_INLINE R zero() { return _mm512_setzero_ps(); }
+  static OX_INLINE R set1(float x) { return _mm512_set1_ps(x); }
+  static OX_INLINE R load(const float* p) { return _mm512_loadu_ps(p); }
+  static OX_INLINE R loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static OX_INLINE void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static OX_INLINE void storen(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static OX_INLINE R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static OX_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static OX_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static OX_INLINE R relu(R a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static OX_INLINE R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static OX_INLINE R clamp(R a, float lo, float hi) {
+    return _mm512_min_ps(_mm512_max_ps(a, set1(lo)), set1(hi));
+  }
+  static OX_INLINE R times_pow2(R p, R n) { return _mm512_scalef_ps(p, n); }  // p · 2^n
+  static OX_INLINE R div(R a, R b) { return _mm512_div_ps(a, b); }
+};
+#elif defined(__AVX2__)
+struct VecF {
+  using S = float;
+  using R = __m256;
+  static constexpr int W = 8;
+  static OX_INLINE __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static OX_INLINE R zero() { return _mm256_setzero_ps(); }
+  static OX_INLINE R set1(float x) { return _mm256_set1_ps(x); }
+  static OX_INLINE R load(const float* p) { return _mm256_loadu_ps(p); }
+  static OX_INLINE R loadn(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static OX_INLINE void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static OX_INLINE void storen(float* p, R v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static OX_INLINE R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static OX_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static OX_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static OX_INLINE R relu(R a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static OX_INLINE R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static OX_INLINE R clamp(R a, float lo, float hi) {
+    return _mm256_min_ps(_mm256_max_ps(a, set1(lo)), set1(hi));
+  }
+  static OX_INLINE R times_pow2(R p, R n) {  // p · 2^n for integer-valued n in [-127, 127]
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+  static OX_INLINE R div(R a, R b) { return _mm256_div_ps(a, b); }
+};
+#endif
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// exp(x) = 2^n · e^r with n = round(x / ln 2), r = x − n ln 2 ∈ [−ln2/2, ln2/2],
+// e^r by its degree-6 Taylor polynomial (relative error < 2e-7 on that range).
+static OX_INLINE VecF::R vexp(VecF::R x) {
+  using V = VecF;
+  x = V::clamp(x, -87.0f, 88.0f);
+  V::R n = V::round(V::mul(x, V::set1(1.44269504f)));
+  V::R r = V::fma(n, V::set1(-0.693145752f), x);  // ln 2 split in a high and a low part
+  r = V::fma(n, V::set1(-1.42860677e-6f), r);
+  V::R p = V::set1(1.0f / 720);
+  p = V::fma(p, r, V::set1(1.0f / 120));
+  p = V::fma(p, r, V::set1(1.0f / 24));
+  p = V::fma(p, r, V::set1(1.0f / 6));
+  p = V::fma(p, r, V::set1(0.5f));
+  p = V::fma(p, r, V::set1(1.0f));
+  p = V::fma(p, r, V::set1(1.0f));
+  return V::times_pow2(p, n);
+}
+static OX_INLINE VecF::R vsigmoid(VecF::R x) {  // 1 / (1 + e^−x)
+  using V = VecF;
+  V::R e = vexp(V::mul(x, V::set1(-1.0f)));
+  return V::div(V::set1(1.0f), V::add(V::set1(1.0f), e));
+}
+#endif
+
+template <class V> static OX_INLINE typename V::R apply_act(Activation act, typename V::R x) {
+  if (act == Activation::relu) return V::relu(x);
+  if (act == Activation::sigmoid) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+    if constexpr (V::W > 1) return vsigmoid(x); else
+#endif
+    return V::sigmoid(x);
+  }
+  return x;
+}
+
+// ---- blocking parameters per kernel ------------------------------------------------------
+
+template <class V> struct Tiles;  // MR rows × NV registers (NR = NV·W columns)
+#if defined(__AVX512F__)
+template <> struct Tiles<VecF> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 2048; };
+#elif defined(__AVX2__)
+template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
+#endif
+template <class T> struct Tiles<ScalarVec<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
+
+// ---- packing --------------------------------------------------------------------------------
+
+// g(y) of the prologue: the activation's derivative written in terms of its output y.
+template <class T, Activation G> static OX_INLINE T grad_of(T y) {
+  if constexpr (G == Activation::relu) return y > T(0) ? T(1) : T(0);
+  else if constexpr (G == Activation::sigmoid) return y * (T(1) - y);
+  else return T(1);
+}
+
+// A'[i0.., k] (mc × kc) → MR-tall panels, panel p at out + p·MR·kc, element (i, k) at k·MR + i;
+// rows past mc are zero.
+template <class T, Activation G>
+static void pack_a_impl(const T* A, int64_t rs, int64_t cs, const T* aux, int64_t mc, int64_t kc, int MR,
+                        T* out) {
+  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+    const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
+    T* p = out + i0 * kc;
+    if (rows < MR)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = rows; i < MR; ++i) p[k * MR + i] = T(0);
+    const T* a = A + i0 * rs;
+    const T* y = aux ? aux + i0 * rs : nullptr;
+    for (int64_t k = 0; k < kc; ++k) {  // MR read streams, one sequential write stream
+      T* q = p + k * MR;
+      for (int i = 0; i < rows; ++i) {
+        const int64_t off = i * rs + k * cs;
+        T v = a[off];
+        if constexpr (G != Activation::none) v *= grad_of<T, G>(y[off]);
+        q[i] = v;
+      }
+    }
+  }
+}
+
+template <class T>
+static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation g, int64_t mc, int64_t kc,
+                   int MR, T* out) {
+  if (aux && g == Activation::relu) pack_a_impl<T, Activation::relu>(A, rs, cs, aux, mc, kc, MR, out);
+  else if (aux && g == Activation::sigmoid) pack_a_impl<T, Activation::sigmoid>(A, rs, cs, aux, mc, kc, MR, out);
+  else pack_a_impl<T, Activation::none>(A, rs, cs, nullptr, mc, kc, MR, out);
+}
+
+#if defined(__AVX512F__)
+// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c.
+// unpack + shuffle_ps build, in each 128-bit lane L, column 4L + c of four rows;
+// two rounds of shuffle_f32x4 then gather lane L of the four row groups.
+static OX_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
+                 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+  }
+}
+
+// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR = 32: 16×16 blocks of W
+// are loaded row by row and transposed in registers instead of gathered element-wise.
+static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc, float* out) {
+  constexpr int NR = 32;
+  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+    const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
+    float* p = out + j0 * kc;
+    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+      const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
+      const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
+      for (int h = 0; h < 2; ++h) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) {
+          const int j = 16 * h + i;
+          r[i] = j < cols ? _mm512_maskz_loadu_ps(mask, B + (j0 + j) * cs + k0) : _mm512_setzero_ps();
+        }
+        transpose16(r);
+        for (int kk = 0; kk < kn; ++kk) _mm512_storeu_ps(p + (k0 + kk) * NR + 16 * h, r[kk]);
+      }
+    }
+  }
+}
+#endif
+
+// B[k, j0..] (kc × nc) → NR-wide panels, panel p at out + p·NR·kc, element (k, j) at k·NR + j;
+// columns past nc are zero.
+template <class T>
+static void pack_b(const T* B, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int NR, T* out) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (rs == 1 && cs != 1 && NR == 32) return pack_b_transposed(B, cs, kc, nc, out);
+#endif
+  for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+    const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
+    T* p = out + j0 * kc;
+    if (cs == 1) {  // rows of B are contiguous
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* b = B + k * rs + j0;
+        T* q = p + k * NR;
+        for (int j = 0; j < cols; ++j) q[j] = b[j];
+        for (int j = cols; j < NR; ++j) q[j] = T(0);
+      }
+    } else {  // columns of B are (typically) contiguous, e.g. B = Wᵀ: NR read streams, one
+              // sequential write stream (the panel may not fit L1; its source lines do)
+      const T* b = B + j0 * cs;
+      for (int64_t k = 0; k < kc; ++k) {
+        T* q = p + k * NR;
+        for (int j = 0; j < cols; ++j) q[j] = b[j * cs + k * rs];
+        for (int j = cols; j < NR; ++j) q[j] = T(0);
+      }
+    }
+  }
+}
+
+// ---- the micro-kernel and its epilogue --------------------------------------------------------
+
+struct Epilogue {
+  double alpha, beta;
+  bool first, last;  // first / last k block of this C tile
+  Activation act;
+};
+
+// C[0:rows, 0:cols] (row stride c_rs) ← epilogue(Σ_k pa[k·MR + i] · pb[k·NR + j]).
+template <class V, int MR, int NV>
+static void tile(int64_t kc, const typename V::S* __restrict pa, const typename V::S* __restrict pb,
+                 typename V::S* C, int64_t c_rs, int rows, int cols, const typename V::S* bias,
+                 const Epilogue& ep) {
+  using S = typename V::S;
+  using R = typename V::R;
+  constexpr int W = V::W, NR = NV * W;
+  R acc[MR][NV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    R b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = V::load(pb + v * W);
+#pragma GCC unroll 32
+    for (int i = 0; i < MR; ++i) {
+      const R a = V::set1(pa[i]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(a, b[v], acc[i][v]);
+    }
+    pa += MR;
+    pb += NR;
+  }
+  const R alpha = V::set1(static_cast<S>(ep.alpha)), beta = V::set1(static_cast<S>(ep.beta));
+  const bool scale = ep.alpha != 1.0, read_c = !ep.first || ep.beta != 0.0;
+#pragma GCC unroll 32
+  for (int i = 0; i < MR; ++i) {
+    if (i >= rows) break;
+    S* c = C + i * c_rs;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const int j0 = v * W;
+      if (j0 >= cols) break;
+      const int n = cols - j0 < W ? cols - j0 : W;
+      R x = acc[i][v];
+      if (scale) x = V::mul(x, alpha);
+      if (read_c) {
+        const R old = n == W ? V::load(c + j0) : V::loadn(c + j0, n);
+        x = ep.first ? V::fma(beta, old, x) : V::add(x, old);
+      }
+      if (ep.last) {
+        if (bias) x = V::add(x, n == W ? V::load(bias + j0) : V::loadn(bias + j0, n));
+        x = apply_act<V>(ep.act, x);
+      }
+      if (n == W) V::store(c + j0, x); else V::storen(c + j0, x, n);
+    }
+  }
+}
+
+// Packing buffers: one pair per thread, grown on demand, 64-byte aligned, kept for reuse.
+template <class T> static T* scratch(int which, int64_t count) {
+  static thread_local void* buf[2] = {nullptr, nullptr};
+  static thread_local int64_t cap[2] = {0, 0};
+  const int64_t bytes = (count * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+  if (bytes > cap[which]) {
+    std::free(buf[which]);
+    buf[which] = std::aligned_alloc(64, static_cast<size_t>(bytes));
+    cap[which] = buf[which] ? bytes : 0;
+  }
+  return static_cast<T*>(buf[which]);
+}
+
+// One thread's part: rows [m0, m1) × columns [n0, n1) of C.
+template <class V>
+static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  using S = typename V::S;
+  using P = Tiles<V>;
+  constexpr int MR = P::MR, NR = P::NV * V::W;
+  const S* A = static_cast<const S*>(g.A);
+  const S* B = static_cast<const S*>(g.B);
+  const S* aux = static_cast<const S*>(g.aux);
+  const S* bias = static_cast<const S*>(g.bias);
+  S* C = static_cast<S*>(g.C);
+  const int64_t K = g.K;
+  // k blocks of equal size (784 = 3 × 262, not 384 + 384 + 16); fixed by K alone, so the
+  // summation order never depends on the thread split.
+  const int64_t k_blocks = (K + P::KC - 1) / P::KC, kc_step = (K + k_blocks - 1) / k_blocks;
+  S* pa = scratch<S>(0, static_cast<int64_t>(P::MC + MR) * P::KC);
+  S* pb = scratch<S>(1, static_cast<int64_t>(P::NC + NR) * P::KC);
+  if (!pa || !pb) throw std::bad_alloc();
+  for (int64_t jc = n0; jc < n1; jc += P::NC) {
+    const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
+    for (int64_t pc = 0; pc < K; pc += kc_step) {
+      const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
+      pack_b(B + pc * g.b_rs + jc * g.b_cs, g.b_rs, g.b_cs, kc, nc, NR, pb);
+      const Epilogue ep{g.alpha, g.beta, pc == 0, pc + kc == K, g.act};
+      for (int64_t ic = m0; ic < m1; ic += P::MC) {
+        const int64_t mc = m1 - ic < P::MC ? m1 - ic : P::MC;
+        const int64_t a_off = ic * g.a_rs + pc * g.a_cs;
+        pack_a(A + a_off, g.a_rs, g.a_cs, aux ? aux + a_off : nullptr, g.aux_grad, mc, kc, MR, pa);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int cols = static_cast<int>(nc - jr < NR ? nc - jr : NR);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int rows = static_cast<int>(mc - ir < MR ? mc - ir : MR);
+            tile<V, MR, P::NV>(kc, pa + ir * kc, pb + jr * kc, C + (ic + ir) * g.c_rs + jc + jr, g.c_rs, rows,
+                               cols, bias ? bias + jc + jr : nullptr, ep);
+          }
+        }
+      }
+    }
+  }
+}
+
+// K = 0: C = act(beta·C + bias).
+template <class S> static void epilogue_only(const GemmArgs& g) {
+  S* C = static_cast<S*>(g.C);
+  const S* bias = static_cast<const S*>(g.bias);
+  for (int64_t i = 0; i < g.M; ++i)
+    for (int64_t j = 0; j < g.N; ++j) {
+      S* c = C + i * g.c_rs + j;
+      S x = g.beta != 0.0 ? static_cast<S>(g.beta) * *c : S(0);
+      if (bias) x += bias[j];
+      *c = apply_act<ScalarVec<S>>(g.act, x);
+    }
+}
+
+// Below this many multiply-adds one thread is faster than waking the pool.
+constexpr int64_t kThreadingWork = int64_t(1) << 19;
+
+template <class V> static void gemm_run(const GemmArgs& g) {
+  using P = Tiles<V>;
+  constexpr int MR = P::MR, NR = P::NV * V::W;
+  if (g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) return epilogue_only<typename V::S>(g);
+  int64_t threads = num_threads();
+  if (g.M * g.N * g.K < kThreadingWork) threads = 1;
+  const int64_t m_tiles = (g.M + MR - 1) / MR, n_tiles = (g.N + NR - 1) / NR;
+  if (threads <= 1 || (m_tiles < 2 && n_tiles < 2)) return gemm_block<V>(g, 0, g.M, 0, g.N);
+  // Split the dimension with more tiles into `threads` aligned ranges.
+  const bool by_cols = n_tiles >= m_tiles;
+  const int64_t tiles = by_cols ? n_tiles : m_tiles;
+  const int64_t per = (tiles + threads - 1) / threads;
+  const int64_t chunks = (tiles + per - 1) / per;
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t t0 = c * per, t1 = t0 + per < tiles ? t0 + per : tiles;
+      if (by_cols) gemm_block<V>(g, 0, g.M, t0 * NR, t1 * NR < g.N ? t1 * NR : g.N);
+      else gemm_block<V>(g, t0 * MR, t1 * MR < g.M ? t1 * MR : g.M, 0, g.N);
+    }
+  });
+}
+
+void gemm(const GemmArgs& g, bool f64) {
+  if (f64) return gemm_run<ScalarVec<double>>(g);
+#if defined(__AVX512F__) || defined(__AVX2__)
+  gemm_run<VecF>(g);
+#else
+  gemm_run<ScalarVec<float>>(g);
+#endif
+}
+
+void gemm_tile(int* mr, int* nr) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+  *mr = Tiles<VecF>::MR;
+  *nr = Tiles<VecF>::NV * VecF::W;
+#else
+  *mr = Tiles<ScalarVec<float>>::MR;
+  *nr = Tiles<ScalarVec<float>>::NV;
+#endif
+}
+
+}  // namespace OX_ISA
+}  // namespace ox
+
+#if OX_ISA_IS_scalar
+OX_ISA_DECLARE(void, gemm, (const ox::GemmArgs&, bool))
+OX_ISA_DECLARE(void, gemm_tile, (int*, int*))
+
+namespace ox {
+
+void gemm_cpu(const GemmArgs& g, DType dtype) { OX_ISA_DISPATCH(gemm, g, dtype == DType::f64); }
+void gemm_cpu_tile(int* mr, int* nr) { OX_ISA_DISPATCH(gemm_tile, mr, nr); }
+
+}  // namespace ox
+#endif

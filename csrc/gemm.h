@@ -1,0 +1,47 @@
+// Our matrix product, with the epilogue and prologue that linear layers need:
+//
+//   C[m, n] = act( alpha · Σ_k A'[m, k] · B[k, n] + beta · C[m, n] + bias[n] )
+//   A'[m, k] = A[m, k] · g(aux[m, k])     (prologue; aux has A's strides)
+//
+// act ∈ {identity, relu, sigmoid}; g ∈ {1, relu'(y) = [y > 0], sigmoid'(y) = y(1 − y)}
+// where aux holds the forward output y. A and B are read through element
+// strides, so Aᵀ / Bᵀ cost nothing (x Wᵀ, dy W and dyᵀ x need no copies); C is
+// row-major with row stride c_rs. beta = 0 never reads C.
+//
+// CPU: Goto/BLIS-style blocking (packed A and B panels, MC/KC/NC blocks),
+// register-tiled AVX-512 / AVX2 / scalar micro-kernels, threads split C into
+// disjoint column (or row) ranges; each element is summed in the same k order
+// whatever the thread count, so results are deterministic.
+// CUDA: tiled shared-memory kernel, full fp32 (no TF32).
+#pragma once
+#include <cstdint>
+
+#include "core/view.h"
+
+namespace ox {
+
+enum class Activation : int { none = 0, relu = 1, sigmoid = 2 };
+
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const void* A = nullptr;
+  int64_t a_rs = 0, a_cs = 0;  // A[m, k] = A[m * a_rs + k * a_cs]
+  const void* B = nullptr;
+  int64_t b_rs = 0, b_cs = 0;  // B[k, n] = B[k * b_rs + n * b_cs]
+  void* C = nullptr;
+  int64_t c_rs = 0;            // C[m, n] = C[m * c_rs + n]
+  double alpha = 1, beta = 0;
+  const void* bias = nullptr;  // (N,) or null
+  Activation act = Activation::none;
+  const void* aux = nullptr;   // prologue source (forward output y), A's strides, or null
+  Activation aux_grad = Activation::none;  // which derivative g applies
+};
+
+// dtype f32 or f64; all pointers host (CPU) or device (CUDA) memory.
+void gemm_cpu(const GemmArgs& g, DType dtype);
+void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream);
+
+// Operand tile sizes of the CPU kernel in use (for tests that want edge cases).
+void gemm_cpu_tile(int* mr, int* nr);
+
+}  // namespace ox

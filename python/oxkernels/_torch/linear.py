@@ -1,0 +1,114 @@
+"""torch ops of the linear family: oxkernels::linear and oxkernels::linear_backward
+(custom ops with fake impls and autograd, what torch.compile sees), plus an eager fast
+path through a torch.autograd.Function that calls the same _C kernels (a custom op
+costs several µs of dispatch per call, comparable to a whole small layer)."""
+from typing import Optional
+
+import torch
+
+from .. import _C
+from .._arrays import stream_of
+
+Tensor = torch.Tensor
+
+
+def _act(activation: str):
+    return None if activation == "none" else activation
+
+
+def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    x = x.contiguous()
+    out = torch.empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1), dtype=x.dtype,
+                      device=x.device)
+    _C.linear(x, weight.contiguous(), bias, out, _act(activation), stream_of(x))
+    return out
+
+
+def _backward(grad_out, x, weight, out, activation, need_x, need_weight, need_bias):
+    grad_out = grad_out.contiguous()
+    dx = torch.empty_like(x) if need_x else None
+    dw = torch.empty_like(weight) if need_weight else None
+    db = torch.empty(weight.shape[0], dtype=x.dtype, device=x.device) if need_bias else None
+    _C.linear_backward(grad_out, x, weight, out, _act(activation), dx, dw, db, stream_of(x))
+    return dx, dw, db
+
+
+@torch.library.custom_op("oxkernels::linear", mutates_args=())
+def linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
+    """act(x weightᵀ + bias); activation is "none", "relu" or "sigmoid"."""
+    return _forward(x, weight, bias, activation)
+
+
+@linear_op.register_fake
+def _(x, weight, bias, activation):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("oxkernels::linear_backward", mutates_args=())
+def linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, out: Optional[Tensor], activation: str,
+                       need_x: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias); a gradient not asked for is an empty (0,) tensor."""
+    x = x.contiguous()
+    dx, dw, db = _backward(grad_out, x, weight.contiguous(), out.contiguous() if out is not None else None,
+                           activation, need_x, need_weight, need_bias)
+    none = x.new_empty((0,))
+    return (none if dx is None else dx, none if dw is None else dw, none.clone() if db is None else db)
+
+
+@linear_backward_op.register_fake
+def _(grad_out, x, weight, out, activation, need_x, need_weight, need_bias):
+    return (x.new_empty(x.shape if need_x else (0,)), x.new_empty(weight.shape if need_weight else (0,)),
+            x.new_empty((weight.shape[0],) if need_bias else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation = inputs
+    ctx.save_for_backward(x, weight, output if activation != "none" else None)
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+
+
+def _op_backward(ctx, grad_out):
+    x, weight, out = ctx.saved_tensors
+    need_x, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_bias = ctx.has_bias and ctx.needs_input_grad[2]
+    dx, dw, db = torch.ops.oxkernels.linear_backward(grad_out, x, weight, out, ctx.activation, need_x,
+                                                     need_weight, need_bias)
+    return (dx if need_x else None, dw if need_weight else None, db if need_bias else None, None)
+
+
+linear_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _LinearFunction(torch.autograd.Function):
+    """Eager fast path: same kernels as the custom ops, less dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation):
+        x, weight = x.contiguous(), weight.contiguous()
+        out = _forward(x, weight, bias, activation)
+        ctx.save_for_backward(x, weight, out if activation != "none" else None)
+        ctx.activation = activation
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # runs under no_grad; its results carry no graph (first order only)
+        x, weight, out = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        dx, dw, db = _backward(grad_out, x, weight, out, ctx.activation, need_x, need_weight,
+                               need_bias and ctx.has_bias)
+        return dx, dw, db, None
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: Optional[str] = None) -> Tensor:
+    """Differentiable act(x weightᵀ + bias) on torch tensors."""
+    act = "none" if activation is None else activation
+    if act not in ("none", "relu", "sigmoid"):
+        raise ValueError(f"linear: argument 'activation' must be None, 'relu' or 'sigmoid', got {activation!r}")
+    if torch.compiler.is_compiling():
+        return torch.ops.oxkernels.linear(x, weight, bias, act)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _LinearFunction.apply(x, weight, bias, act)
+    return _forward(x, weight, bias, act)

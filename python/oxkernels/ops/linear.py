@@ -1,0 +1,41 @@
+"""Linear layer y = act(x Wᵀ + b) with the bias and activation fused into our matrix
+product's epilogue, and the raw product itself (`matmul`)."""
+from .. import _C
+from .._arrays import TORCH, array_kind, empty, stream_of
+
+__all__ = ["linear", "matmul"]
+
+ACTIVATIONS = (None, "relu", "sigmoid")
+
+
+def _out_features(weight):
+    return weight.shape[0] if weight.ndim >= 1 else 1  # a wrong rank is reported by the C++ checks
+
+
+def linear(x, weight, bias=None, activation=None):
+    """y = act(x weightᵀ + bias), like torch.nn.functional.linear followed by `activation`
+    (None, "relu" or "sigmoid") but in one kernel.
+
+    x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
+    NumPy arrays in give a NumPy array; torch tensors in give a differentiable torch tensor
+    (backward: torch.ops.oxkernels.linear_backward, act' fused into both products).
+    """
+    kind = array_kind("linear", x=x, weight=weight, bias=bias)
+    if kind == TORCH:
+        from .._torch.linear import linear as torch_linear
+
+        return torch_linear(x, weight, bias, activation)
+    out = empty(x, (*x.shape[:-1], _out_features(weight)))
+    _C.linear(x, weight, bias, out, activation)
+    return out
+
+
+def matmul(a, b, bias=None, activation=None, trans_a=False, trans_b=False):
+    """act(op(a) op(b) + bias) for 2-D a, b with our GEMM (op = transpose when trans_* is set;
+    strided inputs are read in place). Not differentiable: use `linear` for autograd."""
+    array_kind("matmul", a=a, b=b, bias=bias)
+    m = a.shape[-1 if trans_a else 0] if a.ndim == 2 else 0
+    n = b.shape[0 if trans_b else -1] if b.ndim == 2 else 0
+    out = empty(a, (m, n))
+    _C.gemm(a, b, out, trans_a, trans_b, 1.0, 0.0, bias, activation, stream_of(a))
+    return out

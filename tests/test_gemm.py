@@ -1,0 +1,151 @@
+"""Our matrix product (_C.gemm / ops.matmul): every micro-kernel (AVX-512, AVX2,
+scalar), transposes through strides, odd shapes across the tile and cache-block
+edges, the fused bias/activation epilogue, alpha/beta, determinism across thread
+counts, bad input; CUDA parity (skipped without a GPU)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import oxkernels
+from oxkernels import _C
+
+from conftest import poison, rel_err, requires_cuda
+
+ORDER = ["scalar", "avx2", "avx512"]
+ISAS = [i for i in ORDER if ORDER.index(i) <= ORDER.index(oxkernels.info()["isa_best"])]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    oxkernels.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        oxkernels.set_isa("auto")
+
+
+def reference(a, b, trans_a, trans_b, bias=None, activation=None, alpha=1.0, beta=0.0, c=None):
+    A = a.T if trans_a else a
+    B = b.T if trans_b else b
+    z = alpha * (A.astype(np.float64) @ B.astype(np.float64))
+    if beta:
+        z = z + beta * c.astype(np.float64)
+    if bias is not None:
+        z = z + bias
+    if activation == "relu":
+        z = np.maximum(z, 0)
+    elif activation == "sigmoid":
+        z = 1 / (1 + np.exp(-z))
+    return z
+
+
+def operands(rng, m, n, k, trans_a, trans_b, dtype=np.float32):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return a, b
+
+
+SHAPES = [(1, 1, 1), (3, 7, 1), (7, 33, 31), (33, 31, 129), (127, 129, 7), (13, 65, 300), (129, 1, 257)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_matches_float64_on_every_isa(isa, rng, m, n, k, trans_a, trans_b):
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    out = poison(np.empty((m, n), np.float32))
+    _C.gemm(a, b, out, trans_a, trans_b)
+    assert rel_err(out, reference(a, b, trans_a, trans_b)) < 1e-5
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_gemm_epilogue_bias_activation_alpha_beta(isa, rng, activation):
+    m, n, k = 37, 75, 301  # several tiles and two k blocks, ragged edges
+    a, b = operands(rng, m, n, k, False, True)
+    bias = rng.standard_normal(n).astype(np.float32)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    out = c.copy()
+    _C.gemm(a, b, out, False, True, 0.5, -1.5, bias, activation)
+    ref = reference(a, b, False, True, bias, activation, 0.5, -1.5, c)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_gemm_large_blocks_and_threads_are_deterministic(rng, tmp_path):
+    # One thread (in a fresh process: resizing the pool in-process is avoided) and the
+    # default pool give bitwise the same result: each element sums in one fixed k order.
+    m, n, k = 301, 2100, 520  # crosses MC, NC and KC blocks
+    a, b = operands(rng, m, n, k, False, False)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    code = (
+        "import numpy as np, sys; from oxkernels import _C\n"
+        f"p = {str(tmp_path)!r}; a = np.load(p + '/a.npy'); b = np.load(p + '/b.npy')\n"
+        "out = np.full((a.shape[0], b.shape[1]), np.nan, np.float32); _C.gemm(a, b, out)\n"
+        "assert _C.num_threads() == 1; np.save(p + '/out1.npy', out)\n"
+    )
+    env = dict(os.environ, OXKERNELS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    out = poison(np.empty((m, n), np.float32))
+    _C.gemm(a, b, out)
+    assert rel_err(out, reference(a, b, False, False)) < 1e-5
+    assert np.array_equal(out, np.load(tmp_path / "out1.npy"))
+
+
+def test_gemm_float64_and_strided_inputs(isa, rng):
+    big_a = rng.standard_normal((40, 90))
+    big_b = rng.standard_normal((90, 70))
+    a, b = big_a[::2, 1:80:3], big_b[:80:3, ::2]  # non-contiguous views, read in place
+    out = poison(np.empty((a.shape[0], b.shape[1])))
+    _C.gemm(a, b, out)
+    assert rel_err(out, a @ b) < 1e-13
+
+
+def test_gemm_empty_and_zero_k(rng):
+    out = np.empty((0, 5), np.float32)
+    _C.gemm(np.ones((0, 3), np.float32), np.ones((3, 5), np.float32), out)
+    bias = rng.standard_normal(4).astype(np.float32)
+    out = poison(np.empty((3, 4), np.float32))
+    _C.gemm(np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), out, bias=bias, activation="relu")
+    assert np.array_equal(out, np.broadcast_to(np.maximum(bias, 0), (3, 4)))
+
+
+def test_matmul_numpy_and_torch(rng):
+    torch = pytest.importorskip("torch")
+    a, b = operands(rng, 31, 33, 7, False, True)
+    ref = reference(a, b, False, True)
+    assert rel_err(oxkernels.ops.matmul(a, b, trans_b=True), ref) < 1e-5
+    out = oxkernels.ops.matmul(torch.from_numpy(a), torch.from_numpy(b), trans_b=True)
+    assert isinstance(out, torch.Tensor) and rel_err(out, ref) < 1e-5
+
+
+def test_gemm_bad_input_is_named():
+    f = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _C.gemm(f, np.ones((5, 2), np.float32), np.empty((3, 2), np.float32))
+    with pytest.raises(TypeError, match="'b'"):
+        _C.gemm(f, np.ones((4, 2)), np.empty((3, 2), np.float32))
+    with pytest.raises(TypeError, match="'a'.*int64"):
+        _C.gemm(np.ones((3, 4), np.int64), np.ones((4, 2), np.int64), np.empty((3, 2), np.int64))
+    with pytest.raises(ValueError, match="'a'"):
+        _C.gemm(np.ones(3, np.float32), np.ones((3, 2), np.float32), np.empty((1, 2), np.float32))
+    with pytest.raises(ValueError, match="'out'"):
+        _C.gemm(f, np.ones((4, 2), np.float32), np.empty((3, 3), np.float32))
+    with pytest.raises(ValueError, match="'activation'"):
+        _C.gemm(f, np.ones((4, 2), np.float32), np.empty((3, 2), np.float32), activation="tanh")
+
+
+@requires_cuda
+@pytest.mark.parametrize("m,n,k", SHAPES + [(1024, 784, 64), (70000, 10, 33)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_cuda_matches_float64(rng, m, n, k, trans_a, trans_b):
+    import torch
+
+    a, b = operands(rng, m, n, k, trans_a, trans_b)
+    bias = rng.standard_normal(n).astype(np.float32)
+    out = poison(torch.empty((m, n), device="cuda"))
+    _C.gemm(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), out, trans_a, trans_b, 1.0, 0.0,
+            torch.from_numpy(bias).cuda(), "sigmoid")
+    torch.cuda.synchronize()
+    assert rel_err(out, reference(a, b, trans_a, trans_b, bias, "sigmoid")) < 1e-5

@@ -1,0 +1,221 @@
+"""oxkernels.ops.linear / torch.ops.oxkernels.linear(_backward) / nn.Linear: forward and
+gradients against torch float64, leading dims, both activations, gradcheck, opcheck,
+torch.compile, poisoned outputs, empty batches, bad input; CUDA parity (skipped here)."""
+import numpy as np
+import pytest
+
+import oxkernels
+from oxkernels.ops import linear
+
+from conftest import poison, rel_err, requires_cuda
+
+torch = pytest.importorskip("torch")
+import oxkernels.nn  # noqa: E402  (registers the torch ops)
+
+ACTS = [None, "relu", "sigmoid"]
+
+
+def torch_reference(x, w, b, activation):
+    z = torch.nn.functional.linear(x, w, b)
+    if activation == "relu":
+        return torch.relu(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    return z
+
+
+def make(rng, lead, k, n, bias=True, dtype=torch.float32, device="cpu"):
+    x = torch.from_numpy(rng.standard_normal((*lead, k))).to(dtype=dtype, device=device)
+    w = torch.from_numpy(rng.standard_normal((n, k)) / np.sqrt(max(k, 1))).to(dtype=dtype, device=device)
+    b = torch.from_numpy(rng.standard_normal(n)).to(dtype=dtype, device=device) if bias else None
+    return x, w, b
+
+
+def forward_backward(f, x, w, b, grad_out):
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    y = f(x, w, b)
+    y.backward(grad_out)
+    return y.detach(), x.grad, w.grad, (b.grad if b is not None else None)
+
+
+def check_against_float64(x, w, b, activation, tol=1e-5):
+    grad_out = torch.randn((*x.shape[:-1], w.shape[0]), dtype=x.dtype, device=x.device)
+    ours = forward_backward(lambda x, w, b: linear(x, w, b, activation), x, w, b, grad_out)
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    ref = forward_backward(lambda x, w, b: torch_reference(x, w, b, activation), d(x), d(w), d(b), d(grad_out))
+    for name, o, r in zip(["y", "dx", "dw", "db"], ours, ref):
+        assert (o is None) == (r is None), name
+        if o is not None:
+            assert o.dtype == x.dtype and o.shape == r.shape, name
+            assert rel_err(o, r) < tol, f"{name}: {rel_err(o, r)}"
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (3, 7, 31), (33, 127, 129), (64, 784, 64), (129, 1000, 10),
+                                      (31, 33, 3), (1024, 32, 10)])
+def test_forward_and_grads_match_torch_float64(rng, activation, rows, k, n):
+    x, w, b = make(rng, (rows,), k, n)
+    check_against_float64(x, w, b, activation)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_leading_dims_and_no_bias(rng, activation):
+    x, w, _ = make(rng, (2, 3, 7), 33, 31, bias=False)
+    check_against_float64(x, w, None, activation)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_other_isas(rng, isa):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
+        pytest.skip(f"CPU lacks {isa}")
+    oxkernels.set_isa(isa)
+    try:
+        for act in ACTS:
+            x, w, b = make(rng, (37,), 129, 33)
+            check_against_float64(x, w, b, act)
+    finally:
+        oxkernels.set_isa("auto")
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_numpy_in_numpy_out(rng, activation):
+    x = rng.standard_normal((5, 7, 129)).astype(np.float32)
+    w = rng.standard_normal((33, 129)).astype(np.float32)
+    b = rng.standard_normal(33).astype(np.float32)
+    y = linear(x, w, b, activation)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    ref = torch_reference(*(torch.from_numpy(a).double() for a in (x, w, b)), activation)
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_raw_ops_fill_poisoned_outputs(rng):
+    from oxkernels import _C
+
+    x, w, b = make(rng, (31,), 33, 7)
+    for act in ACTS:
+        y = poison(torch.empty(31, 7))
+        _C.linear(x, w, b, y, act)
+        assert rel_err(y, torch_reference(x.double(), w.double(), b.double(), act)) < 1e-5
+        dy = torch.randn(31, 7)
+        dx, dw, db = poison(torch.empty(31, 33)), poison(torch.empty(7, 33)), poison(torch.empty(7))
+        _C.linear_backward(dy, x, w, y, act, dx, dw, db)
+        assert torch.isfinite(dx).all() and torch.isfinite(dw).all() and torch.isfinite(db).all()
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_gradcheck_float64(rng, activation):
+    x, w, b = make(rng, (3, 4), 5, 6, dtype=torch.float64)
+    if activation == "relu":  # keep pre-activations away from the kink at 0
+        b = b + torch.sign(b) * 0.5
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: linear(x, w, b, activation), inputs)
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.oxkernels.linear(x, w, b, activation or "none"),
+                                    inputs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(rng, bias):
+    x, w, b = make(rng, (4, 3), 5, 6, bias=bias)
+    for act in ("none", "relu", "sigmoid"):
+        args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_() if bias else None, act)
+        torch.library.opcheck(torch.ops.oxkernels.linear.default, args)
+        y = torch.ops.oxkernels.linear(*args).detach()
+        dy = torch.randn_like(y)
+        for needs in [(True, True, bias), (False, True, False)]:
+            torch.library.opcheck(torch.ops.oxkernels.linear_backward.default,
+                                  (dy, x.detach(), w.detach(), y if act != "none" else None, act, *needs))
+
+
+def test_torch_compile_fullgraph(rng):
+    model = torch.nn.Sequential(oxkernels.nn.Linear(33, 17, activation="relu"), oxkernels.nn.Linear(17, 5))
+    x = torch.from_numpy(rng.standard_normal((7, 33)).astype(np.float32))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    g_compiled = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    y_eager = model(x)
+    y_eager.sum().backward()
+    assert rel_err(y, y_eager) < 1e-6
+    for gc, p in zip(g_compiled, model.parameters()):
+        assert rel_err(gc, p.grad) < 1e-6
+
+
+def test_nn_linear_is_a_drop_in(rng):
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(129, 33)
+    torch.manual_seed(0)
+    ours = oxkernels.nn.Linear(129, 33, activation="sigmoid")
+    assert isinstance(ours, torch.nn.Linear)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+    assert "activation='sigmoid'" in repr(ours)
+    x = torch.randn(3, 5, 129)
+    assert rel_err(ours(x), torch.sigmoid(ref(x))) < 1e-5
+    plain = oxkernels.nn.Linear(7, 3, bias=False, dtype=torch.float64)
+    assert plain.bias is None and plain.weight.dtype == torch.float64 and plain(torch.randn(2, 7).double()).shape == (2, 3)
+    with pytest.raises(ValueError, match="activation"):
+        oxkernels.nn.Linear(3, 4, activation="tanh")
+
+
+def test_empty_batch(rng):
+    x, w, b = make(rng, (0,), 7, 3)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = linear(x, w, b, "relu")
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    assert x.grad.shape == (0, 7)
+    assert linear(np.ones((0, 4), np.float32), np.ones((2, 4), np.float32)).shape == (0, 2)
+
+
+def test_bad_input_is_named(rng):
+    x, w, b = make(rng, (3,), 4, 5)
+    with pytest.raises(ValueError, match="'weight'.*in_features = 4"):
+        linear(x, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="'bias'"):
+        linear(x, w, torch.randn(4))
+    with pytest.raises(TypeError, match="'weight'.*float64"):
+        linear(x, w.double(), b)
+    with pytest.raises(TypeError, match="'x'.*int64"):
+        linear(torch.ones(3, 4, dtype=torch.int64), w.long())
+    with pytest.raises(ValueError, match="'weight'"):
+        linear(x, torch.randn(5))
+    with pytest.raises(ValueError, match="activation"):
+        linear(x, w, b, "tanh")
+    with pytest.raises(ValueError, match="activation"):
+        linear(x.numpy(), w.numpy(), b.numpy(), "tanh")
+    with pytest.raises(TypeError, match="'weight'"):
+        linear(x, w.numpy())
+    with pytest.raises(TypeError, match="'x'"):
+        linear([[1.0]], w)
+
+
+@requires_cuda
+def test_mixed_devices_are_rejected(rng):
+    x, w, b = make(rng, (3,), 4, 5)
+    with pytest.raises(TypeError, match="'weight'"):
+        linear(x.cuda(), w, b.cuda())
+
+
+@requires_cuda
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (33, 127, 129), (256, 784, 64), (1024, 400, 120),
+                                      (1024, 84, 10), (7, 1000, 3)])
+def test_cuda_matches_float64(rng, activation, rows, k, n):
+    x, w, b = make(rng, (rows,), k, n, device="cuda")
+    check_against_float64(x, w, b, activation)
+
+
+@requires_cuda
+def test_cuda_leading_dims_gradcheck_and_compile(rng):
+    x, w, _ = make(rng, (2, 3, 7), 33, 31, bias=False, device="cuda")
+    check_against_float64(x, w, None, "sigmoid")
+    x, w, b = make(rng, (3, 4), 5, 6, dtype=torch.float64, device="cuda")
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: linear(x, w, b, "sigmoid"), inputs)
+    model = oxkernels.nn.Linear(33, 17, activation="relu", device="cuda")
+    xc = torch.randn(9, 33, device="cuda")
+    assert rel_err(torch.compile(model, fullgraph=True)(xc), model(xc)) < 1e-6
