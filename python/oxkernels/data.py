@@ -137,38 +137,55 @@ def verify_file(path: Path, sha256: str) -> None:
 
 # ---------------------------------------------------------------------------- download
 
-class _Progress:
-    """tqdm when installed, else a one-line bar on stderr."""
+class Progress:
+    """A progress bar on stderr: tqdm when installed, else a plain one-line bar.
+    `unit="B"` shows bytes (scaled); `postfix(text)` adds e.g. the running loss."""
 
-    def __init__(self, total, desc):
-        self.total, self.desc, self.done, self._last = total, desc, 0, 0.0
+    def __init__(self, total, desc, unit="B", enabled=True):
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.enabled, self._bar, self._last, self._start, self._postfix = enabled, None, 0.0, time.monotonic(), ""
+        if not enabled:
+            return
         try:
             from tqdm import tqdm
-            self._bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
         except ImportError:
-            self._bar = None
+            return
+        self._bar = tqdm(total=total or None, desc=desc, unit=unit, unit_scale=unit == "B", leave=False,
+                         mininterval=0.5)
 
     def update(self, n):
         self.done += n
+        if not self.enabled:
+            return
         if self._bar is not None:
             self._bar.update(n)
             return
         now = time.monotonic()
         if now - self._last > 0.25:
             self._last = now
+            rate = self.done / max(now - self._start, 1e-9)
+            amount = f"{self.done / 1e6:.1f} MB" if self.unit == "B" else f"{self.done} {self.unit}"
+            speed = f"{rate / 1e6:.1f} MB/s" if self.unit == "B" else f"{rate:.0f} {self.unit}/s"
             if self.total:
-                frac = self.done / self.total
-                bar = "#" * int(30 * frac)
-                sys.stderr.write(f"\r{self.desc} [{bar:<30}] {100 * frac:5.1f}%")
+                frac = min(self.done / self.total, 1.0)
+                line = f"{self.desc} [{'#' * int(30 * frac):<30}] {100 * frac:5.1f}% {speed}"
             else:
-                sys.stderr.write(f"\r{self.desc} {self.done / 1e6:.1f} MB")
+                line = f"{self.desc} {amount} {speed}"
+            sys.stderr.write(f"\r{line} {self._postfix}")
             sys.stderr.flush()
 
+    def postfix(self, text: str):
+        self._postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def close(self):
+        if not self.enabled:
+            return
         if self._bar is not None:
             self._bar.close()
         else:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.write("\r" + " " * 79 + "\r")
             sys.stderr.flush()
 
 
@@ -183,7 +200,7 @@ def _fetch(url: str, dest: Path, algorithm: str, digest: str) -> None:
         h = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
-            progress = _Progress(total, dest.name)
+            progress = Progress(total, dest.name)
             received = 0
             try:
                 while chunk := resp.read(_CHUNK):
