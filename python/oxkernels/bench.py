@@ -58,7 +58,7 @@ def fit_cuda_graph(config, *, data_root=None) -> dict:
         optimizer = cls(model.parameters(), lr=cfg.lr, capturable=True)
 
     B = cfg.batch_size
-    static_x = torch.zeros((B, *batches.images.shape[1:]), device=cfg.device)
+    static_x = torch.zeros((B, *batches.inputs.shape[1:]), device=cfg.device)
     static_y = torch.zeros(B, dtype=torch.int64, device=cfg.device)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     side = torch.cuda.Stream()

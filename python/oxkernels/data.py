@@ -453,12 +453,15 @@ def load_dataset(name: str, train=True, **kwargs) -> _Dataset:
 class DeviceBatches:
     """Normalised float32 batches from a data set held whole on `device`.
 
-    The uint8 images go to the device once; each batch is gathered by index and
-    normalised there: x = (pixel / 255 − mean_c) / std_c, done as one multiply-add
-    x = pixel · (1 / (255 std_c)) − mean_c / std_c. With shuffle, epoch e uses the
-    permutation of torch.Generator().manual_seed(seed + e), so runs with the same seed
-    see the same batches whatever the backend or device. `limit` keeps the first
-    `limit` samples. The last batch may be smaller (drop_last=False).
+    The images are normalised once, on the device, into float32:
+    x = (pixel / 255 − mean_c) / std_c, done as x = pixel · (1 / (255 std_c)) − mean_c / std_c.
+    With shuffle, epoch e uses the permutation of torch.Generator().manual_seed(seed + e)
+    (so runs with the same seed see the same batches whatever the backend or device): the
+    epoch's order is gathered once into a buffer and the batches are consecutive slices of
+    it, which costs one large copy per epoch instead of one small gather per batch (several
+    times cheaper on the CPU). The batches are views of that buffer, valid until the next
+    epoch starts. `limit` keeps the first `limit` samples. The last batch may be smaller.
+    Memory: 4 bytes per pixel, twice when shuffling (MNIST 376 MB, CIFAR-10 1.2 GB).
     """
 
     dataset: _Dataset
@@ -474,13 +477,20 @@ class DeviceBatches:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         n = len(self.dataset) if self.limit is None else min(int(self.limit), len(self.dataset))
-        self.images = torch.as_tensor(self.dataset.images_np[:n]).to(self.device)
-        self.labels = torch.as_tensor(self.dataset.labels_np[:n]).to(self.device)
-        c = self.images.shape[1]
+        pixels = self.dataset.images_np[:n]
+        c = pixels.shape[1]
         std = torch.tensor(self.dataset.std, dtype=torch.float32).view(1, c, 1, 1)
         mean = torch.tensor(self.dataset.mean, dtype=torch.float32).view(1, c, 1, 1)
-        self._scale = (1.0 / (255.0 * std)).to(self.device)
-        self._shift = (mean / std).to(self.device)
+        scale, shift = (1.0 / (255.0 * std)).to(self.device), (mean / std).to(self.device)
+        self.inputs = torch.empty(pixels.shape, dtype=torch.float32, device=self.device)
+        chunk = 8192  # bounded temporaries while converting
+        for start in range(0, n, chunk):
+            u8 = torch.as_tensor(pixels[start:start + chunk]).to(self.device)
+            self.inputs[start:start + chunk] = u8.float().mul_(scale).sub_(shift)
+        self.labels = torch.as_tensor(self.dataset.labels_np[:n]).to(self.device)
+        if self.shuffle:
+            self._inputs_epoch = torch.empty_like(self.inputs)
+            self._labels_epoch = torch.empty_like(self.labels)
         self.epoch = 0
 
     def __len__(self):
@@ -493,29 +503,24 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def normalise(self, pixels):
-        """uint8 (B, C, H, W) on the device → normalised float32."""
-        import torch
-
-        return torch.addcmul(-self._shift, pixels.float(), self._scale)
-
     def order(self):
+        """This epoch's permutation (on the device), or None without shuffle."""
         import torch
 
-        n = len(self.labels)
         if not self.shuffle:
             return None
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(n, generator=g).to(self.device)
+        return torch.randperm(len(self.labels), generator=g).to(self.device)
 
     def __iter__(self):
+        import torch
+
         perm = self.order()
-        n = len(self.labels)
+        if perm is None:
+            inputs, labels = self.inputs, self.labels
+        else:
+            inputs = torch.index_select(self.inputs, 0, perm, out=self._inputs_epoch)
+            labels = torch.index_select(self.labels, 0, perm, out=self._labels_epoch)
+        n = len(labels)
         for start in range(0, n, self.batch_size):
-            stop = min(start + self.batch_size, n)
-            if perm is None:
-                pixels, labels = self.images[start:stop], self.labels[start:stop]
-            else:
-                idx = perm[start:stop]
-                pixels, labels = self.images[idx], self.labels[idx]
-            yield self.normalise(pixels), labels
+            yield inputs[start:start + self.batch_size], labels[start:start + self.batch_size]

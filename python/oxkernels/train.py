@@ -135,7 +135,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     after every step (tests use it to interrupt). The loss is summed on the device and read
     back every 50 steps for the progress bar, so the GPU is not synchronised per step."""
     model.train()
-    device = batches.images.device
+    device = batches.inputs.device
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     _sync(device)
@@ -145,7 +145,7 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-        total += loss.detach() * len(y)
+        total.add_(loss.detach(), alpha=len(y))
         seen += len(y)
         if progress is not None:
             progress.update(len(y))
@@ -161,13 +161,15 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
 def evaluate(model, batches, num_classes=10):
     """(accuracy, mean loss, predictions (CPU int64), confusion matrix [true, predicted])."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, targets, loss_sum = [], [], 0.0
     for x, y in batches:
         logits = model(x)
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(1))
-    pred = torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.int64)
-    labels = batches.labels.cpu()
+        targets.append(y)
+    empty = torch.zeros(0, dtype=torch.int64)
+    pred = torch.cat(preds).cpu() if preds else empty
+    labels = torch.cat(targets).cpu() if targets else empty
     n = max(len(labels), 1)
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
     accuracy = (pred == labels).sum().item() / n
