@@ -159,3 +159,21 @@ def test_bench_rows_and_table():
     broken = {"case": "mlp-adam-b256", "impl": "oxkernels", "error": "AttributeError: missing"}
     table = bench.format_markdown(rows + [broken], settings)
     assert "| mlp-adam-b256 | torch |" in table and "1.00×" in table and "AttributeError" in table
+
+
+def test_cli_names_match_models():
+    from oxkernels import train
+
+    assert train.MODELS == models.MODELS and train.ACTIVATIONS == models.ACTIVATIONS
+
+
+def test_cli_without_torch():
+    """`oxkernels info` and --help work without torch; `train` says torch is needed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from oxkernels import cli\n"
+            "try:\n    cli.main(['train', 'mnist'])\nexcept SystemExit as e:\n    print(e.code)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "needs PyTorch" in out.stdout, out.stderr

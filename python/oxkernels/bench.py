@@ -218,6 +218,9 @@ def add_parser(subparsers):
 
 
 def run_bench(args) -> int:
+    from .train import require_torch
+
+    require_torch("bench")
     cases = [c for c in args.cases.split(",") if c]
     impls = [i for i in args.impls.split(",") if i]
     for c in cases:

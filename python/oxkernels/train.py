@@ -29,15 +29,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from . import data as oxdata
-from . import models
+
+try:
+    import torch
+
+    from . import models
+except ImportError:  # `oxkernels --help` / `info` must work without torch; running `train` says what is missing
+    torch = models = None
 
 __all__ = ["TrainConfig", "fit", "train_epoch", "evaluate", "make_optimizer", "make_loss",
            "default_device", "add_parser"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MODELS = ("mlp", "lenet")              # = models.MODELS (spelled out so the CLI needs no torch)
+ACTIVATIONS = ("relu", "sigmoid")      # = models.ACTIVATIONS
 BACKENDS = ("oxkernels", "torch")
 DEFAULT_MODEL = {"mnist": "mlp", "cifar10": "lenet"}
 TEST_BATCH = 1000
@@ -67,8 +73,8 @@ class TrainConfig:
         if cfg.dataset not in DEFAULT_MODEL:
             raise ValueError(f"dataset must be one of {sorted(DEFAULT_MODEL)}, got {self.dataset!r}")
         cfg.model = cfg.model or DEFAULT_MODEL[cfg.dataset]
-        if cfg.model not in models.MODELS:
-            raise ValueError(f"model must be one of {models.MODELS}, got {cfg.model!r}")
+        if cfg.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {cfg.model!r}")
         expected_input = {"mlp": "mnist", "lenet": "cifar10"}[cfg.model]
         if cfg.dataset != expected_input:
             raise ValueError(f"model {cfg.model!r} takes {expected_input} images, not {cfg.dataset}")
@@ -76,8 +82,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
         if cfg.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
-        if cfg.activation not in models.ACTIVATIONS:
-            raise ValueError(f"activation must be one of {models.ACTIVATIONS}, got {cfg.activation!r}")
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
         if cfg.epochs < 0 or cfg.batch_size < 1 or not cfg.lr > 0:
             raise ValueError(f"need epochs ≥ 0, batch_size ≥ 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
         cfg.device = str(cfg.device or default_device())
@@ -157,9 +163,13 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     return mean_loss, time.perf_counter() - start
 
 
-@torch.no_grad()
 def evaluate(model, batches, num_classes=10):
     """(accuracy, mean loss, predictions (CPU int64), confusion matrix [true, predicted])."""
+    with torch.no_grad():
+        return _evaluate(model, batches, num_classes)
+
+
+def _evaluate(model, batches, num_classes):
     model.eval()
     preds, targets, loss_sum = [], [], 0.0
     for x, y in batches:
@@ -294,7 +304,7 @@ def _write_outputs(out: Path, metrics, test_set, test_batches, last_eval, plots,
 
 def add_common_arguments(p, epochs=3):
     p.add_argument("dataset", choices=sorted(DEFAULT_MODEL), help="data set")
-    p.add_argument("--model", choices=models.MODELS, help="network (default: mlp for mnist, lenet for cifar10)")
+    p.add_argument("--model", choices=MODELS, help="network (default: mlp for mnist, lenet for cifar10)")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--backend", choices=BACKENDS, default="oxkernels",
@@ -313,7 +323,7 @@ def add_parser(subparsers):
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, help="default: the optimizer's own")
-    p.add_argument("--activation", choices=models.ACTIVATIONS, default="relu")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("--out", help="folder for metrics.json and plots (default: runs/DATASET-MODEL-BACKEND)")
     p.add_argument("--save", help="checkpoint file written after every epoch")
     p.add_argument("--resume", help="checkpoint to continue from (runs up to --epochs in total)")
@@ -321,7 +331,13 @@ def add_parser(subparsers):
     p.set_defaults(func=run_train)
 
 
+def require_torch(command: str) -> None:
+    if torch is None:
+        raise SystemExit(f"oxkernels {command} needs PyTorch: pip install 'oxkernels[torch]'")
+
+
 def run_train(args) -> int:
+    require_torch("train")
     cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,

@@ -131,7 +131,9 @@ def add_parser(subparsers):
 
 
 def run_tune(args) -> int:
-    from .train import TrainConfig
+    from .train import TrainConfig, require_torch
+
+    require_torch("tune")
 
     space = dict(SPACE)
     for key, arg, cast in (("lr", args.lrs, float), ("batch_size", args.batch_sizes, int),
