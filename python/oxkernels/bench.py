@@ -141,7 +141,10 @@ def machine_description(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    import oxkernels
+
+    return (f"{cpu}, {os.cpu_count()} cores, threads: torch {torch.get_num_threads()}, "
+            f"oxkernels {oxkernels.get_num_threads()}")
 
 
 def format_markdown(rows, settings) -> str:
@@ -212,15 +215,19 @@ def add_parser(subparsers):
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="data folder (default: $OXKERNELS_DATA, else ~/.cache/oxkernels)")
+    from .train import add_threads_argument
+
+    add_threads_argument(p)
     p.add_argument("--markdown", help="append the results table to this file (e.g. benchmarks/RESULTS_e2e.md)")
     p.add_argument("--json", help="write the rows and settings to this JSON file")
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args) -> int:
-    from .train import require_torch
+    from .train import apply_threads, require_torch
 
     require_torch("bench")
+    apply_threads(args.threads)
     cases = [c for c in args.cases.split(",") if c]
     impls = [i for i in args.impls.split(",") if i]
     for c in cases:

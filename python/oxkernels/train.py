@@ -313,6 +313,21 @@ def add_common_arguments(p, epochs=3):
     p.add_argument("--limit", type=int, help="train on the first N samples only (quick runs)")
     p.add_argument("--test-limit", type=int, help="evaluate on the first N test samples only")
     p.add_argument("--data", help="data folder (default: $OXKERNELS_DATA, else ~/.cache/oxkernels)")
+    add_threads_argument(p)
+
+
+def add_threads_argument(p):
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for torch and oxkernels (default: torch's; on a busy machine 1 can be "
+                        "much faster than oversubscribed cores)")
+
+
+def apply_threads(n) -> None:
+    if n:
+        import oxkernels
+
+        torch.set_num_threads(n)
+        oxkernels.set_num_threads(n)
 
 
 def add_parser(subparsers):
@@ -338,6 +353,7 @@ def require_torch(command: str) -> None:
 
 def run_train(args) -> int:
     require_torch("train")
+    apply_threads(args.threads)
     cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,

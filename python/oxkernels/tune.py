@@ -131,9 +131,10 @@ def add_parser(subparsers):
 
 
 def run_tune(args) -> int:
-    from .train import TrainConfig, require_torch
+    from .train import TrainConfig, apply_threads, require_torch
 
     require_torch("tune")
+    apply_threads(args.threads)
 
     space = dict(SPACE)
     for key, arg, cast in (("lr", args.lrs, float), ("batch_size", args.batch_sizes, int),
