@@ -326,7 +326,10 @@ def test_tarball_member_with_wrong_checksum(fake_cifar, tmp_path):
 
 # ---------------------------------------------------------------------------- device batches
 
-torch = pytest.importorskip("torch")
+@pytest.fixture
+def torch():
+    """torch for the DeviceBatches tests only: the rest of this file runs without it."""
+    return pytest.importorskip("torch")
 
 
 class _Tiny:
@@ -342,7 +345,7 @@ class _Tiny:
         return len(self.labels_np)
 
 
-def test_batches_normalise_and_cover(rng):
+def test_batches_normalise_and_cover(rng, torch):
     ds = _Tiny(rng)
     batches = data.DeviceBatches(ds, batch_size=8, shuffle=True, seed=3)
     assert len(batches) == 5
@@ -358,7 +361,7 @@ def test_batches_normalise_and_cover(rng):
     np.testing.assert_array_equal(torch.cat(ys).numpy(), ds.labels_np[perm])
 
 
-def test_batches_seeded_shuffle_per_epoch(rng):
+def test_batches_seeded_shuffle_per_epoch(rng, torch):
     ds = _Tiny(rng)
     a = data.DeviceBatches(ds, batch_size=8, shuffle=True, seed=5)
     b = data.DeviceBatches(ds, batch_size=8, shuffle=True, seed=5)
@@ -370,7 +373,7 @@ def test_batches_seeded_shuffle_per_epoch(rng):
     assert torch.equal(a.order(), expected)
 
 
-def test_batches_limit_and_order(rng):
+def test_batches_limit_and_order(rng, torch):
     ds = _Tiny(rng)
     batches = data.DeviceBatches(ds, batch_size=4, limit=10)
     ys = torch.cat([y for _, y in batches])
