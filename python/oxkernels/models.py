@@ -112,11 +112,10 @@ class MLP(tnn.Module):
 
 
 def _fused_conv_relu_pool(oxnn, in_channels, out_channels, kernel_size):
-    """Conv2d(in, out, k) → ReLU → MaxPool2d(2, 2) as one oxkernels block, holding
-    `weight` and `bias` exactly like Conv2d (so the key is conv1.weight as in torch).
-    ASSUMPTION to check when oxkernels.nn.ConvReLUMaxPool2d lands: its constructor takes
-    Conv2d's leading arguments and pools 2×2 with stride 2 by default."""
-    return oxnn.ConvReLUMaxPool2d(in_channels, out_channels, kernel_size)
+    """Conv2d(in, out, k) → ReLU → MaxPool2d(2, 2) as one oxkernels block. It holds `weight`
+    and `bias` initialised exactly like torch.nn.Conv2d, so the keys are conv1.weight,
+    conv1.bias as in the torch twin."""
+    return oxnn.ConvReLUMaxPool2d(in_channels, out_channels, kernel_size, pool=2)
 
 
 class LeNet(tnn.Module):
