@@ -9,8 +9,7 @@ import importlib
 import sys
 
 # Modules that define subcommands, in the order --help lists them.
-COMMAND_MODULES = ["oxkernels.cli", "oxkernels.linreg_demo"]
-COMMAND_MODULES = ["oxkernels.cli", "oxkernels.train", "oxkernels.tune", "oxkernels.bench"]
+COMMAND_MODULES = ["oxkernels.cli", "oxkernels.linreg_demo", "oxkernels.train", "oxkernels.tune", "oxkernels.bench"]
 
 
 def add_parser(subparsers):

@@ -13,7 +13,6 @@ __all__ = [
     "conv2d_backward",
     "conv2d_relu_maxpool2d",
     "conv2d_relu_maxpool2d_backward",
-    "conv_output_size",
 ]
 
 
