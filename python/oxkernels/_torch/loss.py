@@ -134,8 +134,36 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
         return backward_op(grad.contiguous(), y, ctx.dim), None
 
     forward_op.register_autograd(backward, setup_context=setup_context)
-    return forward_op
+
+    class EagerFn(torch.autograd.Function):
+        """Same kernels without the custom-op dispatch, for eager mode."""
+
+        @staticmethod
+        def forward(ctx, x, dim):
+            out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            forward_kernel(x, dim, out, _stream(x))
+            ctx.dim = dim
+            ctx.save_for_backward(out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            (y,) = ctx.saved_tensors
+            out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+            backward_kernel(grad.contiguous(), y, ctx.dim, out, _stream(y))
+            return out, None
+
+    def apply(x, dim):
+        if torch.compiler.is_compiling():
+            return forward_op(x, dim)
+        if x.requires_grad and torch.is_grad_enabled():
+            return EagerFn.apply(x, dim)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        forward_kernel(x, dim, out, _stream(x))
+        return out
+
+    return forward_op, apply
 
 
-softmax_op = _define_softmax("softmax", _C.softmax, _C.softmax_backward)
-log_softmax_op = _define_softmax("log_softmax", _C.log_softmax, _C.log_softmax_backward)
+softmax_op, softmax = _define_softmax("softmax", _C.softmax, _C.softmax_backward)
+log_softmax_op, log_softmax = _define_softmax("log_softmax", _C.log_softmax, _C.log_softmax_backward)

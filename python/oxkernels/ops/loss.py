@@ -72,7 +72,7 @@ def _softmax(name, x, dim):
     if array_kind(name, x=x) == TORCH:
         from .._torch import loss
 
-        return getattr(loss, f"{name}_op")(x, dim)
+        return getattr(loss, name)(x, dim)
     out = empty(x, x.shape)
     getattr(_C, name)(x, dim, out, stream_of(x))
     return out

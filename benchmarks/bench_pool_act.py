@@ -1,0 +1,80 @@
+"""max_pool2d, relu and sigmoid at the CIFAR-10 CNN's shapes, against torch:
+forward, and forward+backward (backward through autograd, as in training).
+
+    pytest benchmarks/bench_pool_act.py --benchmark-only
+"""
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import oxkernels.ops as ops  # noqa: E402
+
+# (N, C, H, W) of the pool inputs / activations: after conv1 and after conv2.
+SHAPES = {"conv1": (6, 28, 28), "conv2": (16, 10, 10)}
+BATCHES = [64, 256]
+OPS = {
+    "max_pool2d": (lambda x: ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)),
+    "relu": (ops.relu, torch.relu),
+    "sigmoid": (ops.sigmoid, torch.sigmoid),
+}
+DEVICES = ["cpu", "cuda"]
+
+
+def _setup(device, n, stage, op):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    torch.manual_seed(0)
+    x = torch.randn(n, *SHAPES[stage], device=device)
+    y = OPS[op][1](x)
+    return x, torch.randn_like(y)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _bytes(x, op, backward):
+    read = x.numel() * 4
+    write = read // 4 if op == "max_pool2d" else read
+    return read + write + (2 * read + write if backward else 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("stage", list(SHAPES))
+@pytest.mark.parametrize("n", BATCHES)
+def test_forward(benchmark, device, impl, op, stage, n):
+    x, _ = _setup(device, n, stage, op)
+    fn = OPS[op][0 if impl == "oxkernels" else 1]
+
+    def run():
+        y = fn(x)
+        _sync(device)
+        return y
+
+    benchmark.group = f"pool_act: {op} forward {stage} N={n} {device}"
+    benchmark.extra_info.update(impl=impl, device=device, bytes=_bytes(x, op, False))
+    benchmark(run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("stage", list(SHAPES))
+@pytest.mark.parametrize("n", BATCHES)
+def test_forward_backward(benchmark, device, impl, op, stage, n):
+    x, g = _setup(device, n, stage, op)
+    x.requires_grad_(True)
+    fn = OPS[op][0 if impl == "oxkernels" else 1]
+
+    def run():
+        (dx,) = torch.autograd.grad(fn(x), x, g)
+        _sync(device)
+        return dx
+
+    benchmark.group = f"pool_act: {op} forward+backward {stage} N={n} {device}"
+    benchmark.extra_info.update(impl=impl, device=device, bytes=_bytes(x, op, True))
+    benchmark(run)
