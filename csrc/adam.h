@@ -44,9 +44,11 @@ struct AdamTensor {
 
 // Validates one call's lists: equal lengths, every tensor contiguous, same shape
 // as its param, param dtype allowed for the device, states float32 (or the param's
-// float64), one device for all. `op` names the caller in messages.
+// float64), one device for all; grads writable only when grads_written (grad
+// scaling writes the unscaled grads back). `op` names the caller in messages.
 void adam_check(const char* op, const View* params, const View* grads, const View* exp_avgs,
-                const View* exp_avg_sqs, const View* max_exp_avg_sqs, int64_t count, bool amsgrad);
+                const View* exp_avg_sqs, const View* max_exp_avg_sqs, int64_t count, bool amsgrad,
+                bool grads_written);
 void adam_check_hyper(const char* op, const AdamHyper& h);
 
 // CPU: all tensors in one parallel pass over a flattened list of chunks.

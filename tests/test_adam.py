@@ -185,6 +185,9 @@ def test_bad_arrays():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match=r"'exp_avgs\[0\]' must be writable"):
         adam_step(p, g, [ro], v, *hyper)
+    adam_step(p, [ro], m, v, *hyper)  # read-only grads are fine: only read...
+    with pytest.raises(ValueError, match=r"'grads\[0\]' must be writable"):
+        adam_step(p, [ro], m, v, *hyper, grad_scale=2.0)  # ...unless unscaled grads are written back
     with pytest.raises(ValueError, match="amsgrad=True needs argument 'max_exp_avg_sqs'"):
         adam_step(p, g, m, v, *hyper, amsgrad=True)
     with pytest.raises(ValueError, match="'max_exp_avg_sqs' must hold one array per param"):

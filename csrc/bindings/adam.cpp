@@ -73,7 +73,7 @@ void adam_step_lists(const std::vector<View>& params, const std::vector<View>& g
   if (params.empty()) return;
   const int64_t n = static_cast<int64_t>(params.size());
   adam_check(op, params.data(), grads.data(), exp_avgs.data(), exp_avg_sqs.data(),
-             amsgrad ? max_exp_avg_sqs.data() : nullptr, n, amsgrad);
+             amsgrad ? max_exp_avg_sqs.data() : nullptr, n, amsgrad, grad_scale.has_value());
   std::vector<AdamTensor> tensors(n);
   for (int64_t i = 0; i < n; ++i) {
     AdamTensor& t = tensors[i];
@@ -175,7 +175,7 @@ class AdamGroup {
       const View& p = e.param_view;
       const View* maxv = amsgrad ? &e.max_view : nullptr;
       // The grad is checked at each step; here it stands in as the param itself.
-      adam_check(op, &p, &p, &e.exp_avg_view, &e.exp_avg_sq_view, maxv, 1, amsgrad);
+      adam_check(op, &p, &p, &e.exp_avg_view, &e.exp_avg_sq_view, maxv, 1, amsgrad, false);
       const View& s = e.step_view;
       const std::string arg = cat("state step of params[", i, "]");
       if (s.numel() != 1) value_error(op, ": ", arg, " must hold one element, got shape ", shape_str(s));

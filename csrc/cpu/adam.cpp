@@ -256,7 +256,7 @@ void adam_check_hyper(const char* op, const AdamHyper& h) {
 }
 
 static void check_companion(const char* op, const char* list, int64_t i, const View& v, const View& param,
-                            DType want) {
+                            DType want, bool written = true) {
   const std::string arg = cat(list, "[", i, "]");
   const std::string ref = cat("params[", i, "]");
   check_same_device(op, arg.c_str(), v, ref.c_str(), param);
@@ -269,11 +269,12 @@ static void check_companion(const char* op, const char* list, int64_t i, const V
       value_error(op, ": argument '", arg, "' must have the shape of '", ref, "' ", shape_str(param), ", got ",
                   shape_str(v));
   if (v.numel() > 0) check_contiguous(op, arg.c_str(), v);  // empty arrays may carry any strides
-  check_writable(op, arg.c_str(), v);
+  if (written) check_writable(op, arg.c_str(), v);
 }
 
 void adam_check(const char* op, const View* params, const View* grads, const View* exp_avgs,
-                const View* exp_avg_sqs, const View* max_exp_avg_sqs, int64_t count, bool amsgrad) {
+                const View* exp_avg_sqs, const View* max_exp_avg_sqs, int64_t count, bool amsgrad,
+                bool grads_written) {
   for (int64_t i = 0; i < count; ++i) {
     const View& p = params[i];
     const std::string arg = cat("params[", i, "]");
@@ -288,7 +289,7 @@ void adam_check(const char* op, const View* params, const View* grads, const Vie
     check_writable(op, arg.c_str(), p);
     check_numel_fits(op, arg.c_str(), p);
     const DType state = p.dtype == DType::f64 ? DType::f64 : DType::f32;
-    check_companion(op, "grads", i, grads[i], p, p.dtype);
+    check_companion(op, "grads", i, grads[i], p, p.dtype, grads_written);
     check_companion(op, "exp_avgs", i, exp_avgs[i], p, state);
     check_companion(op, "exp_avg_sqs", i, exp_avg_sqs[i], p, state);
     if (amsgrad) check_companion(op, "max_exp_avg_sqs", i, max_exp_avg_sqs[i], p, state);

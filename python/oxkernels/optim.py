@@ -50,15 +50,16 @@ def _scalar(x, name):
 class _GroupCache:
     """The native AdamGroup of one param group, and what it was built from."""
 
-    __slots__ = ("native", "params", "n", "amsgrad", "steps_on_device", "device_is_cuda")
+    __slots__ = ("native", "params", "n", "amsgrad", "steps_on_device", "device_is_cuda", "device")
 
-    def __init__(self, native, params, amsgrad, steps_on_device, device_is_cuda):
+    def __init__(self, native, params, amsgrad, steps_on_device):
         self.native = native
         self.params = params
         self.n = len(params)
         self.amsgrad = amsgrad
         self.steps_on_device = steps_on_device
-        self.device_is_cuda = device_is_cuda
+        self.device = params[0].device if params else None
+        self.device_is_cuda = bool(params) and params[0].is_cuda
 
 
 class Adam(Optimizer):
@@ -181,7 +182,7 @@ class Adam(Optimizer):
         if cache.device_is_cuda:
             if not _is_compiling():
                 self._accelerator_graph_capture_health_check()
-            stream = torch.cuda.current_stream().cuda_stream
+            stream = torch.cuda.current_stream(cache.device).cuda_stream
         if isinstance(lr, torch.Tensor):
             if cache.device_is_cuda and cache.steps_on_device and lr.is_cuda:
                 lr_device = lr if lr.dtype == torch.float32 else lr.float()
@@ -192,12 +193,12 @@ class Adam(Optimizer):
             beta1, beta2 = float(beta1), float(beta2)
         if found_inf is not None:
             if cache.device_is_cuda and cache.steps_on_device:
-                fi_device = found_inf.to(device=cache.params[0].device, dtype=torch.float32)
+                fi_device = found_inf.to(device=cache.device, dtype=torch.float32)
             elif float(found_inf) != 0.0:
                 return 0  # inf/NaN grads: skip, as torch's fused step does
         if grad_scale is not None:
             if cache.device_is_cuda:
-                gs_device = grad_scale.to(device=cache.params[0].device, dtype=torch.float32)
+                gs_device = grad_scale.to(device=cache.device, dtype=torch.float32)
             else:
                 gs_host = float(grad_scale)
         return cache.native.step(lr, beta1, beta2, group["eps"], group["weight_decay"],
@@ -233,8 +234,8 @@ class Adam(Optimizer):
                 states.append(None)
         live = [st for st in states if st is not None]
         steps_on_device = any(st["step"].is_cuda for st in live)
-        device_is_cuda = bool(params) and params[0].is_cuda
-        cache = _GroupCache(_C.AdamGroup(params, states, amsgrad, _increment_version), params, amsgrad, steps_on_device, device_is_cuda)
+        cache = _GroupCache(_C.AdamGroup(params, states, amsgrad, _increment_version), params, amsgrad,
+                            steps_on_device)
         while len(self._caches) <= index:
             self._caches.append(None)
         self._caches[index] = cache
