@@ -423,6 +423,8 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
     T* buf = new T[g.size()];
     T* band = new T[pk.nob * pk.ob * P * s.OW];  // conv rows [p·P, p·P + P) of all channels
     RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
+    int64_t woff[15 * 15];  // window position e = r·P + c → offset r·OW + c in the band
+    for (int64_t e = 0; e < P * P; ++e) woff[e] = (e / P) * s.OW + e % P;
     for (int64_t n = n0; n < n1; ++n) {
       fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
       for (int64_t p = 0; p < PH; ++p) {
@@ -431,18 +433,31 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
           const T* bo = band + o * P * s.OW;
           const int64_t base = ((n * s.O + o) * PH + p) * PW;
           for (int64_t q = 0; q < PW; ++q) {
-            // torch's max_pool2d scan over relu(y): take v when v > max or v is NaN.
-            T mx = -INFINITY;
+            // torch's max_pool2d scan over relu(y): take v when v > max or v is NaN,
+            // i.e. the first maximum, or the last NaN. Written branch-free (random
+            // data defeats branch prediction): the max first, then its first position.
+            const T* win = bo + q * P;
+            T mx = T(0);  // relu output is ≥ 0, so the window max starts at 0
+            bool nan = false;
+            for (int64_t e = 0; e < P * P; ++e) {
+              const T v = win[woff[e]];
+              mx = v > mx ? v : mx;
+              nan |= v != v;
+            }
             int64_t k = 0;
-            for (int64_t r = 0; r < P; ++r)
-              for (int64_t c = 0; c < P; ++c) {
-                const T v = bo[r * s.OW + q * P + c];
-                const T z = v <= T(0) ? T(0) : v;  // relu, NaN stays NaN
-                if (z > mx || std::isnan(z)) {
-                  mx = z;
-                  k = r * P + c;
-                }
+            if (!nan) {
+              for (int64_t e = P * P - 1; e >= 0; --e) {
+                const T v = win[woff[e]];
+                const T z = v > T(0) ? v : T(0);
+                k = z == mx ? e : k;
               }
+            } else {
+              mx = NAN;
+              for (int64_t e = 0; e < P * P; ++e) {
+                const T v = win[woff[e]];
+                k = v != v ? e : k;
+              }
+            }
             out[base + q] = mx;
             idx[base + q] = mx <= T(0) ? kPoolNoGrad : static_cast<uint8_t>(k);
           }
