@@ -51,8 +51,10 @@ def linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, out: Optiona
     x = x.contiguous()
     dx, dw, db = _backward(grad_out, x, weight.contiguous(), out.contiguous() if out is not None else None,
                            activation, need_x, need_weight, need_bias)
-    none = x.new_empty((0,))
-    return (none if dx is None else dx, none if dw is None else dw, none.clone() if db is None else db)
+    def none():  # a fresh (0,) tensor per missing gradient: outputs of a custom op must not alias
+        return x.new_empty((0,))
+
+    return (none() if dx is None else dx, none() if dw is None else dw, none() if db is None else db)
 
 
 @linear_backward_op.register_fake
