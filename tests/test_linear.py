@@ -123,7 +123,7 @@ def test_opcheck(rng, bias):
         torch.library.opcheck(torch.ops.oxkernels.linear.default, args)
         y = torch.ops.oxkernels.linear(*args).detach()
         dy = torch.randn_like(y)
-        for needs in [(True, True, bias), (False, True, False)]:
+        for needs in [(True, True, bias), (False, True, False), (False, False, bias)]:
             torch.library.opcheck(torch.ops.oxkernels.linear_backward.default,
                                   (dy, x.detach(), w.detach(), y if act != "none" else None, act, *needs))
 

@@ -1,7 +1,8 @@
 // CUDA matrix product with the fused prologue/epilogue of csrc/gemm.h.
 //
-// Each 256-thread block computes a BM×BN = 64×64 tile of C, each thread a 4×4
-// register tile; k advances in BK = 16 slices staged in shared memory. Loads go
+// Each 256-thread block computes a BM×BN tile of C (64×64, each thread a 4×4 register
+// tile; or 32×32 with 2×2 when 64×64 tiles would leave most SMs idle, as for the
+// skinny products of small layers); k advances in BK = 16 slices staged in shared memory. Loads go
 // through the element strides (so Aᵀ / Bᵀ are free), with consecutive threads on
 // the unit-stride dimension to keep them coalesced. Plain fp32 FMAs (no TF32):
 // every element sums in k order, deterministic.
@@ -11,7 +12,7 @@
 namespace ox {
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4, THREADS = 256;
+constexpr int BK = 16, THREADS = 256;
 
 template <class T> __device__ __forceinline__ T act_of(Activation act, T x) {
   if (act == Activation::relu) return x > T(0) ? x : T(0);
@@ -26,8 +27,9 @@ template <class T> __device__ __forceinline__ T grad_of(Activation g, T y) {
   return T(1);
 }
 
-template <class T>
+template <class T, int BM, int BN, int TM, int TN>
 __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs g, T alpha, T beta) {
+  static_assert((BM / TM) * (BN / TN) == THREADS, "one thread per TM×TN sub-tile");
   __shared__ T As[BK][BM + 1];
   __shared__ T Bs[BK][BN + 1];
   const T* A = static_cast<const T*>(g.A);
@@ -105,17 +107,28 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs g, T alpha, T be
 
 }  // namespace
 
-void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream) {
-  if (g.M <= 0 || g.N <= 0) return;
+template <class T, int BM, int BN, int TM, int TN>
+static void launch(const GemmArgs& g, uintptr_t stream) {
   const int64_t n_tiles = (g.N + BN - 1) / BN, m_tiles = (g.M + BM - 1) / BM;
   if (n_tiles > 2147483647LL) throw std::runtime_error("gemm: N too large for the CUDA grid");
+  // gridDim.y is capped at 65535; the kernel loops over the remaining row tiles.
   dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles < 65535 ? m_tiles : 65535));
-  if (dtype == DType::f64)
-    gemm_kernel<double><<<grid, THREADS, 0, as_stream(stream)>>>(g, g.alpha, g.beta);
-  else
-    gemm_kernel<float><<<grid, THREADS, 0, as_stream(stream)>>>(g, static_cast<float>(g.alpha),
-                                                                static_cast<float>(g.beta));
+  gemm_kernel<T, BM, BN, TM, TN><<<grid, THREADS, 0, as_stream(stream)>>>(g, static_cast<T>(g.alpha),
+                                                                          static_cast<T>(g.beta));
   cuda_check_launch("gemm");
+}
+
+template <class T> static void launch_for_shape(const GemmArgs& g, uintptr_t stream) {
+  constexpr int64_t kBusyBlocks = 264;  // ~2 blocks per SM on an H100/H200
+  const int64_t big_tiles = ((g.M + 63) / 64) * ((g.N + 63) / 64);
+  if (big_tiles >= kBusyBlocks) launch<T, 64, 64, 4, 4>(g, stream);
+  else launch<T, 32, 32, 2, 2>(g, stream);
+}
+
+void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream) {
+  if (g.M <= 0 || g.N <= 0) return;
+  if (dtype == DType::f64) launch_for_shape<double>(g, stream);
+  else launch_for_shape<float>(g, stream);
 }
 
 }  // namespace ox

@@ -51,8 +51,10 @@ def linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, out: Optiona
     x = x.contiguous()
     dx, dw, db = _backward(grad_out, x, weight.contiguous(), out.contiguous() if out is not None else None,
                            activation, need_x, need_weight, need_bias)
-    none = x.new_empty((0,))
-    return (none if dx is None else dx, none if dw is None else dw, none.clone() if db is None else db)
+    def none():  # a fresh (0,) tensor per missing gradient: outputs of a custom op must not alias
+        return x.new_empty((0,))
+
+    return (none() if dx is None else dx, none() if dw is None else dw, none() if db is None else db)
 
 
 @linear_backward_op.register_fake
@@ -86,7 +88,9 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, activation):
         x, weight = x.contiguous(), weight.contiguous()
-        out = _forward(x, weight, bias, activation)
+        out = torch.empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1), dtype=x.dtype,
+                          device=x.device)
+        _C.linear(x, weight, bias, out, _act(activation), stream_of(x))
         ctx.save_for_backward(x, weight, out if activation != "none" else None)
         ctx.activation = activation
         ctx.has_bias = bias is not None
@@ -101,10 +105,13 @@ class _LinearFunction(torch.autograd.Function):
         return dx, dw, db, None
 
 
+_ACTIVATIONS = {None: "none", "relu": "relu", "sigmoid": "sigmoid"}
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: Optional[str] = None) -> Tensor:
     """Differentiable act(x weightᵀ + bias) on torch tensors."""
-    act = "none" if activation is None else activation
-    if act not in ("none", "relu", "sigmoid"):
+    act = _ACTIVATIONS.get(activation)
+    if act is None:
         raise ValueError(f"linear: argument 'activation' must be None, 'relu' or 'sigmoid', got {activation!r}")
     if torch.compiler.is_compiling():
         return torch.ops.oxkernels.linear(x, weight, bias, act)

@@ -2,7 +2,7 @@
 our fused kernel, with an optional activation applied in the same kernel."""
 import torch
 
-from ..ops.linear import linear
+from .._torch.linear import linear
 
 __all__ = ["Linear"]
 

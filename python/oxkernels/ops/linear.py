@@ -12,6 +12,9 @@ def _out_features(weight):
     return weight.shape[0] if weight.ndim >= 1 else 1  # a wrong rank is reported by the C++ checks
 
 
+_torch_fast = None  # (torch.Tensor, the torch linear) once a torch call has been seen
+
+
 def linear(x, weight, bias=None, activation=None):
     """y = act(x weightᵀ + bias), like torch.nn.functional.linear followed by `activation`
     (None, "relu" or "sigmoid") but in one kernel.
@@ -20,10 +23,18 @@ def linear(x, weight, bias=None, activation=None):
     NumPy arrays in give a NumPy array; torch tensors in give a differentiable torch tensor
     (backward: torch.ops.oxkernels.linear_backward, act' fused into both products).
     """
+    global _torch_fast
+    fast = _torch_fast  # skips the generic kind check on the hot path of a training loop
+    if fast is not None and isinstance(x, fast[0]) and isinstance(weight, fast[0]) \
+            and (bias is None or isinstance(bias, fast[0])):
+        return fast[1](x, weight, bias, activation)
     kind = array_kind("linear", x=x, weight=weight, bias=bias)
     if kind == TORCH:
+        import torch
+
         from .._torch.linear import linear as torch_linear
 
+        _torch_fast = (torch.Tensor, torch_linear)
         return torch_linear(x, weight, bias, activation)
     out = empty(x, (*x.shape[:-1], _out_features(weight)))
     _C.linear(x, weight, bias, out, activation)
