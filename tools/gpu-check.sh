@@ -15,7 +15,7 @@ BUILD_DIR=build-gpu OXKERNELS_CUDA=ON JOBS=16 tools/dev-build.sh 2>&1 | tail -5 
 python3 -m oxkernels info | tee -a "$OUT/gpu.txt"
 
 echo "== tests"
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests -q -x --timeout=120 -p no:cacheprovider \
+timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests -q --timeout=120 -p no:cacheprovider \
   ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
 
 echo "== benchmarks"
