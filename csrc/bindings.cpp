@@ -26,6 +26,7 @@ int register_binder(Binder binder) {
   return static_cast<int>(binders().size());
 }
 
+// What was compiled in; makes no CUDA call, so importing never touches a GPU.
 static py::dict build_info() {
   py::dict info;
   info["version"] = OX_VERSION;
@@ -35,32 +36,40 @@ static py::dict build_info() {
   int runtime = 0;
   cudaRuntimeGetVersion(&runtime);
   info["cuda_runtime"] = runtime;
-  int count = 0;
-  cudaError_t err = cudaGetDeviceCount(&count);
-  py::list gpus;
-  if (err == cudaSuccess) {
-    for (int i = 0; i < count; ++i) {
-      cudaDeviceProp prop;
-      if (cudaGetDeviceProperties(&prop, i) == cudaSuccess)
-        gpus.append(py::str(cat(prop.name, " (sm_", prop.major, prop.minor, ", ",
-                                prop.multiProcessorCount, " SMs)")));
-    }
-    info["cuda_status"] = "ok";
-  } else {
-    cudaGetLastError();
-    info["cuda_status"] = cudaGetErrorString(err);
-  }
-  info["gpus"] = gpus;
 #else
   info["cuda_built"] = false;
   info["cuda_archs"] = "";
-  info["gpus"] = py::list();
-  info["cuda_status"] = "not built";
+  info["cuda_runtime"] = 0;
 #endif
   info["isa"] = isa_name(active_isa());
   info["isa_best"] = isa_name(best_supported_isa());
   info["threads"] = num_threads();
   return info;
+}
+
+// The GPUs the CUDA runtime sees, as (compute capability, multiprocessors), and
+// a status string ("ok", the runtime's error, or "not built"). Reads device
+// attributes one by one rather than the cudaDeviceProp struct.
+static py::tuple cuda_devices() {
+  py::list gpus;
+#if defined(OX_WITH_CUDA)
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return py::make_tuple(gpus, std::string(cudaGetErrorString(err)));
+  }
+  for (int i = 0; i < count; ++i) {
+    int major = 0, minor = 0, sms = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, i);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, i);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, i);
+    gpus.append(py::make_tuple(major * 10 + minor, sms));
+  }
+  return py::make_tuple(gpus, std::string("ok"));
+#else
+  return py::make_tuple(gpus, std::string("not built"));
+#endif
 }
 
 }  // namespace ox
@@ -77,6 +86,7 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   m.def("build_info", &ox::build_info);
+  m.def("cuda_devices", &ox::cuda_devices);
   m.def("num_threads", &ox::num_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("set_num_threads: argument 'n' must be >= 1, got " + std::to_string(n));

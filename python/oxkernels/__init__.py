@@ -13,9 +13,15 @@ __version__ = _C.build_info()["version"]
 __all__ = ["ops", "info", "get_num_threads", "set_num_threads", "set_isa", "__version__"]
 
 
-def info() -> dict:
-    """What this build holds: version, CUDA (archs, GPUs seen), CPU ISA in use, threads."""
-    return dict(_C.build_info())
+def info(devices: bool = False) -> dict:
+    """What this build holds: version, CUDA (archs), CPU ISA in use, threads; with
+    devices=True also the GPUs the CUDA runtime sees ("gpus", "cuda_status")."""
+    result = dict(_C.build_info())
+    if devices:
+        gpus, status = _C.cuda_devices()
+        result["gpus"] = [f"sm_{cc} ({sms} SMs)" for cc, sms in gpus]
+        result["cuda_status"] = status
+    return result
 
 
 def get_num_threads() -> int:

@@ -20,11 +20,13 @@ def add_parser(subparsers):
 def run_info(args) -> int:
     from . import info
 
-    i = info()
+    i = info(devices=True)
     print(f"oxkernels {i['version']}")
     if i["cuda_built"]:
         print(f"CUDA kernels: built for {i['cuda_archs']} (runtime {i['cuda_runtime']})")
         gpus = i["gpus"]
+        names = _gpu_names() if gpus else []
+        gpus = [f"{n} {g}" for n, g in zip(names, gpus)] if len(names) == len(gpus) else gpus
         print("GPUs seen: " + (", ".join(gpus) if gpus else f"none ({i['cuda_status']})"))
     else:
         print("CUDA kernels: not built")
@@ -32,6 +34,15 @@ def run_info(args) -> int:
     print(f"CPU instruction set: {i['isa']}{isa_note}")
     print(f"CPU threads: {i['threads']}")
     return 0
+
+
+def _gpu_names() -> list:
+    """GPU names from torch, when torch is installed (the native module reports only numbers)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
 
 
 def build_parser() -> argparse.ArgumentParser:
