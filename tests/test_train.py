@@ -188,9 +188,10 @@ CUDA_SMALL = dict(limit=640, test_limit=500, device="cuda")  # 640 = 10 full bat
 
 @requires_cuda
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_cuda_backends_agree(dataset):
+def test_cuda_backends_agree(dataset, monkeypatch):
     needs = OX_MLP if dataset == "mnist" else OX_LENET
     _pending_nn.require(*needs)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 on both sides
     runs = [fit(TrainConfig(dataset, epochs=2, backend=b, **CUDA_SMALL), data_root=REAL, progress=False, log=None)
             for b in ("torch", "oxkernels")]
     for torch_epoch, ox_epoch in zip(runs[0]["epochs"], runs[1]["epochs"]):
