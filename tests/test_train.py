@@ -177,3 +177,35 @@ def test_cli_without_torch():
             "try:\n    cli.main(['train', 'mnist'])\nexcept SystemExit as e:\n    print(e.code)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "needs PyTorch" in out.stdout, out.stderr
+
+
+# ---------------------------------------------------------------------------- CUDA (skipped without a GPU)
+
+from conftest import requires_cuda  # noqa: E402
+
+CUDA_SMALL = dict(limit=640, test_limit=500, device="cuda")  # 640 = 10 full batches of 64
+
+
+@requires_cuda
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_cuda_backends_agree(dataset, monkeypatch):
+    needs = OX_MLP if dataset == "mnist" else OX_LENET
+    _pending_nn.require(*needs)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 on both sides
+    runs = [fit(TrainConfig(dataset, epochs=2, backend=b, **CUDA_SMALL), data_root=REAL, progress=False, log=None)
+            for b in ("torch", "oxkernels")]
+    for torch_epoch, ox_epoch in zip(runs[0]["epochs"], runs[1]["epochs"]):
+        assert abs(ox_epoch["train_loss"] - torch_epoch["train_loss"]) < 1e-3 * torch_epoch["train_loss"]
+        assert abs(ox_epoch["test_accuracy"] - torch_epoch["test_accuracy"]) <= 0.01
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", ["mlp-adam-b64", "lenet-sgd-b64"])
+def test_cuda_graph_trains_like_eager(case):
+    """The captured step (warm-up undone) follows eager torch on the same batches."""
+    cfg = TrainConfig(**bench.CASES[case], epochs=2, backend="torch", **CUDA_SMALL)
+    eager = fit(cfg, data_root=REAL, progress=False, log=None)
+    graphed = bench.fit_cuda_graph(cfg, data_root=REAL)
+    for e, g in zip(eager["epochs"], graphed["epochs"]):
+        assert abs(g["train_loss"] - e["train_loss"]) < 1e-4 * e["train_loss"]
+        assert abs(g["test_accuracy"] - e["test_accuracy"]) <= 0.004

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -104,6 +105,7 @@ def plot_accuracy_vs_lr(results, path):
                 ax.scatter([r["config"]["lr"] for r in rows], [100 * r["test_accuracy"] for r in rows],
                            color=colours[opt], marker=marker, label=f"{opt}, {act}")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decade labels only
     ax.set(xlabel="learning rate", ylabel="test accuracy (%)", title="hyperparameter search")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -70,7 +70,7 @@ def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progre
                    "seconds": time.perf_counter() - start}
             results.append(row)
             log(f"trial {i}/{len(configs)}  {_describe(overrides)}  test accuracy {100 * row['test_accuracy']:.2f}%  "
-                f"({row['seconds']:.1f} s)")
+                f"({row['seconds']:.2f} s)")
     except KeyboardInterrupt:
         log(f"interrupted: keeping the {len(results)} finished trial(s)")
     results.sort(key=lambda r: (-r["test_accuracy"], r["trial"]))
@@ -89,7 +89,7 @@ def format_table(results) -> str:
         c = r["config"]
         lines.append(f"{rank:>4}  {c['optimizer']:<9}  {c['activation']:<10}  {c['batch_size']:>5}  "
                      f"{c['lr']:<8.3g}  {100 * r['test_accuracy']:7.2f}%  {r['train_loss']:10.4f}  "
-                     f"{r['seconds']:8.1f}")
+                     f"{r['seconds']:8.2f}")
     return "\n".join(lines)
 
 
