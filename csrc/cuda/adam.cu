@@ -110,13 +110,17 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(AdamLaunch L, AdamScalar
   const int64_t base = (chunk - L.chunk_begin[k]) * kChunk;
   const int64_t end = min(n, base + kChunk);
 
-  // Step-dependent scalars in double, as torch computes them on the host.
-  const double t = L.step_device[k] ? static_cast<double>(*L.step_device[k]) : L.step[k];
-  const double lr = s.lr_device ? static_cast<double>(*s.lr_device) : s.lr_host;
-  BlockConstants c;
-  c.step_size = static_cast<float>(lr / (1.0 - pow(s.beta1, t)));
-  c.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(s.beta2, t)));
-  c.decay_factor = static_cast<float>(1.0 - lr * s.weight_decay_d);
+  // Step-dependent scalars in double, as torch computes them on the host; once per block.
+  __shared__ BlockConstants shared_c;
+  if (threadIdx.x == 0) {
+    const double t = L.step_device[k] ? static_cast<double>(*L.step_device[k]) : L.step[k];
+    const double lr = s.lr_device ? static_cast<double>(*s.lr_device) : s.lr_host;
+    shared_c.step_size = static_cast<float>(lr / (1.0 - pow(s.beta1, t)));
+    shared_c.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(s.beta2, t)));
+    shared_c.decay_factor = static_cast<float>(1.0 - lr * s.weight_decay_d);
+  }
+  __syncthreads();
+  const BlockConstants c = shared_c;
   const float scale = s.grad_scale ? *s.grad_scale : 1.0f;
 
   P* param = static_cast<P*>(L.param[k]);
