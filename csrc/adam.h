@@ -58,8 +58,8 @@ void adam_step_cpu(const AdamTensor* tensors, int64_t count, DType param_dtype, 
 
 // CUDA: one launch over all tensors (more only for very long lists). lr_device,
 // grad_scale and found_inf are device float32 scalars or nullptr.
-void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
-                    const float* lr_device, const float* grad_scale, const float* found_inf,
+void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, int device_index,
+                    const AdamHyper& h, const float* lr_device, const float* grad_scale, const float* found_inf,
                     uintptr_t stream);
 
 }  // namespace ox

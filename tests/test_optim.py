@@ -214,6 +214,17 @@ def test_closure_zero_grad_hooks_and_add_param_group(rng):
     assert_same_state(opt, ref_opt, ours, ref)
 
 
+def test_step_under_the_profiler_is_recorded(rng):
+    ours, ref = make_params(rng, SHAPES)
+    opt, ref_opt = ox_optim.Adam(ours), torch.optim.Adam(ref, foreach=False)
+    set_grads(rng, ours, ref)
+    with torch.autograd.profiler.profile() as prof:
+        opt.step()
+    ref_opt.step()
+    assert any("Optimizer.step#Adam.step" in e.name for e in prof.function_events)
+    assert_same_state(opt, ref_opt, ours, ref)
+
+
 def test_replaced_param_data_and_state_are_picked_up(rng):
     ours, ref = make_params(rng, SHAPES)
     opt, ref_opt = ox_optim.Adam(ours), torch.optim.Adam(ref, foreach=False)

@@ -42,7 +42,8 @@ void run_step(const char* op, const std::vector<AdamTensor>& tensors, const View
               const double* host_grad_scale, const View* lr_device, const View* grad_scale_device,
               const View* found_inf_device, uintptr_t stream) {
   if (first.device == Device::cuda) {
-    OX_CUDA_CALL(op, adam_step_cuda(tensors.data(), static_cast<int64_t>(tensors.size()), first.dtype, h,
+    OX_CUDA_CALL(op, adam_step_cuda(tensors.data(), static_cast<int64_t>(tensors.size()), first.dtype,
+                                    first.device_index, h,
                                     lr_device ? lr_device->ptr<float>() : nullptr,
                                     grad_scale_device ? grad_scale_device->ptr<float>() : nullptr,
                                     found_inf_device ? found_inf_device->ptr<float>() : nullptr, stream));
@@ -109,6 +110,10 @@ constexpr int kDone = 0, kStale = 1;
 struct Entry {
   py::object param, state;  // state: the param's dict in optimizer.state, or None before init
   py::object exp_avg, exp_avg_sq, max_exp_avg_sq, step;
+  // The state tensors' storages: even if someone swaps a state tensor's .data,
+  // the memory the cached Views point into stays alive (the step checks the
+  // state dict entries by identity, not each tensor's data pointer).
+  py::list storages;
   View param_view, exp_avg_view, exp_avg_sq_view, max_view, step_view;
   py::object param_dtype;           // the param's torch.dtype object (compared by identity)
   py::object last_grad;             // weak reference to the grad seen at the last step, and its data pointer
@@ -172,6 +177,8 @@ class AdamGroup {
         e.max_exp_avg_sq = st["max_exp_avg_sq"];
         e.max_view = view_of(e.max_exp_avg_sq, cat("state max_exp_avg_sq of params[", i, "]"));
       }
+      for (const py::object* t : {&e.exp_avg, &e.exp_avg_sq, &e.step, &e.max_exp_avg_sq})
+        if (*t && !t->is_none()) e.storages.append(t->attr("untyped_storage")());
       const View& p = e.param_view;
       const View* maxv = amsgrad ? &e.max_view : nullptr;
       // The grad is checked at each step; here it stands in as the param itself.

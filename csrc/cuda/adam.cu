@@ -71,8 +71,8 @@ struct BlockConstants {
 
 // The element formula (adam.h), float math; updates theta/m/v/vmax and g (when scaled).
 __device__ inline void adam_element(float& theta, float& g, float& m, float& v, float& vmax, const AdamScalars& s,
-                                    const BlockConstants& c, float inv_scale_div) {
-  if (s.grad_scale) g = g / inv_scale_div;
+                                    const BlockConstants& c, float scale) {
+  if (s.grad_scale) g = g / scale;
   float gm = s.maximize ? -g : g;
   if (s.l2) gm = gm + theta * s.weight_decay;
   if (s.decoupled) theta = theta * c.decay_factor;
@@ -110,13 +110,17 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(AdamLaunch L, AdamScalar
   const int64_t base = (chunk - L.chunk_begin[k]) * kChunk;
   const int64_t end = min(n, base + kChunk);
 
-  // Step-dependent scalars in double, as torch computes them on the host.
-  const double t = L.step_device[k] ? static_cast<double>(*L.step_device[k]) : L.step[k];
-  const double lr = s.lr_device ? static_cast<double>(*s.lr_device) : s.lr_host;
-  BlockConstants c;
-  c.step_size = static_cast<float>(lr / (1.0 - pow(s.beta1, t)));
-  c.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(s.beta2, t)));
-  c.decay_factor = static_cast<float>(1.0 - lr * s.weight_decay_d);
+  // Step-dependent scalars in double, as torch computes them on the host; once per block.
+  __shared__ BlockConstants shared_c;
+  if (threadIdx.x == 0) {
+    const double t = L.step_device[k] ? static_cast<double>(*L.step_device[k]) : L.step[k];
+    const double lr = s.lr_device ? static_cast<double>(*s.lr_device) : s.lr_host;
+    shared_c.step_size = static_cast<float>(lr / (1.0 - pow(s.beta1, t)));
+    shared_c.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(s.beta2, t)));
+    shared_c.decay_factor = static_cast<float>(1.0 - lr * s.weight_decay_d);
+  }
+  __syncthreads();
+  const BlockConstants c = shared_c;
   const float scale = s.grad_scale ? *s.grad_scale : 1.0f;
 
   P* param = static_cast<P*>(L.param[k]);
@@ -162,6 +166,19 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(AdamLaunch L, AdamScalar
   }
 }
 
+// Launches on the params' device, restoring the caller's current device after.
+struct DeviceGuard {
+  int previous = -1;
+  explicit DeviceGuard(int device) {
+    cuda_check(cudaGetDevice(&previous), "adam_step: cudaGetDevice");
+    if (previous != device) cuda_check(cudaSetDevice(device), "adam_step: cudaSetDevice");
+    else previous = -1;
+  }
+  ~DeviceGuard() {
+    if (previous >= 0) cudaSetDevice(previous);
+  }
+};
+
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <class P>
@@ -201,9 +218,11 @@ void launch_all(const AdamTensor* tensors, int64_t count, const AdamScalars& s, 
 
 }  // namespace
 
-void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
-                    const float* lr_device, const float* grad_scale, const float* found_inf, uintptr_t stream) {
+void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, int device_index,
+                    const AdamHyper& h, const float* lr_device, const float* grad_scale, const float* found_inf,
+                    uintptr_t stream) {
   if (count <= 0) return;
+  DeviceGuard guard(device_index);
   AdamScalars s{};
   s.lr_host = h.lr;
   s.weight_decay_d = h.weight_decay;

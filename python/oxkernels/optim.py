@@ -22,7 +22,8 @@ This module imports torch; `import oxkernels` does not.
 from __future__ import annotations
 
 import torch
-from torch.optim.optimizer import Optimizer, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.optim import optimizer as _torch_optimizer
+from torch.optim.optimizer import Optimizer
 
 from . import _C, _torch
 
@@ -31,11 +32,16 @@ __all__ = ["Adam", "AdamW"]
 _torch.load()
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_profiler_enabled = torch._C._autograd._profiler_enabled
+# torch internals the lean step() reads; when a torch version lacks one, step() takes
+# torch's own hooked path (always correct, a few µs slower).
+_global_optimizer_pre_hooks = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+_global_optimizer_post_hooks = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+_profiler_enabled = getattr(torch._C._autograd, "_profiler_enabled", None)
+_LEAN_STEP = None not in (_global_optimizer_pre_hooks, _global_optimizer_post_hooks, _profiler_enabled)
 _is_compiling = torch.compiler.is_compiling
 _STALE = _C.ADAM_STALE
 # In-place updates bump the params' version counters, as torch's own in-place ops do.
-_increment_version = torch._C._increment_version
+_increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
 
 
 def _scalar(x, name):
@@ -143,8 +149,8 @@ class Adam(Optimizer):
 
     def step(self, closure=None):
         """One Adam step over every param with a grad (closure: re-evaluates the loss, as in torch)."""
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _global_optimizer_pre_hooks
-                or _global_optimizer_post_hooks or _profiler_enabled()):
+        if (not _LEAN_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks or _profiler_enabled()):
             return self._hooked_step(closure)
         return self._step(closure)
 

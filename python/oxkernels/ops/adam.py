@@ -5,8 +5,10 @@ Per element (torch.optim.Adam / AdamW order; t counts this step):
     m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  v̂ ← max(v̂max, v) (amsgrad) else v
     θ ← θ − lr/(1−β₁ᵗ) · m / (√v̂/√(1−β₂ᵗ) + ε)
 """
+import sys
+
 from .. import _C
-from .._arrays import array_kind, stream_of
+from .._arrays import TORCH, array_kind, stream_of
 
 __all__ = ["adam_step"]
 
@@ -46,8 +48,12 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps,
                       ("exp_avg_sqs", exp_avg_sqs), ("max_exp_avg_sqs", maxes)):
         for i, x in enumerate(lst):
             arrays[f"{name}[{i}]"] = x
-    array_kind(op, **arrays)
+    kind = array_kind(op, **arrays)
+    args = (float(step), float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), bool(decoupled),
+            bool(amsgrad), bool(maximize), None if grad_scale is None else float(grad_scale))
+    if kind == TORCH and sys.modules["torch"].compiler.is_compiling():
+        # Traced by torch.compile: the custom op (same kernel) keeps the graph whole.
+        sys.modules["torch"].ops.oxkernels.adam_step_(params, grads, exp_avgs, exp_avg_sqs, maxes, *args)
+        return
     stream = stream_of(params[0]) if params else 0
-    _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, maxes, float(step), float(lr), float(beta1),
-                 float(beta2), float(eps), float(weight_decay), bool(decoupled), bool(amsgrad),
-                 bool(maximize), None if grad_scale is None else float(grad_scale), stream)
+    _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, maxes, *args, stream)
