@@ -15,6 +15,12 @@
 // the block's images and pixels), and computes ∂L/∂x as a stride-1 convolution
 // of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
 // forward tile kernel. Block partials are summed in block order at the end.
+//
+// Layers whose channel count is a multiple of the lane count and whose output
+// rows are narrow (conv2: 16 channels, 10-pixel rows) use channel-vectorised
+// tiles instead (one vector = L output channels of one pixel), for forward and
+// ∂L/∂w. Loops over tile dimensions carry `#pragma GCC unroll`: without full
+// unrolling the accumulators live on the stack (∂L/∂w was 2.3× slower).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
