@@ -287,6 +287,26 @@ def test_bad_pool_and_backward_arguments():
         ops.conv2d_relu_maxpool2d_backward(np.ones_like(out), idx.astype(np.int64), x, w)
 
 
+@pytest.mark.parametrize("fn", ["conv2d", "conv2d_relu_maxpool2d"])
+def test_bad_torch_input_is_a_clear_error(fn):
+    op = getattr(ops, fn)
+    x, w, b = (torch.ones(s, requires_grad=True) for s in ((2, 3, 8, 8), (4, 3, 3, 3), (4,)))
+    with pytest.raises(ValueError, match="'stride' must be >= 1"):
+        op(x, w, b, stride=0)
+    with pytest.raises(ValueError, match="'padding' must be >= 0"):
+        op(x, w, b, padding=(0, -1))
+    with pytest.raises(ValueError, match="'x' must have 4 dimensions"):
+        op(x[0], w, b)
+    with pytest.raises(ValueError, match="'weight' has 2 input channels"):
+        op(x, w[:, :2], b)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        op(x, torch.ones(4, 3, 9, 9), b)
+    with pytest.raises(ValueError, match="'bias' must have shape"):
+        op(x, w, b[:3])
+    with pytest.raises(ValueError, match="stride must be 2 ints >= 1"):  # the raw custom op
+        getattr(torch.ops.oxkernels, fn)(x, w, b, [0, 1], [0, 0], *([2] if fn != "conv2d" else []))
+
+
 def test_mixed_torch_dtypes_and_devices_are_errors():
     x = torch.ones(2, 3, 8, 8)
     w = torch.ones(4, 3, 3, 3, dtype=torch.float64)

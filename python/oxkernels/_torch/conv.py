@@ -10,6 +10,11 @@ from .._arrays import stream_of
 
 
 def _out_hw(x, weight, stride, padding):
+    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"oxkernels conv: stride must be 2 ints >= 1 and padding 2 ints >= 0, got {stride}, {padding}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"oxkernels conv: x and weight must have 4 dimensions, got shapes {tuple(x.shape)}, "
+                         f"{tuple(weight.shape)}")
     oh = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
     ow = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
     return oh, ow
