@@ -38,12 +38,12 @@ template <class T> struct GyPlain {
 template <class T> struct GyPooled {
   const T* g;
   const uint8_t* idx;
-  int64_t P;
-  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i, int64_t j) const {
-    const int64_t PH = s.OH / P, PW = s.OW / P, p = i / P, q = j / P;
+  int P, PH, PW;  // pool size and pooled extents (32-bit: cheap division)
+  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i64, int64_t j64) const {
+    const int i = static_cast<int>(i64), j = static_cast<int>(j64), p = i / P, q = j / P;
     if (p >= PH || q >= PW) return T(0);
     const int64_t e = ((n * s.O + o) * PH + p) * PW + q;
-    return idx[e] == (i % P) * P + (j % P) ? g[e] : T(0);
+    return idx[e] == (i - p * P) * P + (j - q * P) ? g[e] : T(0);
   }
 };
 
@@ -267,11 +267,12 @@ void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const 
 void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
                                          const View& x, const View& w, const View* gx, const View* gw,
                                          const View* gb, uintptr_t stream) {
+  const int P = static_cast<int>(pool), PH = static_cast<int>(s.OH / pool), PW = static_cast<int>(s.OW / pool);
   if (x.dtype == DType::f64)
-    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), pool}, x.ptr<double>(), w.ptr<double>(),
+    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<double>(), w.ptr<double>(),
              opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
   else
-    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), pool}, x.ptr<float>(), w.ptr<float>(),
+    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<float>(), w.ptr<float>(),
              opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
 }
 
