@@ -197,6 +197,11 @@ def test_gradcheck_float64(with_bias):
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d(*a, stride=(2, 1), padding=(1, 2)), args)
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d_relu_maxpool2d(*a, stride=1, padding=1, pool=2), args)
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d_relu_maxpool2d(*a, stride=(1, 2), padding=2, pool=3), args)
+    # the custom ops' own autograd (what torch.compile uses; eager mode takes a Function)
+    bias = b if with_bias else None
+    oxk = torch.ops.oxkernels
+    assert torch.autograd.gradcheck(lambda x, w: oxk.conv2d(x, w, bias, [2, 1], [1, 2]), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: oxk.conv2d_relu_maxpool2d(x, w, bias, [1, 1], [1, 1], 2)[0], (x, w))
 
 
 def test_opcheck():
