@@ -101,17 +101,22 @@ def test_fused_numpy_forward_and_gradients(rng, case, pool, dtype):
     assert rel_err(gb, gb_ref) < TOL[dtype]
 
 
-def test_fused_ties_nan_and_negative_windows_match_torch():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [6, 38])  # 38: more than 16 windows per row (full vectors + tail)
+def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width):
     # K=1, w=1, b=0: the conv output is x itself, so the windows hold exact ties,
     # NaN, all-negative values and zeros; routing must be torch's, exactly.
     x = np.array([[[[1, 1, 2, 2, -1, -3],
                     [1, 0, 2, 2, -2, -1],
                     [np.nan, 5, 0, 0, 4, np.nan],
-                    [5, np.nan, 0, -0.0, 4, 4]]]], dtype=np.float64)
-    w = np.ones((1, 1, 1, 1))
-    b = np.zeros(1)
+                    [5, np.nan, 0, -0.0, 4, 4]]]], dtype=dtype)
+    x = np.tile(x, (1, 2, 2, 7))[:, :, :, :width].copy()  # tiles of the pattern, NaN-free tiles too
+    x[:, 1, 2:, :] = np.nan_to_num(x[:, 1, 2:, :], nan=7.0)
+    w = np.ones((1, 2, 1, 1), dtype)
+    w[0, 1] = 0.5
+    b = np.zeros(1, dtype)
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, pool=2, return_indices=True)
-    g = np.arange(1.0, 1.0 + out.size).reshape(out.shape)
+    g = np.arange(1.0, 1.0 + out.size).reshape(out.shape).astype(dtype)
     gx, gw, gb = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2)
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(w, requires_grad=True)
@@ -197,6 +202,11 @@ def test_gradcheck_float64(with_bias):
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d(*a, stride=(2, 1), padding=(1, 2)), args)
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d_relu_maxpool2d(*a, stride=1, padding=1, pool=2), args)
     assert torch.autograd.gradcheck(lambda *a: ops.conv2d_relu_maxpool2d(*a, stride=(1, 2), padding=2, pool=3), args)
+    # the custom ops' own autograd (what torch.compile uses; eager mode takes a Function)
+    bias = b if with_bias else None
+    oxk = torch.ops.oxkernels
+    assert torch.autograd.gradcheck(lambda x, w: oxk.conv2d(x, w, bias, [2, 1], [1, 2]), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: oxk.conv2d_relu_maxpool2d(x, w, bias, [1, 1], [1, 1], 2)[0], (x, w))
 
 
 def test_opcheck():
@@ -285,6 +295,26 @@ def test_bad_pool_and_backward_arguments():
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
     with pytest.raises(TypeError, match="'indices' must be uint8"):
         ops.conv2d_relu_maxpool2d_backward(np.ones_like(out), idx.astype(np.int64), x, w)
+
+
+@pytest.mark.parametrize("fn", ["conv2d", "conv2d_relu_maxpool2d"])
+def test_bad_torch_input_is_a_clear_error(fn):
+    op = getattr(ops, fn)
+    x, w, b = (torch.ones(s, requires_grad=True) for s in ((2, 3, 8, 8), (4, 3, 3, 3), (4,)))
+    with pytest.raises(ValueError, match="'stride' must be >= 1"):
+        op(x, w, b, stride=0)
+    with pytest.raises(ValueError, match="'padding' must be >= 0"):
+        op(x, w, b, padding=(0, -1))
+    with pytest.raises(ValueError, match="'x' must have 4 dimensions"):
+        op(x[0], w, b)
+    with pytest.raises(ValueError, match="'weight' has 2 input channels"):
+        op(x, w[:, :2], b)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        op(x, torch.ones(4, 3, 9, 9), b)
+    with pytest.raises(ValueError, match="'bias' must have shape"):
+        op(x, w, b[:3])
+    with pytest.raises(ValueError, match="stride must be 2 ints >= 1"):  # the raw custom op
+        getattr(torch.ops.oxkernels, fn)(x, w, b, [0, 1], [0, 0], *([2] if fn != "conv2d" else []))
 
 
 def test_mixed_torch_dtypes_and_devices_are_errors():

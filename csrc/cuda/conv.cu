@@ -10,8 +10,11 @@
 //    only the running maximum (torch's rule) and its window position; the
 //    backward reads ∂L/∂y on the fly from the pooled gradient and the saved
 //    positions, so no full-resolution tensor is ever written.
+#include <cstdint>
+
 #include "conv.h"
 #include "core/cuda_check.h"
+#include "core/errors.h"
 
 namespace ox {
 namespace {
@@ -35,12 +38,12 @@ template <class T> struct GyPlain {
 template <class T> struct GyPooled {
   const T* g;
   const uint8_t* idx;
-  int64_t P;
-  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i, int64_t j) const {
-    const int64_t PH = s.OH / P, PW = s.OW / P, p = i / P, q = j / P;
+  int P, PH, PW;  // pool size and pooled extents (32-bit: cheap division)
+  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i64, int64_t j64) const {
+    const int i = static_cast<int>(i64), j = static_cast<int>(j64), p = i / P, q = j / P;
     if (p >= PH || q >= PW) return T(0);
     const int64_t e = ((n * s.O + o) * PH + p) * PW + q;
-    return idx[e] == (i % P) * P + (j % P) ? g[e] : T(0);
+    return idx[e] == (i - p * P) * P + (j - q * P) ? g[e] : T(0);
   }
 };
 
@@ -128,24 +131,26 @@ __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict
 }
 
 // ∂L/∂x[n,c,h,v] = Σ_{o,kh,kw} g[n,o,i,j]·w[o,c,kh,kw] with i·sh = h + ph − kh, j·sw = v + pw − kw.
+// Only taps with kh ≡ h + ph (mod sh) contribute: they are visited directly, i
+// stepping down by one per tap, so the loops hold no division.
 template <class T, class Gy>
 __global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __restrict__ gx) {
   const int64_t plane = s.H * s.W, total = s.N * plane;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = t / plane, pix = t % plane, h = pix / s.W, v = pix % s.W;
+    const int64_t kh0 = (h + s.ph) % s.sh, i0 = (h + s.ph - kh0) / s.sh;
+    const int64_t kw0 = (v + s.pw) % s.sw, j0 = (v + s.pw - kw0) / s.sw;
     for (int64_t c0 = 0; c0 < s.C; c0 += OBK) {
       T acc[OBK];
 #pragma unroll
       for (int j = 0; j < OBK; ++j) acc[j] = T(0);
       for (int64_t o = 0; o < s.O; ++o)
-        for (int64_t kh = 0; kh < s.KH; ++kh) {
-          const int64_t th = h + s.ph - kh;
-          if (th < 0 || th % s.sh != 0 || th / s.sh >= s.OH) continue;
-          for (int64_t kw = 0; kw < s.KW; ++kw) {
-            const int64_t tw = v + s.pw - kw;
-            if (tw < 0 || tw % s.sw != 0 || tw / s.sw >= s.OW) continue;
-            const T g = gy(s, n, o, th / s.sh, tw / s.sw);
+        for (int64_t kh = kh0, i = i0; kh < s.KH && i >= 0; kh += s.sh, --i) {
+          if (i >= s.OH) continue;
+          for (int64_t kw = kw0, jj = j0; kw < s.KW && jj >= 0; kw += s.sw, --jj) {
+            if (jj >= s.OW) continue;
+            const T g = gy(s, n, o, i, jj);
             const T* wk = w + ((o * s.C + c0) * s.KH + kh) * s.KW + kw;
 #pragma unroll
             for (int j = 0; j < OBK; ++j)
@@ -170,34 +175,41 @@ template <class T> __device__ T block_sum(T v) {
   return part[0];
 }
 
-// One block per weight element e = (o, c, kh, kw).
+// One block per weight element e = (o, c, kh, kw); images outer, pixels inner
+// (32-bit pixel arithmetic: conv2d_check_cuda bounds the planes).
 template <class T, class Gy>
 __global__ void grad_w_kernel(ConvShape s, Gy gy, const T* __restrict__ x, T* __restrict__ gw) {
   const int64_t e = blockIdx.x;
   const int64_t kw = e % s.KW, kh = (e / s.KW) % s.KH, c = (e / (s.KW * s.KH)) % s.C, o = e / (s.KW * s.KH * s.C);
-  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  const int plane = static_cast<int>(s.OH * s.OW), OW = static_cast<int>(s.OW);
   T acc = 0;
-  for (int64_t t = threadIdx.x; t < total; t += kReduceThreads) {
-    const int64_t n = t / plane, pix = t % plane, i = pix / s.OW, j = pix % s.OW;
-    const int64_t ih = i * s.sh - s.ph + kh, iw = j * s.sw - s.pw + kw;
-    if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-    acc += gy(s, n, o, i, j) * x[((n * s.C + c) * s.H + ih) * s.W + iw];
+  for (int64_t n = 0; n < s.N; ++n) {
+    const T* xc = x + (n * s.C + c) * s.H * s.W;
+    for (int pix = threadIdx.x; pix < plane; pix += kReduceThreads) {
+      const int i = pix / OW, j = pix - i * OW;
+      const int64_t ih = i * s.sh - s.ph + kh, iw = j * s.sw - s.pw + kw;
+      if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+      acc += gy(s, n, o, i, j) * xc[ih * s.W + iw];
+    }
   }
   const T sum = block_sum(acc);
   if (threadIdx.x == 0) gw[e] = sum;
 }
 
 template <class T, class Gy> __global__ void grad_b_kernel(ConvShape s, Gy gy, T* __restrict__ gb) {
-  const int64_t o = blockIdx.x, plane = s.OH * s.OW, total = s.N * plane;
+  const int64_t o = blockIdx.x;
+  const int plane = static_cast<int>(s.OH * s.OW), OW = static_cast<int>(s.OW);
   T acc = 0;
-  for (int64_t t = threadIdx.x; t < total; t += kReduceThreads)
-    acc += gy(s, t / plane, o, (t % plane) / s.OW, t % s.OW);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int pix = threadIdx.x; pix < plane; pix += kReduceThreads) acc += gy(s, n, o, pix / OW, pix % OW);
   const T sum = block_sum(acc);
   if (threadIdx.x == 0) gb[o] = sum;
 }
 
 template <class T, class Gy>
 void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, cudaStream_t st) {
+  if (s.OH * s.OW > INT32_MAX)
+    value_error("conv2d_backward (CUDA): output planes of 2^31 pixels or more are not supported");
   if (gx && s.N * s.C * s.H * s.W > 0) {
     grad_x_kernel<T><<<grid_for(s.N * s.H * s.W), kThreads, 0, st>>>(s, gy, w, gx);
     cuda_check_launch("conv2d_backward (grad_x)");
@@ -255,11 +267,12 @@ void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const 
 void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
                                          const View& x, const View& w, const View* gx, const View* gw,
                                          const View* gb, uintptr_t stream) {
+  const int P = static_cast<int>(pool), PH = static_cast<int>(s.OH / pool), PW = static_cast<int>(s.OW / pool);
   if (x.dtype == DType::f64)
-    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), pool}, x.ptr<double>(), w.ptr<double>(),
+    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<double>(), w.ptr<double>(),
              opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
   else
-    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), pool}, x.ptr<float>(), w.ptr<float>(),
+    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<float>(), w.ptr<float>(),
              opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
 }
 

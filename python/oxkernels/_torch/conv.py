@@ -10,6 +10,11 @@ from .._arrays import stream_of
 
 
 def _out_hw(x, weight, stride, padding):
+    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"oxkernels conv: stride must be 2 ints >= 1 and padding 2 ints >= 0, got {stride}, {padding}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"oxkernels conv: x and weight must have 4 dimensions, got shapes {tuple(x.shape)}, "
+                         f"{tuple(weight.shape)}")
     oh = (x.shape[2] + 2 * padding[0] - weight.shape[2]) // stride[0] + 1
     ow = (x.shape[3] + 2 * padding[1] - weight.shape[3]) // stride[1] + 1
     return oh, ow
@@ -29,9 +34,8 @@ def _or_none(t, needed):
 
 
 # ---- conv2d -----------------------------------------------------------------
-@torch.library.custom_op("oxkernels::conv2d", mutates_args=())
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
-           padding: list[int]) -> torch.Tensor:
+def conv2d_forward(x, weight, bias, stride, padding):
+    """The kernel call behind both the custom op and the eager fast path."""
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     oh, ow = _out_hw(x, weight, stride, padding)
@@ -40,20 +44,30 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     return y
 
 
+@torch.library.custom_op("oxkernels::conv2d", mutates_args=())
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+           padding: list[int]) -> torch.Tensor:
+    return conv2d_forward(x, weight, bias, stride, padding)
+
+
 @conv2d.register_fake
 def _(x, weight, bias, stride, padding):
     oh, ow = _out_hw(x, weight, stride, padding)
     return x.new_empty((x.shape[0], weight.shape[0], oh, ow))
 
 
-@torch.library.custom_op("oxkernels::conv2d_backward", mutates_args=())
-def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
-                    padding: list[int], needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def conv2d_grads(grad_out, x, weight, stride, padding, needs):
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_backward(grad_out, x, weight, stride[0], stride[1], padding[0], padding[1],
                        _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), stream_of(x))
     return gx, gw, gb
+
+
+@torch.library.custom_op("oxkernels::conv2d_backward", mutates_args=())
+def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: list[int],
+                    padding: list[int], needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return conv2d_grads(grad_out, x, weight, stride, padding, needs)
 
 
 @conv2d_backward.register_fake
@@ -81,9 +95,7 @@ conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
 
 
 # ---- fused conv → ReLU → max-pool --------------------------------------------
-@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d", mutates_args=())
-def conv2d_relu_maxpool2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
-                          padding: list[int], pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_forward(x, weight, bias, stride, padding, pool):
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     oh, ow = _out_hw(x, weight, stride, padding)
@@ -95,6 +107,12 @@ def conv2d_relu_maxpool2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     return out, idx
 
 
+@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d", mutates_args=())
+def conv2d_relu_maxpool2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: list[int],
+                          padding: list[int], pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return fused_forward(x, weight, bias, stride, padding, pool)
+
+
 @conv2d_relu_maxpool2d.register_fake
 def _(x, weight, bias, stride, padding, pool):
     oh, ow = _out_hw(x, weight, stride, padding)
@@ -102,16 +120,20 @@ def _(x, weight, bias, stride, padding, pool):
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
 
 
-@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d_backward", mutates_args=())
-def conv2d_relu_maxpool2d_backward(grad_out: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
-                                   weight: torch.Tensor, stride: list[int], padding: list[int], pool: int,
-                                   needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fused_grads(grad_out, indices, x, weight, stride, padding, pool, needs):
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices.contiguous(), x, weight, stride[0], stride[1], padding[0],
                                       padding[1], pool, _or_none(gx, needs[0]), _or_none(gw, needs[1]),
                                       _or_none(gb, needs[2]), stream_of(x))
     return gx, gw, gb
+
+
+@torch.library.custom_op("oxkernels::conv2d_relu_maxpool2d_backward", mutates_args=())
+def conv2d_relu_maxpool2d_backward(grad_out: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
+                                   weight: torch.Tensor, stride: list[int], padding: list[int], pool: int,
+                                   needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return fused_grads(grad_out, indices, x, weight, stride, padding, pool, needs)
 
 
 @conv2d_relu_maxpool2d_backward.register_fake
@@ -139,3 +161,57 @@ def _fused_grad(ctx, grad, _grad_idx):
 
 
 conv2d_relu_maxpool2d.register_autograd(_fused_grad, setup_context=_fused_setup)
+
+
+# ---- eager fast path ------------------------------------------------------------
+# A custom op costs tens of µs per call in eager mode (measured ~0.3 ms per
+# training step of conv2 at N=64, forward + backward, against 1.3 ms of kernel
+# time). Outside torch.compile the ops module goes through these Functions,
+# which call the same kernel functions as the custom ops: one set of kernels.
+class Conv2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding)
+        ctx.has_bias = bias is not None
+        return conv2d_forward(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
+        gx, gw, gb = conv2d_grads(grad, x, weight, *ctx.geometry, needs)
+        return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None
+
+
+class FusedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, pool):
+        out, idx = fused_forward(x, weight, bias, stride, padding, pool)
+        ctx.save_for_backward(x, weight, idx)
+        ctx.geometry = (stride, padding, pool)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(idx)
+        return out, idx
+
+    @staticmethod
+    def backward(ctx, grad, _grad_idx):
+        x, weight, idx = ctx.saved_tensors
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
+        gx, gw, gb = fused_grads(grad, idx, x, weight, *ctx.geometry, needs)
+        return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None, None
+
+
+def eager_conv2d(x, weight, bias, stride, padding):
+    """torch.ops.oxkernels.conv2d semantics: the custom op while compiling, else the fast path."""
+    if torch.compiler.is_compiling():
+        return torch.ops.oxkernels.conv2d(x, weight, bias, stride, padding)
+    return Conv2dFunction.apply(x, weight, bias, stride, padding)
+
+
+def eager_conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool):
+    if torch.compiler.is_compiling():
+        return torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool)
+    return FusedFunction.apply(x, weight, bias, stride, padding, pool)

@@ -2,8 +2,9 @@
 conv → bias → ReLU → max-pool block; formulas in csrc/conv.h.
 
 NumPy arrays in: the native kernels directly (forward, and the backward
-functions below). torch tensors in: the differentiable torch ops
-`torch.ops.oxkernels.conv2d` / `conv2d_relu_maxpool2d` (CPU or CUDA).
+functions below). torch tensors in: differentiable, CPU or CUDA — the custom ops
+`torch.ops.oxkernels.conv2d` / `conv2d_relu_maxpool2d` under torch.compile, an
+autograd.Function over the same kernels in eager mode (less dispatch overhead).
 """
 from .. import _C
 from .._arrays import NUMPY, array_kind, empty, stream_of
@@ -69,11 +70,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     op = "conv2d"
     kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
-    if kind != NUMPY:
-        import torch
-
-        return torch.ops.oxkernels.conv2d(x, weight, bias, list(stride), list(padding))
     _check_geometry(op, x, weight, stride, padding)
+    if kind != NUMPY:
+        from .._torch.conv import eager_conv2d
+
+        return eager_conv2d(x, weight, bias, list(stride), list(padding))
     y = empty(x, (x.shape[0], weight.shape[0], *_out_hw(x, weight, stride, padding)))
     _C.conv2d(x, weight, bias, *stride, *padding, y, stream_of(x))
     return y
@@ -103,14 +104,14 @@ def conv2d_relu_maxpool2d(x, weight, bias=None, stride=1, padding=0, pool=2, ret
     kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
-    if kind != NUMPY:
-        import torch
-
-        out, idx = torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, list(stride), list(padding), pool)
-        return (out, idx) if return_indices else out
     _check_geometry(op, x, weight, stride, padding)
-    if pool < 1:
+    if not 1 <= pool <= 15:
         raise ValueError(f"{op}: argument 'pool' must be in [1, 15], got {pool}")
+    if kind != NUMPY:
+        from .._torch.conv import eager_conv2d_relu_maxpool2d
+
+        out, idx = eager_conv2d_relu_maxpool2d(x, weight, bias, list(stride), list(padding), pool)
+        return (out, idx) if return_indices else out
     oh, ow = _out_hw(x, weight, stride, padding)
     shape = (x.shape[0], weight.shape[0], max(oh, 0) // pool, max(ow, 0) // pool)
     out = empty(x, shape)
