@@ -44,7 +44,7 @@ template <class T> struct ScalarVec {  // W = 1: the portable fallback (and all 
   static OX_INLINE R fma(R a, R b, R c) { return a * b + c; }
   static OX_INLINE R add(R a, R b) { return a + b; }
   static OX_INLINE R mul(R a, R b) { return a * b; }
-  static OX_INLINE R relu(R a) { return a > T(0) ? a : T(0); }
+  static OX_INLINE R relu(R a) { return a < T(0) ? T(0) : a; }  // NaN stays NaN, as in torch
   static OX_INLINE R sigmoid(R a) { return T(1) / (T(1) + std::exp(-a)); }
 };
 
@@ -63,10 +63,10 @@ struct VecF {
   static OX_INLINE R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static OX_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static OX_INLINE R relu(R a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN stays NaN
   static OX_INLINE R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm512_min_ps(_mm512_max_ps(a, set1(lo)), set1(hi));
+    return _mm512_min_ps(set1(hi), _mm512_max_ps(set1(lo), a));  // NaN passes through
   }
   static OX_INLINE R times_pow2(R p, R n) { return _mm512_scalef_ps(p, n); }  // p · 2^n
   static OX_INLINE R div(R a, R b) { return _mm512_div_ps(a, b); }
@@ -88,10 +88,10 @@ struct VecF {
   static OX_INLINE R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static OX_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static OX_INLINE R relu(R a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN stays NaN
   static OX_INLINE R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm256_min_ps(_mm256_max_ps(a, set1(lo)), set1(hi));
+    return _mm256_min_ps(set1(hi), _mm256_max_ps(set1(lo), a));  // NaN passes through
   }
   static OX_INLINE R times_pow2(R p, R n) {  // p · 2^n for integer-valued n in [-127, 127]
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
