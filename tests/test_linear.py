@@ -104,6 +104,20 @@ def test_raw_ops_fill_poisoned_outputs(rng):
         assert torch.isfinite(dx).all() and torch.isfinite(dw).all() and torch.isfinite(db).all()
 
 
+def test_nan_propagates_like_torch(rng):
+    x, w, b = make(rng, (5,), 7, 3)
+    x[2, 4] = float("nan")
+    order = ["scalar", "avx2", "avx512"]
+    try:
+        for isa in order[: order.index(oxkernels.info()["isa_best"]) + 1]:
+            oxkernels.set_isa(isa)
+            for act in ACTS:
+                ours = linear(x, w, b, act)
+                assert torch.equal(torch.isnan(ours), torch.isnan(torch_reference(x, w, b, act))), (isa, act)
+    finally:
+        oxkernels.set_isa("auto")
+
+
 @pytest.mark.parametrize("activation", ACTS)
 def test_gradcheck_float64(rng, activation):
     x, w, b = make(rng, (3, 4), 5, 6, dtype=torch.float64)

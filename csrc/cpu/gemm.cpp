@@ -44,7 +44,7 @@ template <class T> struct ScalarVec {  // W = 1: the portable fallback (and all 
   static OX_INLINE R fma(R a, R b, R c) { return a * b + c; }
   static OX_INLINE R add(R a, R b) { return a + b; }
   static OX_INLINE R mul(R a, R b) { return a * b; }
-  static OX_INLINE R relu(R a) { return a > T(0) ? a : T(0); }
+  static OX_INLINE R relu(R a) { return a < T(0) ? T(0) : a; }  // NaN stays NaN, as in torch
   static OX_INLINE R sigmoid(R a) { return T(1) / (T(1) + std::exp(-a)); }
 };
 
@@ -63,10 +63,10 @@ struct VecF {
   static OX_INLINE R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static OX_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static OX_INLINE R relu(R a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN stays NaN
   static OX_INLINE R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm512_min_ps(_mm512_max_ps(a, set1(lo)), set1(hi));
+    return _mm512_min_ps(set1(hi), _mm512_max_ps(set1(lo), a));  // NaN passes through
   }
   static OX_INLINE R times_pow2(R p, R n) { return _mm512_scalef_ps(p, n); }  // p · 2^n
   static OX_INLINE R div(R a, R b) { return _mm512_div_ps(a, b); }
@@ -88,10 +88,10 @@ struct VecF {
   static OX_INLINE R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static OX_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static OX_INLINE R relu(R a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN stays NaN
   static OX_INLINE R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm256_min_ps(_mm256_max_ps(a, set1(lo)), set1(hi));
+    return _mm256_min_ps(set1(hi), _mm256_max_ps(set1(lo), a));  // NaN passes through
   }
   static OX_INLINE R times_pow2(R p, R n) {  // p · 2^n for integer-valued n in [-127, 127]
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -139,15 +139,49 @@ template <class V> static OX_INLINE typename V::R apply_act(Activation act, type
 
 // ---- blocking parameters per kernel ------------------------------------------------------
 
-template <class V> struct Tiles;  // MR rows × NV registers (NR = NV·W columns)
+// MR rows × NV registers (NR = NV·W columns) per micro-tile; MC × KC blocks of A, KC × NC of B.
+// Narrow: for C with at most W columns (out_features 10 of the course nets), one register
+// wide and twice as tall, instead of padding to 2W columns.
+template <class V, bool Narrow = false> struct Tiles;
 #if defined(__AVX512F__)
 template <> struct Tiles<VecF> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 2048; };
+template <> struct Tiles<VecF, true> { static constexpr int MR = 16, NV = 1, KC = 384, MC = 96, NC = 2048; };
 #elif defined(__AVX2__)
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
+template <> struct Tiles<VecF, true> { static constexpr int MR = 12, NV = 1, KC = 256, MC = 120, NC = 2048; };
 #endif
 template <class T> struct Tiles<ScalarVec<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
 
 // ---- packing --------------------------------------------------------------------------------
+
+#if defined(__AVX512F__)
+// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c.
+// unpack + shuffle_ps build, in each 128-bit lane L, column 4L + c of four rows;
+// two rounds of shuffle_f32x4 then gather lane L of the four row groups.
+static OX_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
+                 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+  }
+}
+#endif
+
 
 // g(y) of the prologue: the activation's derivative written in terms of its output y.
 template <class T, Activation G> static OX_INLINE T grad_of(T y) {
@@ -181,52 +215,70 @@ static void pack_a_impl(const T* A, int64_t rs, int64_t cs, const T* aux, int64_
   }
 }
 
+#if defined(__AVX512F__)
+// pack_a_impl for row-major A (cs = 1) and MR = 8 or 16: 16 k-values of each row are loaded
+// (the prologue applied in registers), transposed, and stored as MR-wide columns.
+template <Activation G>
+static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int64_t mc, int64_t kc, int MR,
+                              float* out) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+    const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
+    float* p = out + i0 * kc;
+    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+      const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
+      const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) {
+        if (i >= rows) { r[i] = zero; continue; }
+        const int64_t off = (i0 + i) * rs + k0;
+        __m512 v = _mm512_maskz_loadu_ps(mask, A + off);
+        if constexpr (G == Activation::relu) {
+          const __m512 y = _mm512_maskz_loadu_ps(mask, aux + off);
+          v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), v);  // dy · [y > 0]
+        } else if constexpr (G == Activation::sigmoid) {
+          const __m512 y = _mm512_maskz_loadu_ps(mask, aux + off);
+          v = _mm512_mul_ps(v, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));  // dy · y(1 − y)
+        }
+        r[i] = v;
+      }
+      transpose16(r);
+      if (MR == 16)
+        for (int kk = 0; kk < kn; ++kk) _mm512_storeu_ps(p + (k0 + kk) * 16, r[kk]);
+      else
+        for (int kk = 0; kk < kn; ++kk) _mm256_storeu_ps(p + (k0 + kk) * 8, _mm512_castps512_ps256(r[kk]));
+    }
+  }
+}
+#endif
+
 template <class T>
 static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation g, int64_t mc, int64_t kc,
                    int MR, T* out) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    if (cs == 1 && (MR == 8 || MR == 16)) {
+      if (aux && g == Activation::relu) return pack_a_transposed<Activation::relu>(A, rs, aux, mc, kc, MR, out);
+      if (aux && g == Activation::sigmoid) return pack_a_transposed<Activation::sigmoid>(A, rs, aux, mc, kc, MR, out);
+      return pack_a_transposed<Activation::none>(A, rs, nullptr, mc, kc, MR, out);
+    }
+#endif
   if (aux && g == Activation::relu) pack_a_impl<T, Activation::relu>(A, rs, cs, aux, mc, kc, MR, out);
   else if (aux && g == Activation::sigmoid) pack_a_impl<T, Activation::sigmoid>(A, rs, cs, aux, mc, kc, MR, out);
   else pack_a_impl<T, Activation::none>(A, rs, cs, nullptr, mc, kc, MR, out);
 }
 
 #if defined(__AVX512F__)
-// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c.
-// unpack + shuffle_ps build, in each 128-bit lane L, column 4L + c of four rows;
-// two rounds of shuffle_f32x4 then gather lane L of the four row groups.
-static OX_INLINE void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
-                 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
-    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
-  }
-}
-
-// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR = 32: 16×16 blocks of W
+// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR = 16 or 32: 16×16 blocks of W
 // are loaded row by row and transposed in registers instead of gathered element-wise.
-static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc, float* out) {
-  constexpr int NR = 32;
+static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc, int NR, float* out) {
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
     float* p = out + j0 * kc;
     for (int64_t k0 = 0; k0 < kc; k0 += 16) {
       const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
       const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < NR / 16; ++h) {
         __m512 r[16];
         for (int i = 0; i < 16; ++i) {
           const int j = 16 * h + i;
@@ -246,7 +298,7 @@ template <class T>
 static void pack_b(const T* B, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int NR, T* out) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
-    if (rs == 1 && cs != 1 && NR == 32) return pack_b_transposed(B, cs, kc, nc, out);
+    if (rs == 1 && cs != 1 && NR % 16 == 0) return pack_b_transposed(B, cs, kc, nc, NR, out);
 #endif
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
@@ -344,10 +396,9 @@ template <class T> static T* scratch(int which, int64_t count) {
 }
 
 // One thread's part: rows [m0, m1) × columns [n0, n1) of C.
-template <class V>
+template <class V, class P>
 static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   using S = typename V::S;
-  using P = Tiles<V>;
   constexpr int MR = P::MR, NR = P::NV * V::W;
   const S* A = static_cast<const S*>(g.A);
   const S* B = static_cast<const S*>(g.B);
@@ -400,15 +451,14 @@ template <class S> static void epilogue_only(const GemmArgs& g) {
 // Below this many multiply-adds one thread is faster than waking the pool.
 constexpr int64_t kThreadingWork = int64_t(1) << 19;
 
-template <class V> static void gemm_run(const GemmArgs& g) {
-  using P = Tiles<V>;
+template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
   constexpr int MR = P::MR, NR = P::NV * V::W;
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) return epilogue_only<typename V::S>(g);
   int64_t threads = num_threads();
-  if (g.M * g.N * g.K < kThreadingWork) threads = 1;
+  if (static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) < kThreadingWork) threads = 1;
   const int64_t m_tiles = (g.M + MR - 1) / MR, n_tiles = (g.N + NR - 1) / NR;
-  if (threads <= 1 || (m_tiles < 2 && n_tiles < 2)) return gemm_block<V>(g, 0, g.M, 0, g.N);
+  if (threads <= 1 || (m_tiles < 2 && n_tiles < 2)) return gemm_block<V, P>(g, 0, g.M, 0, g.N);
   // Split the dimension with more tiles into `threads` aligned ranges.
   const bool by_cols = n_tiles >= m_tiles;
   const int64_t tiles = by_cols ? n_tiles : m_tiles;
@@ -417,8 +467,8 @@ template <class V> static void gemm_run(const GemmArgs& g) {
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t t0 = c * per, t1 = t0 + per < tiles ? t0 + per : tiles;
-      if (by_cols) gemm_block<V>(g, 0, g.M, t0 * NR, t1 * NR < g.N ? t1 * NR : g.N);
-      else gemm_block<V>(g, t0 * MR, t1 * MR < g.M ? t1 * MR : g.M, 0, g.N);
+      if (by_cols) gemm_block<V, P>(g, 0, g.M, t0 * NR, t1 * NR < g.N ? t1 * NR : g.N);
+      else gemm_block<V, P>(g, t0 * MR, t1 * MR < g.M ? t1 * MR : g.M, 0, g.N);
     }
   });
 }
@@ -426,7 +476,8 @@ template <class V> static void gemm_run(const GemmArgs& g) {
 void gemm(const GemmArgs& g, bool f64) {
   if (f64) return gemm_run<ScalarVec<double>>(g);
 #if defined(__AVX512F__) || defined(__AVX2__)
-  gemm_run<VecF>(g);
+  if (g.N <= VecF::W) gemm_run<VecF, Tiles<VecF, true>>(g);
+  else gemm_run<VecF>(g);
 #else
   gemm_run<ScalarVec<float>>(g);
 #endif

@@ -15,7 +15,7 @@ namespace {
 constexpr int BK = 16, THREADS = 256;
 
 template <class T> __device__ __forceinline__ T act_of(Activation act, T x) {
-  if (act == Activation::relu) return x > T(0) ? x : T(0);
+  if (act == Activation::relu) return x < T(0) ? T(0) : x;  // NaN stays NaN, as in torch
   if (act == Activation::sigmoid) return T(1) / (T(1) + exp(-x));
   return x;
 }

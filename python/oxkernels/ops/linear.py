@@ -5,9 +5,6 @@ from .._arrays import TORCH, array_kind, empty, stream_of
 
 __all__ = ["linear", "matmul"]
 
-ACTIVATIONS = (None, "relu", "sigmoid")
-
-
 def _out_features(weight):
     return weight.shape[0] if weight.ndim >= 1 else 1  # a wrong rank is reported by the C++ checks
 
@@ -21,7 +18,8 @@ def linear(x, weight, bias=None, activation=None):
 
     x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
     NumPy arrays in give a NumPy array; torch tensors in give a differentiable torch tensor
-    (backward: torch.ops.oxkernels.linear_backward, act' fused into both products).
+    (torch.ops.oxkernels.linear / linear_backward under torch.compile, an autograd.Function
+    over the same kernels in eager mode; act'(y) is fused into both backward products).
     """
     global _torch_fast
     fast = _torch_fast  # skips the generic kind check on the hot path of a training loop
