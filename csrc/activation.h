@@ -5,11 +5,11 @@
 #pragma once
 #include <cstdint>
 
+#include "core/activation_kind.h"
 #include "core/view.h"
 
 namespace ox {
 
-enum class Activation : int { relu = 0, sigmoid = 1 };
 
 // Checks x and out (same shape/dtype/device, contiguous, out writable).
 void activation_check(const char* op, const View& x, const View& out);

@@ -16,11 +16,11 @@
 #pragma once
 #include <cstdint>
 
+#include "core/activation_kind.h"
 #include "core/view.h"
 
 namespace ox {
 
-enum class Activation : int { none = 0, relu = 1, sigmoid = 2 };
 
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;

@@ -8,14 +8,11 @@ torch = pytest.importorskip("torch")
 from conftest import data_root, rel_err  # noqa: E402
 from oxkernels import bench, cli, models, tune  # noqa: E402
 from oxkernels.train import TrainConfig, fit  # noqa: E402
-import _pending_nn  # noqa: E402  (temporary, see tests/_pending_nn.py)
 
 REAL = data_root()
 pytestmark = pytest.mark.skipif(
     REAL is None, reason="real MNIST/CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
 
-OX_MLP = ("nn.Linear", "nn.Flatten", "nn.CrossEntropyLoss", "optim.Adam")
-OX_LENET = ("nn.Conv2d", "nn.ReLU", "nn.MaxPool2d", "nn.Linear", "nn.Flatten", "nn.CrossEntropyLoss", "optim.Adam")
 SMALL = dict(limit=256, test_limit=200, device="cpu")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,8 +39,6 @@ def _check_run_folder(out, epochs, test_samples, classes):
 
 @pytest.mark.parametrize("backend", ["torch", "oxkernels"])
 def test_train_mnist_command(backend, tmp_path):
-    if backend == "oxkernels":
-        _pending_nn.require(*OX_MLP)
     out = tmp_path / "run"
     code = _cli("train", "mnist", "--backend", backend, "--epochs", "2", "--limit", "512", "--test-limit", "200",
                 "--device", "cpu", "--data", str(REAL), "--out", str(out), "--no-progress")
@@ -57,8 +52,6 @@ def test_train_mnist_command(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "oxkernels"])
 def test_train_cifar10_lenet(backend, tmp_path):
-    if backend == "oxkernels":
-        _pending_nn.require(*OX_LENET)
     cfg = TrainConfig("cifar10", epochs=1, batch_size=32, optimizer="sgd", lr=1e-2, backend=backend,
                       limit=128, test_limit=100, device="cpu")
     metrics = fit(cfg, out_dir=tmp_path, data_root=REAL, progress=False, log=None)
@@ -68,8 +61,6 @@ def test_train_cifar10_lenet(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", ["torch", "oxkernels"])
 def test_resume_continues_exactly(backend, tmp_path):
-    if backend == "oxkernels":
-        _pending_nn.require(*OX_MLP)
     cfg = TrainConfig("mnist", epochs=2, backend=backend, **SMALL)
     straight = tmp_path / "straight.pt"
     fit(cfg, save=straight, data_root=REAL, progress=False, log=None)
@@ -107,7 +98,6 @@ def test_ctrl_c_keeps_finished_epochs(tmp_path):
 
 def test_backends_agree_with_the_same_seed():
     """Same seed → same initial weights and batches: losses and accuracy track each other."""
-    _pending_nn.require(*OX_MLP)
     runs = [fit(TrainConfig("mnist", epochs=1, backend=b, limit=1024, test_limit=1000, device="cpu"),
                 data_root=REAL, progress=False, log=None) for b in ("torch", "oxkernels")]
     torch_epoch, ox_epoch = (r["epochs"][0] for r in runs)
@@ -189,8 +179,6 @@ CUDA_SMALL = dict(limit=640, test_limit=500, device="cuda")  # 640 = 10 full bat
 @requires_cuda
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_cuda_backends_agree(dataset, monkeypatch):
-    needs = OX_MLP if dataset == "mnist" else OX_LENET
-    _pending_nn.require(*needs)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 on both sides
     runs = [fit(TrainConfig(dataset, epochs=2, backend=b, **CUDA_SMALL), data_root=REAL, progress=False, log=None)
             for b in ("torch", "oxkernels")]

@@ -6,20 +6,6 @@
 
 namespace ox {
 
-// NumPy 2 gives zero-size arrays all-zero strides, which the contiguity check rejects;
-// an empty array is contiguous whatever its strides (TODO lead: move into View::is_contiguous).
-static View& empty_as_contiguous(View& v) {
-  if (v.numel() == 0) {
-    int64_t expected = 1;
-    for (int i = v.ndim - 1; i >= 0; --i) {
-      v.strides[i] = expected;
-      expected *= v.shape[i] > 0 ? v.shape[i] : 1;
-    }
-  }
-  return v;
-}
-static View* empty_as_contiguous(std::optional<View>& v) { return v ? &empty_as_contiguous(*v) : nullptr; }
-
 static Activation activation_arg(const char* op, const std::optional<std::string>& name) {
   return parse_activation(op, name ? name->c_str() : nullptr);
 }
@@ -28,7 +14,6 @@ static Activation activation_arg(const char* op, const std::optional<std::string
 static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, double alpha, double beta,
                        std::optional<View> bias, std::optional<std::string> activation, uintptr_t stream) {
   const char* op = "gemm";
-  empty_as_contiguous(a); empty_as_contiguous(b); empty_as_contiguous(out); empty_as_contiguous(bias);
   check_dtype(op, "a", a, {DType::f32, DType::f64});
   check_rank(op, "a", a, 2);
   check_rank(op, "b", b, 2);
@@ -80,8 +65,7 @@ OX_BINDINGS(bind_linear) {
          uintptr_t stream) {
         const char* op = "linear";
         const Activation act = activation_arg(op, activation);
-        empty_as_contiguous(x); empty_as_contiguous(weight); empty_as_contiguous(out);
-        const View* b = empty_as_contiguous(bias);
+        const View* b = bias ? &*bias : nullptr;
         linear_check(op, x, weight, b, out);
         py::gil_scoped_release release;
         if (x.device == Device::cuda) OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream));
@@ -96,11 +80,10 @@ OX_BINDINGS(bind_linear) {
          uintptr_t stream) {
         const char* op = "linear_backward";
         const Activation act = activation_arg(op, activation);
-        empty_as_contiguous(grad_out); empty_as_contiguous(x); empty_as_contiguous(weight);
-        const View* y = empty_as_contiguous(out);
-        const View* dx = empty_as_contiguous(grad_x);
-        const View* dw = empty_as_contiguous(grad_weight);
-        const View* db = empty_as_contiguous(grad_bias);
+        const View* y = out ? &*out : nullptr;
+        const View* dx = grad_x ? &*grad_x : nullptr;
+        const View* dw = grad_weight ? &*grad_weight : nullptr;
+        const View* db = grad_bias ? &*grad_bias : nullptr;
         linear_backward_check(op, grad_out, x, weight, y, act, dx, dw, db);
         py::gil_scoped_release release;
         if (x.device == Device::cuda)

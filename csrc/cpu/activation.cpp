@@ -54,22 +54,22 @@ template <class T> static void sigmoid_bwd(const T* g, const T* y, T* dx, int64_
   });
 }
 
-void activation_fwd(int act, const void* x, void* y, int64_t n, bool f64) {
+void activation_fwd(bool relu, const void* x, void* y, int64_t n, bool f64) {
   if (f64) {
-    if (act == 0) relu_fwd(static_cast<const double*>(x), static_cast<double*>(y), n);
+    if (relu) relu_fwd(static_cast<const double*>(x), static_cast<double*>(y), n);
     else sigmoid_fwd(static_cast<const double*>(x), static_cast<double*>(y), n);
   } else {
-    if (act == 0) relu_fwd(static_cast<const float*>(x), static_cast<float*>(y), n);
+    if (relu) relu_fwd(static_cast<const float*>(x), static_cast<float*>(y), n);
     else sigmoid_fwd(static_cast<const float*>(x), static_cast<float*>(y), n);
   }
 }
 
-void activation_bwd(int act, const void* g, const void* y, void* dx, int64_t n, bool f64) {
+void activation_bwd(bool relu, const void* g, const void* y, void* dx, int64_t n, bool f64) {
   if (f64) {
-    if (act == 0) relu_bwd(static_cast<const double*>(g), static_cast<const double*>(y), static_cast<double*>(dx), n);
+    if (relu) relu_bwd(static_cast<const double*>(g), static_cast<const double*>(y), static_cast<double*>(dx), n);
     else sigmoid_bwd(static_cast<const double*>(g), static_cast<const double*>(y), static_cast<double*>(dx), n);
   } else {
-    if (act == 0) relu_bwd(static_cast<const float*>(g), static_cast<const float*>(y), static_cast<float*>(dx), n);
+    if (relu) relu_bwd(static_cast<const float*>(g), static_cast<const float*>(y), static_cast<float*>(dx), n);
     else sigmoid_bwd(static_cast<const float*>(g), static_cast<const float*>(y), static_cast<float*>(dx), n);
   }
 }
@@ -80,8 +80,8 @@ void activation_bwd(int act, const void* g, const void* y, void* dx, int64_t n, 
 #if OX_ISA_IS_scalar
 #include "core/checks.h"
 
-OX_ISA_DECLARE(void, activation_fwd, (int, const void*, void*, int64_t, bool))
-OX_ISA_DECLARE(void, activation_bwd, (int, const void*, const void*, void*, int64_t, bool))
+OX_ISA_DECLARE(void, activation_fwd, (bool, const void*, void*, int64_t, bool))
+OX_ISA_DECLARE(void, activation_bwd, (bool, const void*, const void*, void*, int64_t, bool))
 
 namespace ox {
 
@@ -115,11 +115,11 @@ void activation_backward_check(const char* op, const View& g, const View& y, con
 }
 
 void activation_forward_cpu(Activation act, const View& x, const View& y) {
-  OX_ISA_DISPATCH(activation_fwd, static_cast<int>(act), x.data, y.data, x.numel(), x.dtype == DType::f64);
+  OX_ISA_DISPATCH(activation_fwd, act == Activation::relu, x.data, y.data, x.numel(), x.dtype == DType::f64);
 }
 
 void activation_backward_cpu(Activation act, const View& g, const View& y, const View& dx) {
-  OX_ISA_DISPATCH(activation_bwd, static_cast<int>(act), g.data, y.data, dx.data, g.numel(), g.dtype == DType::f64);
+  OX_ISA_DISPATCH(activation_bwd, act == Activation::relu, g.data, y.data, dx.data, g.numel(), g.dtype == DType::f64);
 }
 
 }  // namespace ox

@@ -17,15 +17,15 @@ template <class T> __device__ inline T sigmoid1(T x) {
   return x >= T(0) ? r : e * r;
 }
 
-template <class T> __global__ void forward_kernel(int act, const T* x, T* y, int64_t n) {
+template <class T> __global__ void forward_kernel(bool relu, const T* x, T* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = act == 0 ? relu1(x[i]) : sigmoid1(x[i]);
+    y[i] = relu ? relu1(x[i]) : sigmoid1(x[i]);
 }
 
 // relu: dx = y > 0 ? g : 0 (g where y is NaN); sigmoid: dx = g·y·(1 − y).
-template <class T> __global__ void backward_kernel(int act, const T* g, const T* y, T* dx, int64_t n) {
+template <class T> __global__ void backward_kernel(bool relu, const T* g, const T* y, T* dx, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dx[i] = act == 0 ? (y[i] <= T(0) ? T(0) : g[i]) : g[i] * y[i] * (T(1) - y[i]);
+    dx[i] = relu ? (y[i] <= T(0) ? T(0) : g[i]) : g[i] * y[i] * (T(1) - y[i]);
 }
 
 unsigned blocks_for(int64_t n) {
@@ -38,7 +38,7 @@ unsigned blocks_for(int64_t n) {
 void activation_forward_cuda(Activation act, const View& x, const View& y, uintptr_t stream) {
   const int64_t n = x.numel();
   if (n == 0) return;
-  const int a = static_cast<int>(act);
+  const bool a = act == Activation::relu;
   if (x.dtype == DType::f64)
     forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(a, x.ptr<double>(), y.ptr<double>(), n);
   else
@@ -49,7 +49,7 @@ void activation_forward_cuda(Activation act, const View& x, const View& y, uintp
 void activation_backward_cuda(Activation act, const View& g, const View& y, const View& dx, uintptr_t stream) {
   const int64_t n = g.numel();
   if (n == 0) return;
-  const int a = static_cast<int>(act);
+  const bool a = act == Activation::relu;
   if (g.dtype == DType::f64)
     backward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(a, g.ptr<double>(), y.ptr<double>(),
                                                                       dx.ptr<double>(), n);
