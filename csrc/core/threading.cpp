@@ -29,6 +29,12 @@ int default_threads() {
 
 // Workers wait for a new generation number, spinning briefly (a kernel launch
 // often follows another within microseconds) and then sleeping.
+//
+// The chunks of a call are claimed, not assigned: the caller and the workers
+// take chunk numbers from one atomic word that also holds the call's
+// generation, and the caller only waits for chunks someone has claimed. On a
+// loaded machine a worker that is not scheduled in time costs nothing: the
+// caller runs its chunk too (a call never waits for a thread that has not started).
 class Pool {
  public:
   explicit Pool(int threads) { resize(threads); }
@@ -39,12 +45,12 @@ class Pool {
   void resize(int threads) {
     std::lock_guard<std::mutex> busy(busy_);
     stop();
-    threads_ = std::max(1, threads);
+    threads_ = std::min(std::max(1, threads), 4096);
     quit_ = false;
     // New workers start from the current generation: an older one would make
     // them run the previous call's (long gone) range function.
     const uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i, gen] { work(i, gen); });
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, gen] { work(gen); });
   }
 
   // Returns false when the pool is busy (another caller, or a nested call).
@@ -56,28 +62,46 @@ class Pool {
       fn(ctx, 0, n);
       return true;
     }
+    uint64_t gen;
     {
       std::lock_guard<std::mutex> lock(m_);
       fn_ = fn;
       ctx_ = ctx;
       n_ = n;
-      chunks_ = chunks;
-      pending_.store(static_cast<int>(chunks - 1), std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
+      done_.store(0, std::memory_order_relaxed);
+      gen = generation_.load(std::memory_order_relaxed) + 1;
+      claims_.store(claim_word(gen, chunks, 0), std::memory_order_release);
+      generation_.store(gen, std::memory_order_release);
     }
     cv_.notify_all();
-    run_chunk(0);
-    while (pending_.load(std::memory_order_acquire) > 0) cpu_relax();
+    run_claimed(gen);
+    while (done_.load(std::memory_order_acquire) < chunks) cpu_relax();
     return true;
   }
 
  private:
-  void run_chunk(int64_t c) {
-    int64_t begin = n_ * c / chunks_, end = n_ * (c + 1) / chunks_;
-    if (begin < end) fn_(ctx_, begin, end);
+  // (generation mod 2^32, chunk count, next unclaimed chunk) in one word.
+  static uint64_t claim_word(uint64_t gen, int64_t chunks, int64_t next) {
+    return (gen << 32) | (static_cast<uint64_t>(chunks) << 16) | static_cast<uint64_t>(next);
   }
 
-  void work(int index, uint64_t seen) {
+  // Claims and runs chunks of call `gen` until none is left (or another call began).
+  void run_claimed(uint64_t gen) {
+    uint64_t word = claims_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((word >> 32) != (gen & 0xffffffffu)) return;
+      const int64_t chunks = static_cast<int64_t>((word >> 16) & 0xffff), next = static_cast<int64_t>(word & 0xffff);
+      if (next >= chunks) return;
+      if (!claims_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+        continue;
+      const int64_t begin = n_ * next / chunks, end = n_ * (next + 1) / chunks;
+      if (begin < end) fn_(ctx_, begin, end);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      word = claims_.load(std::memory_order_acquire);
+    }
+  }
+
+  void work(uint64_t seen) {
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       for (int spin = 0; gen == seen && spin < 2000 && !quit_.load(); ++spin) {
@@ -91,10 +115,7 @@ class Pool {
       }
       if (quit_.load()) return;
       seen = gen;
-      if (index < chunks_) {
-        run_chunk(index);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
-      }
+      run_claimed(gen);
     }
   }
 
@@ -113,11 +134,12 @@ class Pool {
   std::mutex busy_, m_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> claims_{0};
+  std::atomic<int64_t> done_{0};
   std::atomic<bool> quit_{false};
   RangeFn fn_ = nullptr;
   void* ctx_ = nullptr;
-  int64_t n_ = 0, chunks_ = 1;
+  int64_t n_ = 0;
 };
 
 std::mutex g_pool_mutex;
