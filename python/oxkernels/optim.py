@@ -16,7 +16,16 @@ What differs from torch:
     fused kernel; differentiable=True is refused.
   - On CUDA, bfloat16/float16 params keep float32 exp_avg / exp_avg_sq (torch
     keeps them in the param dtype); loading a state dict converts them.
-  - Params must be contiguous, real (no complex) and have dense grads.
+  - Params must be contiguous, real (no complex) and have dense grads; CPU
+    params float32/float64, CUDA params float32/bfloat16/float16.
+  - Results agree with torch to float32 rounding, not bit for bit (the CPU
+    kernel multiplies √v̂ by 1/√(1−β₂ᵗ) where torch divides).
+  - step() is not traced by torch.compile (it graph-breaks and runs eagerly);
+    oxkernels.ops.adam_step is a custom op that is.
+How a step stays cheap: each param group is cached as a native AdamGroup
+(Views of params and state, validated once); a step reads each param's .grad,
+checks that the param and its state dict entries are the cached ones (else
+the group is rebuilt), and runs one native call for the whole group.
 This module imports torch; `import oxkernels` does not.
 """
 from __future__ import annotations
