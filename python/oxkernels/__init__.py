@@ -40,6 +40,18 @@ def set_isa(name: str) -> None:
     _C.set_isa(name)
 
 
+_LAZY_SUBMODULES = {"nn", "optim", "models", "linreg", "data", "train", "tune", "fused"}
+
+
+def __getattr__(name):
+    """`oxkernels.nn`, `oxkernels.optim`, ... import on first use (most need torch)."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'oxkernels' has no attribute '{name}'")
+
+
 if _sys.modules.get("torch") is not None:  # torch is already paid for: register the torch ops now
     from . import _torch
 
