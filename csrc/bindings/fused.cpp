@@ -1,0 +1,185 @@
+// Binding of the fused MLP trainer: _C.FusedMlp caches the Views of the
+// parameters, grads, Adam state and workspace (torch tensors Python owns and
+// keeps alive; this object also holds references) once, and each step or epoch
+// is then a single call that releases the GIL.
+#include "fused.h"
+
+#include <string>
+#include <vector>
+
+#include "bindings/python.h"
+#include "loss.h"
+
+namespace ox {
+namespace {
+
+const char* kOp = "FusedTrainer";
+
+View tensor_view(const py::handle& obj, const std::string& what) {
+  View v;
+  py::object keep;
+  if (!load_view(obj, v, keep))
+    type_error(kOp, ": ", what, " must be a tensor, got ", py::str(py::type::of(obj)).cast<std::string>());
+  if (keep) type_error(kOp, ": ", what, " must be a torch tensor");  // DLPack views would need keep-alive
+  return v;
+}
+
+// A contiguous (R, ...) batch seen as (R, features).
+View as_rows(const View& v, int64_t features, const char* arg) {
+  check_contiguous(kOp, arg, v);
+  if (v.ndim < 1) value_error(kOp, ": argument '", arg, "' must have a batch dimension, got shape ", shape_str(v));
+  if (v.numel() != v.shape[0] * features)
+    value_error(kOp, ": argument '", arg, "' must hold ", features, " values per sample, got shape ", shape_str(v));
+  View r = v;
+  r.ndim = 2;
+  r.shape[1] = features;
+  r.strides[0] = features;
+  r.strides[1] = 1;
+  return r;
+}
+
+AdamHyper hyper_of(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                   bool maximize, bool amsgrad) {
+  AdamHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.weight_decay = weight_decay;
+  h.decoupled = decoupled;
+  h.maximize = maximize;
+  h.amsgrad = amsgrad;
+  adam_check_hyper(kOp, h);
+  return h;
+}
+
+class FusedMlpNative {
+ public:
+  // layers: one tuple per Linear, (w, b, grad_w, grad_b, exp_avg_w, exp_avg_sq_w, exp_avg_b, exp_avg_sq_b,
+  // max_exp_avg_sq_w or None, max_exp_avg_sq_b or None, step_w, step_b, activation 0/1/2).
+  FusedMlpNative(py::list layers, py::list h, py::list dh, py::object x, py::object target, py::object one,
+                 bool amsgrad)
+      : keep_(py::make_tuple(layers, h, dh, x, target, one)) {
+    const int n = static_cast<int>(layers.size());
+    if (n < 1 || n > kFusedMaxLayers)
+      value_error(kOp, ": the network must have 1 to ", kFusedMaxLayers, " linear layers, got ", n);
+    if (static_cast<int>(h.size()) != n || static_cast<int>(dh.size()) != n)
+      value_error(kOp, ": one h and one dh buffer per layer expected");
+    net_.layers = n;
+    net_.amsgrad = amsgrad;
+    for (int l = 0; l < n; ++l) {
+      py::tuple t = layers[l].cast<py::tuple>();
+      if (t.size() != 13) value_error(kOp, ": layer tuples have 13 entries");
+      FusedLayer& L = net_.layer[l];
+      const std::string p = cat("layer ", l, " ");
+      L.w = tensor_view(t[0], p + "weight");
+      L.b = tensor_view(t[1], p + "bias");
+      L.gw = tensor_view(t[2], p + "weight grad");
+      L.gb = tensor_view(t[3], p + "bias grad");
+      L.m_w = tensor_view(t[4], p + "weight exp_avg");
+      L.v_w = tensor_view(t[5], p + "weight exp_avg_sq");
+      L.m_b = tensor_view(t[6], p + "bias exp_avg");
+      L.v_b = tensor_view(t[7], p + "bias exp_avg_sq");
+      if (amsgrad) {
+        L.vmax_w = tensor_view(t[8], p + "weight max_exp_avg_sq");
+        L.vmax_b = tensor_view(t[9], p + "bias max_exp_avg_sq");
+      }
+      L.step_w = tensor_view(t[10], p + "weight step");
+      L.step_b = tensor_view(t[11], p + "bias step");
+      const int act = t[12].cast<int>();
+      if (act < 0 || act > 2) value_error(kOp, ": activation code must be 0, 1 or 2, got ", act);
+      L.act = static_cast<Activation>(act);
+      net_.h[l] = tensor_view(h[l], cat("h[", l, "]"));
+      net_.dh[l] = tensor_view(dh[l], cat("dh[", l, "]"));
+    }
+    net_.x = tensor_view(x, "x buffer");
+    net_.target = tensor_view(target, "target buffer");
+    net_.one = tensor_view(one, "one");
+    fused_mlp_check(kOp, net_);
+  }
+
+  // One step on a batch; the loss goes to loss_out (a float32 element).
+  void step(View x, View target, View loss_out, double lr, double beta1, double beta2, double eps,
+            double weight_decay, bool decoupled, bool maximize) {
+    const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+    const View& ref = net_.layer[0].w;
+    check_like(kOp, "x", x, "the weights", ref);
+    const View xr = as_rows(x, net_.x.shape[1], "x");
+    const int64_t R = xr.shape[0];
+    check_shape(kOp, "target", target, {R});
+    if (R > net_.x.shape[0])
+      value_error(kOp, ": batch of ", R, " rows exceeds the workspace (", net_.x.shape[0], " rows)");
+    View logits = net_.h[net_.layers - 1];
+    logits.shape[0] = R;
+    const CrossEntropy ce{Reduction::mean, 0.0, -100};
+    cross_entropy_check(kOp, logits, target, ce);  // dtype, shape and class range of the targets
+    check_like(kOp, "loss_out", loss_out, "the weights", ref);
+    check_writable(kOp, "loss_out", loss_out);
+    if (loss_out.numel() != 1) value_error(kOp, ": loss_out must hold one element");
+    py::gil_scoped_release release;
+    fused_mlp_step_cpu(net_, xr, target, hyper, loss_out.ptr<float>());
+  }
+
+  // One epoch over images[order] in batches of `batch` rows (≤ the workspace's); losses (steps,) float32.
+  void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch, double lr,
+             double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool maximize) {
+    const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+    const int64_t K = net_.x.shape[1];
+    check_dtype(kOp, "images", images, {DType::u8});
+    if (images.device != Device::cpu) type_error(kOp, ": images must be on the CPU");
+    const View img = as_rows(images, K, "images");
+    const int64_t N = img.shape[0];
+    check_dtype(kOp, "labels", labels, {DType::i64});
+    check_shape(kOp, "labels", labels, {N});
+    check_contiguous(kOp, "labels", labels);
+    check_dtype(kOp, "order", order, {DType::i64});
+    check_rank(kOp, "order", order, 1);
+    check_contiguous(kOp, "order", order);
+    check_dtype(kOp, "scale", scale, {DType::f32});
+    check_rank(kOp, "scale", scale, 1);
+    check_contiguous(kOp, "scale", scale);
+    const int64_t C = scale.numel();
+    if (C < 1 || K % C != 0) value_error(kOp, ": scale has ", C, " channels, which do not divide ", K, " features");
+    check_like(kOp, "shift", shift, "scale", scale);
+    check_shape(kOp, "shift", shift, {C});
+    if (batch < 1 || batch > net_.x.shape[0])
+      value_error(kOp, ": batch size must be in [1, ", net_.x.shape[0], "] (the workspace rows), got ", batch);
+    const int64_t n = order.numel();
+    const int64_t steps = (n + batch - 1) / batch;
+    check_output(kOp, "losses", losses, net_.layer[0].w, {steps});
+    const int64_t classes = net_.h[net_.layers - 1].shape[1];
+    const int64_t* perm = order.ptr<int64_t>();
+    const int64_t* lab = labels.ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (perm[i] < 0 || perm[i] >= N) value_error(kOp, ": order[", i, "] = ", perm[i], " is outside [0, ", N, ")");
+      const int64_t y = lab[perm[i]];
+      if (y < 0 || y >= classes)
+        value_error(kOp, ": labels[", perm[i], "] = ", y, " is outside [0, ", classes, ")");
+    }
+    py::gil_scoped_release release;
+    fused_mlp_epoch_cpu(net_, img, labels, order, scale, shift, batch, hyper, losses);
+  }
+
+  int64_t rows() const { return net_.x.shape[0]; }
+
+ private:
+  py::object keep_;
+  FusedMlp net_;
+};
+
+}  // namespace
+
+OX_BINDINGS(bind_fused) {
+  py::class_<FusedMlpNative>(m, "FusedMlp")
+      .def(py::init<py::list, py::list, py::list, py::object, py::object, py::object, bool>(), py::arg("layers"),
+           py::arg("h"), py::arg("dh"), py::arg("x"), py::arg("target"), py::arg("one"), py::arg("amsgrad"))
+      .def("step", &FusedMlpNative::step, py::arg("x"), py::arg("target"), py::arg("loss_out"), py::arg("lr"),
+           py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
+           py::arg("maximize"))
+      .def("epoch", &FusedMlpNative::epoch, py::arg("images"), py::arg("labels"), py::arg("order"),
+           py::arg("scale"), py::arg("shift"), py::arg("losses"), py::arg("batch"), py::arg("lr"), py::arg("beta1"),
+           py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("maximize"))
+      .def_property_readonly("rows", &FusedMlpNative::rows);
+}
+
+}  // namespace ox

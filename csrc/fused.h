@@ -1,0 +1,63 @@
+// Whole-step fused training of a multi-layer perceptron on the CPU: forward,
+// softmax cross-entropy (mean), backward and the Adam / AdamW update in one
+// native call, composed from the existing entry points (linear_cpu,
+// linear_backward_cpu, cross_entropy_*_cpu, adam_step_cpu) — no new matrix code.
+//
+// Layer l (0 ≤ l < L): h_l = act_l(h_{l−1} W_lᵀ + b_l), h_{−1} = x (rows R, K_0 features),
+// act_{L−1} = none (logits). loss = mean_i CE(h_{L−1}[i], t_i).
+// Backward: dlogits = ∂loss/∂h_{L−1}; for l = L−1 … 0:
+//   linear_backward(dh_l, h_{l−1}, W_l, y = h_l, act_l) → dh_{l−1} (not for l = 0), dW_l, db_l
+// (act'_l is taken from the saved output h_l, so the pre-activations are never stored).
+// Then one Adam step over every W_l, b_l with each tensor's step count incremented first.
+//
+// Every buffer is memory Python owns (torch tensors), handed over once as Views.
+#pragma once
+#include <cstdint>
+
+#include "adam.h"
+#include "core/view.h"
+#include "gemm.h"
+
+namespace ox {
+
+constexpr int kFusedMaxLayers = 8;
+
+struct FusedLayer {
+  View w, b;      // (N, K), (N,) float32, contiguous: the model's parameters
+  View gw, gb;    // their .grad tensors (written, not accumulated)
+  View m_w, v_w, m_b, v_b;          // Adam exp_avg / exp_avg_sq of w and b
+  View vmax_w, vmax_b;              // max_exp_avg_sq (amsgrad only)
+  View step_w, step_b;              // step counts: CPU scalars, float32 or float64
+  Activation act = Activation::none;
+};
+
+struct FusedMlp {
+  int layers = 0;
+  FusedLayer layer[kFusedMaxLayers];
+  View h[kFusedMaxLayers];   // (B, N_l) outputs of each layer (the last one holds the logits)
+  View dh[kFusedMaxLayers];  // (B, N_l) gradients of each output
+  View x, target;            // (B, K_0) float32 and (B,) int64: the epoch's batch buffers
+  View one;                  // () float32 holding 1: d loss / d loss
+  bool amsgrad = false;
+};
+
+// Validates shapes, dtypes, devices (CPU), contiguity and chaining of the
+// layers and the workspace (B = x.shape[0] rows at most). `op` names the caller.
+void fused_mlp_check(const char* op, const FusedMlp& net);
+
+// One training step on rows [0, R) of x_batch (R, K_0) and target (R,): writes
+// the loss to `loss` (a float32 element), the grads, and updates the params and
+// Adam state. R ≤ the workspace's B.
+void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const AdamHyper& h,
+                        float* loss);
+
+// One epoch: for each batch of `batch` consecutive entries of `order` (the last
+// may be smaller), gathers its images from `images` (N, K_0) uint8, normalises
+// them, x = pixel · scale[c] − shift[c] with channel c = k / (K_0 / C) (in two
+// float32 roundings, as oxkernels.data.DeviceBatches does), gathers the labels
+// and runs fused_mlp_step_cpu; losses[s] gets step s's loss.
+void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& labels, const View& order,
+                         const View& scale, const View& shift, int64_t batch, const AdamHyper& h,
+                         const View& losses);
+
+}  // namespace ox
