@@ -1,4 +1,5 @@
-// Whole-step fused training of a multi-layer perceptron on the CPU: forward,
+// Whole-step fused training of a multi-layer perceptron (optionally behind up to
+// two fused conv → ReLU → max-pool blocks, the course's LeNet) on the CPU: forward,
 // softmax cross-entropy (mean), backward and the Adam / AdamW update in one
 // native call, composed from the existing entry points (linear_cpu,
 // linear_backward_cpu, cross_entropy_*_cpu, adam_step_cpu) — no new matrix code.
@@ -8,6 +9,9 @@
 // Backward: dlogits = ∂loss/∂h_{L−1}; for l = L−1 … 0:
 //   linear_backward(dh_l, h_{l−1}, W_l, y = h_l, act_l) → dh_{l−1} (not for l = 0), dW_l, db_l
 // (act'_l is taken from the saved output h_l, so the pre-activations are never stored).
+// Conv blocks in front (block c: out_c = maxpool_P(relu(conv(out_{c−1}, Wc) + bc)), out_{−1} = x
+// as (R, C, H, W), the MLP's input is the last block's output flattened) run forward before
+// layer 0 and backward after it, through conv2d_relu_maxpool2d_{forward,backward}_cpu.
 // Then one Adam step over every W_l, b_l with each tensor's step count incremented first.
 //
 // Every buffer is memory Python owns (torch tensors), handed over once as Views.
@@ -15,12 +19,28 @@
 #include <cstdint>
 
 #include "adam.h"
+#include "conv.h"
 #include "core/view.h"
 #include "gemm.h"
 
 namespace ox {
 
 constexpr int kFusedMaxLayers = 8;
+constexpr int kFusedMaxConvs = 4;
+
+// The Adam-updated tensors of one parameter and its state.
+struct FusedParam {
+  View p, g;        // the parameter and its .grad (written, not accumulated)
+  View m, v, vmax;  // exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only)
+  View step;        // step count: CPU scalar, float32 or float64
+};
+
+struct FusedConv {
+  FusedParam w, b;         // (O, C, KH, KW), (O,)
+  ConvShape shape;         // N = the workspace rows
+  int64_t pool = 2;
+  View out, idx, dout;     // (B, O, OH/P, OW/P): block output (float32), pool indices (uint8), its gradient
+};
 
 struct FusedLayer {
   View w, b;      // (N, K), (N,) float32, contiguous: the model's parameters
@@ -32,11 +52,13 @@ struct FusedLayer {
 };
 
 struct FusedMlp {
+  int convs = 0;
+  FusedConv conv[kFusedMaxConvs];
   int layers = 0;
   FusedLayer layer[kFusedMaxLayers];
   View h[kFusedMaxLayers];   // (B, N_l) outputs of each layer (the last one holds the logits)
   View dh[kFusedMaxLayers];  // (B, N_l) gradients of each output
-  View x, target;            // (B, K_0) float32 and (B,) int64: the epoch's batch buffers
+  View x, target;            // (B, K_0) float32 ((B, C, H, W) with convs) and (B,) int64: the epoch's batch buffers
   View one;                  // () float32 holding 1: d loss / d loss
   bool amsgrad = false;
 };
@@ -45,7 +67,7 @@ struct FusedMlp {
 // layers and the workspace (B = x.shape[0] rows at most). `op` names the caller.
 void fused_mlp_check(const char* op, const FusedMlp& net);
 
-// One training step on rows [0, R) of x_batch (R, K_0) and target (R,): writes
+// One training step on rows [0, R) of x_batch (R, K_0) (or (R, C, H, W) with convs) and target (R,): writes
 // the loss to `loss` (a float32 element), the grads, and updates the params and
 // Adam state. R ≤ the workspace's B.
 void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const AdamHyper& h,

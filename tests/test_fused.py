@@ -44,7 +44,7 @@ def unfused_step(model, optimizer, x, y):
     return loss.item()
 
 
-def assert_same_training_state(fused, unfused, tol=1e-5):
+def assert_same_training_state(fused, unfused, tol=1e-5, n_params=6):
     (m1, o1), (m2, o2) = fused, unfused
     for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         assert rel_err(a, b) <= tol, name
@@ -52,7 +52,7 @@ def assert_same_training_state(fused, unfused, tol=1e-5):
         assert p1.grad is not None and rel_err(p1.grad, p2.grad) <= tol, f"{name}.grad"
     s1, s2 = o1.state_dict(), o2.state_dict()
     assert s1["param_groups"] == s2["param_groups"]
-    assert s1["state"].keys() == s2["state"].keys() and len(s1["state"]) == 6
+    assert s1["state"].keys() == s2["state"].keys() and len(s1["state"]) == n_params
     for index in s1["state"]:
         a, b = s1["state"][index], s2["state"][index]
         assert a.keys() == b.keys()
@@ -124,11 +124,51 @@ def test_unfused_sees_the_fused_grads_and_no_state_before_a_step():
     assert_same_training_state((m1, o1), (m2, o2), tol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def cifar10():
+    if REAL is None:
+        pytest.skip("real CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
+    return oxdata.load_dataset("cifar10", train=True, root=REAL)
+
+
+@needs_mnist
+@pytest.mark.parametrize("opt", ["adam", "adamw"])
+def test_lenet_fit_epoch_matches_unfused_loop(cifar10, opt):
+    """LeNet (fused conv-ReLU-pool blocks): 50 steps at batch 64 natively vs DeviceBatches + autograd."""
+    batch, limit, seed = 64, 50 * 64, 11
+    torch.manual_seed(3)
+    model = models.LeNet()
+    assert model.fused
+    twin = copy.deepcopy(model)
+    fused, unfused = (model, OPTIMIZERS[opt](model.parameters())), (twin, OPTIMIZERS[opt](twin.parameters()))
+    losses = FusedTrainer(*fused).fit_epoch(cifar10.images_np[:limit], cifar10.labels_np[:limit], batch,
+                                           shuffle_seed=seed)
+    batches = oxdata.DeviceBatches(cifar10, batch, "cpu", shuffle=True, seed=seed, limit=limit)
+    reference = [unfused_step(*unfused, x, y) for x, y in batches]
+    assert rel_err(losses, torch.tensor(reference)) <= 1e-6
+    assert_same_training_state(fused, unfused, n_params=10)
+
+
+@needs_mnist
+def test_lenet_step_odd_batch_then_unfused(cifar10):
+    torch.manual_seed(5)
+    model = models.LeNet()
+    twin = copy.deepcopy(model)
+    fused, unfused = (model, OPTIMIZERS["adam-l2-amsgrad"](model.parameters())), \
+        (twin, OPTIMIZERS["adam-l2-amsgrad"](twin.parameters()))
+    trainer = FusedTrainer(*fused)
+    batches = oxdata.DeviceBatches(cifar10, 31, "cpu", shuffle=True, seed=2, limit=31 * 6 + 3)
+    for step, (x, y) in enumerate(batches):
+        loss = trainer.step(x, y) if step % 2 == 0 else unfused_step(*fused, x, y)
+        assert loss == pytest.approx(unfused_step(*unfused, x, y), rel=1e-6)
+    assert_same_training_state(fused, unfused, n_params=10)
+
+
 # ---------------------------------------------------------------------------- what it refuses
 
 def test_unsupported_layer_is_named():
-    lenet = models.LeNet()
-    with pytest.raises(ValueError, match="layer 'conv1'"):
+    lenet = models.LeNet(fused=False)  # separate Conv2d / ReLU / MaxPool2d modules
+    with pytest.raises(ValueError, match=r"layer 'conv1' \(Conv2d\) is not supported"):
         FusedTrainer(lenet, optim.Adam(lenet.parameters()))
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.Dropout(), torch.nn.Linear(16, 10))
     with pytest.raises(ValueError, match=r"layer '2' \(Dropout\)"):

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/python.h"
+#include "conv.h"
 #include "loss.h"
 
 namespace ox {
@@ -53,13 +54,52 @@ AdamHyper hyper_of(double lr, double beta1, double beta2, double eps, double wei
   return h;
 }
 
+int64_t per_sample(const View& v) {
+  int64_t n = 1;
+  for (int i = 1; i < v.ndim; ++i) n *= v.shape[i];
+  return n;
+}
+
+// (p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq or None, step) starting at t[first].
+FusedParam param_of(const py::tuple& t, size_t first, const std::string& name, bool amsgrad) {
+  FusedParam q;
+  q.p = tensor_view(t[first], name);
+  q.g = tensor_view(t[first + 1], name + " grad");
+  q.m = tensor_view(t[first + 2], name + " exp_avg");
+  q.v = tensor_view(t[first + 3], name + " exp_avg_sq");
+  if (amsgrad) q.vmax = tensor_view(t[first + 4], name + " max_exp_avg_sq");
+  q.step = tensor_view(t[first + 5], name + " step");
+  return q;
+}
+
 class FusedMlpNative {
  public:
   // layers: one tuple per Linear, (w, b, grad_w, grad_b, exp_avg_w, exp_avg_sq_w, exp_avg_b, exp_avg_sq_b,
   // max_exp_avg_sq_w or None, max_exp_avg_sq_b or None, step_w, step_b, activation 0/1/2).
-  FusedMlpNative(py::list layers, py::list h, py::list dh, py::object x, py::object target, py::object one,
-                 bool amsgrad)
-      : keep_(py::make_tuple(layers, h, dh, x, target, one)) {
+  // convs: one tuple per conv block, (w, grad_w, exp_avg_w, exp_avg_sq_w, max_w or None, step_w, the same 6
+  // for b, sh, sw, ph, pw, pool, out, idx, dout), x then being (B, C, H, W).
+  FusedMlpNative(py::list convs, py::list layers, py::list h, py::list dh, py::object x, py::object target,
+                 py::object one, bool amsgrad)
+      : keep_(py::make_tuple(convs, layers, h, dh, x, target, one)) {
+    const int nc = static_cast<int>(convs.size());
+    if (nc > kFusedMaxConvs) value_error(kOp, ": at most ", kFusedMaxConvs, " conv blocks, got ", nc);
+    net_.convs = nc;
+    View in = tensor_view(x, "x buffer");
+    for (int c = 0; c < nc; ++c) {
+      py::tuple t = convs[c].cast<py::tuple>();
+      if (t.size() != 20) value_error(kOp, ": conv tuples have 20 entries");
+      FusedConv& cv = net_.conv[c];
+      const std::string p = cat("conv ", c, " ");
+      cv.w = param_of(t, 0, p + "weight", amsgrad);
+      cv.b = param_of(t, 6, p + "bias", amsgrad);
+      cv.pool = t[16].cast<int64_t>();
+      cv.out = tensor_view(t[17], p + "out");
+      cv.idx = tensor_view(t[18], p + "indices");
+      cv.dout = tensor_view(t[19], p + "dout");
+      cv.shape = conv2d_check(kOp, in, cv.w.p, &cv.b.p, t[12].cast<int64_t>(), t[13].cast<int64_t>(),
+                              t[14].cast<int64_t>(), t[15].cast<int64_t>());
+      in = cv.out;
+    }
     const int n = static_cast<int>(layers.size());
     if (n < 1 || n > kFusedMaxLayers)
       value_error(kOp, ": the network must have 1 to ", kFusedMaxLayers, " linear layers, got ", n);
@@ -104,7 +144,7 @@ class FusedMlpNative {
     const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
     const View& ref = net_.layer[0].w;
     check_like(kOp, "x", x, "the weights", ref);
-    const View xr = as_rows(x, net_.x.shape[1], "x");
+    const View xr = as_rows(x, per_sample(net_.x), "x");
     const int64_t R = xr.shape[0];
     check_shape(kOp, "target", target, {R});
     if (R > net_.x.shape[0])
@@ -124,7 +164,7 @@ class FusedMlpNative {
   void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch, double lr,
              double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool maximize) {
     const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
-    const int64_t K = net_.x.shape[1];
+    const int64_t K = per_sample(net_.x);
     check_dtype(kOp, "images", images, {DType::u8});
     if (images.device != Device::cpu) type_error(kOp, ": images must be on the CPU");
     const View img = as_rows(images, K, "images");
@@ -171,7 +211,8 @@ class FusedMlpNative {
 
 OX_BINDINGS(bind_fused) {
   py::class_<FusedMlpNative>(m, "FusedMlp")
-      .def(py::init<py::list, py::list, py::list, py::object, py::object, py::object, bool>(), py::arg("layers"),
+      .def(py::init<py::list, py::list, py::list, py::list, py::object, py::object, py::object, bool>(),
+           py::arg("convs"), py::arg("layers"),
            py::arg("h"), py::arg("dh"), py::arg("x"), py::arg("target"), py::arg("one"), py::arg("amsgrad"))
       .def("step", &FusedMlpNative::step, py::arg("x"), py::arg("target"), py::arg("loss_out"), py::arg("lr"),
            py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),

@@ -23,6 +23,36 @@ View first_rows(const View& v, int64_t rows) {
   return r;
 }
 
+// Contiguous memory at v.data seen with like's shape, `rows` rows.
+View shaped_like(const View& v, const View& like, int64_t rows) {
+  View r = like;
+  r.data = v.data;
+  r.shape[0] = rows;
+  int64_t stride = 1;
+  for (int i = r.ndim - 1; i >= 0; --i) {
+    r.strides[i] = stride;
+    stride *= r.shape[i];
+  }
+  return r;
+}
+
+// Contiguous (rows, features) memory at v.data.
+View as_matrix(const View& v, int64_t rows, int64_t features) {
+  View r = v;
+  r.ndim = 2;
+  r.shape[0] = rows;
+  r.shape[1] = features;
+  r.strides[0] = features;
+  r.strides[1] = 1;
+  return r;
+}
+
+int64_t per_sample(const View& v) {
+  int64_t n = 1;
+  for (int i = 1; i < v.ndim; ++i) n *= v.shape[i];
+  return n;
+}
+
 void check_buffer(const char* op, const char* what, int l, const View& v, const View& ref, int64_t rows,
                   int64_t cols) {
   const std::string arg = cat(what, "[", l, "]");
@@ -64,6 +94,20 @@ AdamTensor adam_tensor(const View& p, const View& g, const View& m, const View& 
   return t;
 }
 
+AdamTensor adam_tensor(const FusedParam& q, bool amsgrad) {
+  return adam_tensor(q.p, q.g, q.m, q.v, q.vmax, amsgrad, bump_step(q.step));
+}
+
+void check_param(const char* op, const std::string& name, const FusedParam& q, const View& ref, bool amsgrad) {
+  check_like(op, name.c_str(), q.p, "layer 0 weight", ref);
+  check_writable(op, name.c_str(), q.p);
+  check_state(op, cat(name, " grad"), q.g, q.p);
+  check_state(op, cat(name, " exp_avg"), q.m, q.p);
+  check_state(op, cat(name, " exp_avg_sq"), q.v, q.p);
+  if (amsgrad) check_state(op, cat(name, " max_exp_avg_sq"), q.vmax, q.p);
+  check_step(op, cat(name, " step"), q.step);
+}
+
 constexpr CrossEntropy kMeanCrossEntropy{Reduction::mean, 0.0, -100};
 
 }  // namespace
@@ -75,9 +119,30 @@ void fused_mlp_check(const char* op, const FusedMlp& net) {
   if (ref.device != Device::cpu) type_error(op, ": the fused trainer runs on the CPU only; the weights are on ",
                                             device_name(ref.device));
   check_dtype(op, "layer 0 weight", ref, {DType::f32});
-  check_rank(op, "x", net.x, 2);
+  if (net.convs < 0 || net.convs > kFusedMaxConvs)
+    value_error(op, ": the network must have 0 to ", kFusedMaxConvs, " conv blocks, got ", net.convs);
+  check_rank(op, "x", net.x, net.convs > 0 ? 4 : 2);
   const int64_t B = net.x.shape[0];
-  int64_t features = net.x.shape[1];
+  for (int c = 0; c < net.convs; ++c) {
+    const FusedConv& cv = net.conv[c];
+    const std::string w = cat("conv ", c, " weight"), b = cat("conv ", c, " bias");
+    check_param(op, w, cv.w, ref, net.amsgrad);
+    check_param(op, b, cv.b, ref, net.amsgrad);
+    const View& in = c == 0 ? net.x : net.conv[c - 1].out;
+    const ConvShape s = conv2d_check(op, in, cv.w.p, &cv.b.p, cv.shape.sh, cv.shape.sw, cv.shape.ph, cv.shape.pw);
+    if (cv.pool < 1 || s.OH / cv.pool < 1 || s.OW / cv.pool < 1)
+      value_error(op, ": conv ", c, " pool ", cv.pool, " does not fit its ", s.OH, "x", s.OW, " output");
+    if (s.N != cv.shape.N || s.OH != cv.shape.OH || s.OW != cv.shape.OW || s.C != cv.shape.C)
+      value_error(op, ": conv ", c, " shape does not match its input");
+    const std::initializer_list<int64_t> dims = {B, s.O, s.OH / cv.pool, s.OW / cv.pool};
+    check_output(op, cat("conv ", c, " out").c_str(), cv.out, ref, dims);
+    check_output(op, cat("conv ", c, " dout").c_str(), cv.dout, ref, dims);
+    check_dtype(op, "conv indices", cv.idx, {DType::u8});
+    check_shape(op, "conv indices", cv.idx, dims);
+    check_contiguous(op, "conv indices", cv.idx);
+    check_writable(op, "conv indices", cv.idx);
+  }
+  int64_t features = net.convs > 0 ? per_sample(net.conv[net.convs - 1].out) : net.x.shape[1];
   check_like(op, "x", net.x, "layer 0 weight", ref);
   check_writable(op, "x", net.x);
   check_shape(op, "target", net.target, {B});
@@ -123,8 +188,27 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
   const int n = net.layers;
   const int64_t R = x_batch.shape[0];
   View h[kFusedMaxLayers];
+  // Conv blocks: out_c = maxpool(relu(conv(out_{c−1}) + b_c)), keeping the pool indices for the backward.
+  View x_img, conv_in[kFusedMaxConvs], conv_out[kFusedMaxConvs], conv_idx[kFusedMaxConvs];
+  ConvShape conv_shape[kFusedMaxConvs];
+  View mlp_in = x_batch;
+  if (net.convs > 0) {
+    x_img = shaped_like(x_batch, net.x, R);
+    for (int c = 0; c < net.convs; ++c) {
+      const FusedConv& cv = net.conv[c];
+      conv_shape[c] = cv.shape;
+      conv_shape[c].N = R;
+      conv_in[c] = c == 0 ? x_img : conv_out[c - 1];
+      conv_out[c] = first_rows(cv.out, R);
+      conv_idx[c] = first_rows(cv.idx, R);
+      conv2d_relu_maxpool2d_forward_cpu(conv_shape[c], cv.pool, conv_in[c], cv.w.p, &cv.b.p, conv_out[c],
+                                        conv_idx[c]);
+    }
+    const View& last = conv_out[net.convs - 1];
+    mlp_in = as_matrix(last, R, per_sample(last));
+  }
   // Forward: h_l = act_l(h_{l−1} W_lᵀ + b_l).
-  const View* input = &x_batch;
+  const View* input = &mlp_in;
   for (int l = 0; l < n; ++l) {
     const FusedLayer& L = net.layer[l];
     h[l] = first_rows(net.h[l], R);
@@ -140,26 +224,42 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
   // Backward: dz_l = dh_l ⊙ act'_l(h_l); dh_{l−1} = dz_l W_l, dW_l = dz_lᵀ h_{l−1}, db_l = Σ_rows dz_l.
   for (int l = n - 1; l >= 0; --l) {
     const FusedLayer& L = net.layer[l];
-    const View& in = l > 0 ? h[l - 1] : x_batch;
+    const View& in = l > 0 ? h[l - 1] : mlp_in;
     View dprev;
     if (l > 0) dprev = first_rows(net.dh[l - 1], R);
-    linear_backward_cpu(dh, in, L.w, &h[l], L.act, l > 0 ? &dprev : nullptr, &L.gw, &L.gb);
+    else if (net.convs > 0) dprev = as_matrix(net.conv[net.convs - 1].dout, R, mlp_in.shape[1]);
+    const bool want_dx = l > 0 || net.convs > 0;
+    linear_backward_cpu(dh, in, L.w, &h[l], L.act, want_dx ? &dprev : nullptr, &L.gw, &L.gb);
     dh = dprev;
   }
+  // Conv blocks backward: the gradient of block c's output is dout_c; the input gradient only for c > 0.
+  for (int c = net.convs - 1; c >= 0; --c) {
+    const FusedConv& cv = net.conv[c];
+    const View gout = first_rows(cv.dout, R);
+    View gin;
+    if (c > 0) gin = first_rows(net.conv[c - 1].dout, R);
+    conv2d_relu_maxpool2d_backward_cpu(conv_shape[c], cv.pool, gout, conv_idx[c], conv_in[c], cv.w.p,
+                                       c > 0 ? &gin : nullptr, &cv.w.g, &cv.b.g);
+  }
   // Adam over every weight and bias, each step count incremented first.
-  AdamTensor tensors[2 * kFusedMaxLayers];
+  AdamTensor tensors[2 * (kFusedMaxLayers + kFusedMaxConvs)];
+  int count = 0;
+  for (int c = 0; c < net.convs; ++c) {
+    tensors[count++] = adam_tensor(net.conv[c].w, net.amsgrad);
+    tensors[count++] = adam_tensor(net.conv[c].b, net.amsgrad);
+  }
   for (int l = 0; l < n; ++l) {
     const FusedLayer& L = net.layer[l];
-    tensors[2 * l] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
-    tensors[2 * l + 1] = adam_tensor(L.b, L.gb, L.m_b, L.v_b, L.vmax_b, net.amsgrad, bump_step(L.step_b));
+    tensors[count++] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
+    tensors[count++] = adam_tensor(L.b, L.gb, L.m_b, L.v_b, L.vmax_b, net.amsgrad, bump_step(L.step_b));
   }
-  adam_step_cpu(tensors, 2 * n, DType::f32, hyper, nullptr);
+  adam_step_cpu(tensors, count, DType::f32, hyper, nullptr);
 }
 
 void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& labels, const View& order,
                          const View& scale, const View& shift, int64_t batch, const AdamHyper& hyper,
                          const View& losses) {
-  const int64_t K = net.x.shape[1];
+  const int64_t K = per_sample(net.x);
   const int64_t channels = scale.numel();
   const int64_t per_channel = K / channels;
   const int64_t n = order.numel();
@@ -189,7 +289,7 @@ void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& la
         t[r] = label[i];
       }
     });
-    fused_mlp_step_cpu(net, first_rows(net.x, R), first_rows(net.target, R), hyper, out + s);
+    fused_mlp_step_cpu(net, as_matrix(net.x, R, K), first_rows(net.target, R), hyper, out + s);
   }
 }
 

@@ -32,18 +32,37 @@ __all__ = ["FusedTrainer"]
 _ACT_CODE = {None: 0, "none": 0, "relu": 1, "sigmoid": 2}
 
 
-def _layer_plan(model):
-    """[(name, Linear, activation code)] in forward order, or a ValueError naming the layer."""
-    from . import models
+def _conv_block(name, module, where):
+    """Checks a ConvReLUMaxPool2d block the native code can run."""
+    if module.bias is None:
+        raise ValueError(f"FusedTrainer: {where}: a conv block without bias is not supported")
+    if module.groups != 1 or tuple(module.dilation) != (1, 1) or module.padding_mode != "zeros" or \
+            isinstance(module.padding, str):
+        raise ValueError(f"FusedTrainer: {where}: only groups=1, dilation=1 and numeric zero padding are supported")
+    return (name, module)
 
-    known_order = isinstance(model, (torch.nn.Sequential, models.MLP, models.TorchMLP))
-    plan = []
+
+def _layer_plan(model):
+    """([(name, ConvReLUMaxPool2d)], [(name, Linear, activation code)]) in forward order, or a
+    ValueError naming the layer."""
+    from . import models, nn as oxnn
+
+    known_order = isinstance(model, (torch.nn.Sequential, models.MLP, models.TorchMLP)) or \
+        (isinstance(model, models.LeNet) and model.fused)
+    convs, plan = [], []
     position = 0
+    flattened = False
     for name, module in model.named_children():
         where = f"layer '{name}' ({type(module).__name__})"
-        if isinstance(module, torch.nn.Flatten):
-            if position != 0 or module.start_dim != 1 or module.end_dim != -1:
-                raise ValueError(f"FusedTrainer: {where}: only a leading Flatten(1, -1) is supported")
+        if isinstance(module, oxnn.ConvReLUMaxPool2d):
+            if plan or flattened:
+                raise ValueError(f"FusedTrainer: {where}: conv blocks are supported only before the Flatten")
+            convs.append(_conv_block(name, module, where))
+        elif isinstance(module, torch.nn.Flatten):
+            if position != len(convs) or module.start_dim != 1 or module.end_dim != -1:
+                raise ValueError(f"FusedTrainer: {where}: only one Flatten(1, -1), before the first Linear, "
+                                 "is supported")
+            flattened = True
         elif isinstance(module, torch.nn.Linear):
             if module.bias is None:
                 raise ValueError(f"FusedTrainer: {where}: a Linear without bias is not supported")
@@ -58,9 +77,12 @@ def _layer_plan(model):
                                  "Linear without one")
             plan[-1][2] = code
         else:
-            raise ValueError(f"FusedTrainer: {where} is not supported; the fused trainer handles MLPs made of "
-                             "Flatten, Linear, ReLU and Sigmoid (use the unfused training loop for this model)")
+            raise ValueError(f"FusedTrainer: {where} is not supported; the fused trainer handles "
+                             "oxkernels.nn.ConvReLUMaxPool2d blocks (LeNet(fused=True)) followed by Flatten, "
+                             "Linear, ReLU and Sigmoid (use the unfused training loop for this model)")
         position += 1
+    if convs and not flattened:
+        raise ValueError("FusedTrainer: conv blocks must be followed by a Flatten")
     if not plan:
         raise ValueError(f"FusedTrainer: {type(model).__name__} has no Linear layer to train")
     if not known_order:
@@ -69,14 +91,14 @@ def _layer_plan(model):
     if plan[-1][2] != 0:
         raise ValueError(f"FusedTrainer: layer '{plan[-1][0]}': the last Linear gives the logits and must have "
                          "no activation")
-    for name, lin, _ in plan:
+    for name, lin in [(n, m) for n, m in convs] + [(n, m) for n, m, _ in plan]:
         for what, p in (("weight", lin.weight), ("bias", lin.bias)):
             if p.dtype != torch.float32 or p.device.type != "cpu":
                 raise TypeError(f"FusedTrainer: layer '{name}' {what} is {p.dtype} on {p.device}; the fused "
                                 "trainer runs float32 on the CPU")
             if not p.is_contiguous():
                 raise ValueError(f"FusedTrainer: layer '{name}' {what} must be contiguous")
-    return [tuple(entry) for entry in plan]
+    return convs, [tuple(entry) for entry in plan]
 
 
 class FusedTrainer:
@@ -94,11 +116,12 @@ class FusedTrainer:
             raise ValueError("FusedTrainer: the optimizer must have one param group, got "
                              f"{len(optimizer.param_groups)}")
         self.model, self.optimizer = model, optimizer
-        self._plan = _layer_plan(model)
-        self._params = [p for _, lin, _ in self._plan for p in (lin.weight, lin.bias)]
+        self._convs, self._plan = _layer_plan(model)
+        self._params = [p for _, conv in self._convs for p in (conv.weight, conv.bias)] + \
+            [p for _, lin, _ in self._plan for p in (lin.weight, lin.bias)]
         group_params = optimizer.param_groups[0]["params"]
         if {id(p) for p in group_params} != {id(p) for p in self._params} or len(group_params) != len(self._params):
-            raise ValueError("FusedTrainer: the optimizer's param group must hold exactly the model's Linear "
+            raise ValueError("FusedTrainer: the optimizer's param group must hold exactly the model's "
                              "weights and biases")
         if not all(p.requires_grad for p in self._params):
             raise ValueError("FusedTrainer: every parameter must require grad (frozen layers are not supported)")
@@ -108,10 +131,10 @@ class FusedTrainer:
 
     # --- the cached native network --------------------------------------------------------
 
-    def _state_key(self, rows):
+    def _state_key(self, rows, sample_shape):
         """What the native object caches; any change (new grad tensor, replaced state or p.data) rebuilds it."""
         state = self.optimizer.state
-        key = [rows, self.optimizer.param_groups[0]["amsgrad"]]
+        key = [rows, *sample_shape, self.optimizer.param_groups[0]["amsgrad"]]
         for p in self._params:
             st = state.get(p)
             key += [p.data_ptr(), p.grad, st, *(st.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq",
@@ -123,10 +146,13 @@ class FusedTrainer:
         return old is not None and len(old) == len(key) and all(a is b or (type(a) is int and a == b)
                                                               for a, b in zip(old, key))
 
-    def _prepare(self, rows):
-        """Grads, optimizer state and the native object for batches of up to `rows` rows."""
-        rows = max(rows, self._native.rows if self._native is not None else 0)
-        key = self._state_key(rows)
+    def _prepare(self, rows, sample_shape):
+        """Grads, optimizer state and the native object for batches of up to `rows` rows of
+        samples of `sample_shape` (used by conv models; an MLP takes its in_features)."""
+        sample_shape = tuple(sample_shape) if self._convs else (self._plan[0][1].in_features,)
+        if self._native is not None and self._cache_key[1:1 + len(sample_shape)] == list(sample_shape):
+            rows = max(rows, self._native.rows)
+        key = self._state_key(rows, sample_shape)
         if self._native is not None and self._same(key):
             return
         group = self.optimizer.param_groups[0]
@@ -141,6 +167,20 @@ class FusedTrainer:
             elif group["amsgrad"] and "max_exp_avg_sq" not in st:
                 st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
         amsgrad = bool(group["amsgrad"])
+        if self._convs and len(sample_shape) != 3:
+            raise ValueError(f"FusedTrainer: a conv model takes (C, H, W) samples, got shape {sample_shape}")
+        convs = []
+        height, width = sample_shape[1:] if self._convs else (0, 0)
+        for _, conv in self._convs:
+            state = [self.optimizer.state[conv.weight], self.optimizer.state[conv.bias]]
+            (kh, kw), (sh, sw), (ph, pw), pool = conv.kernel_size, conv.stride, conv.padding, conv.pool
+            height, width = ((height + 2 * ph - kh) // sh + 1) // pool, ((width + 2 * pw - kw) // sw + 1) // pool
+            shape = (rows, conv.out_channels, max(height, 0), max(width, 0))
+            entry = []
+            for p, st in zip((conv.weight, conv.bias), state):
+                entry += [p, p.grad, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), st["step"]]
+            convs.append((*entry, sh, sw, ph, pw, pool, torch.empty(shape), torch.empty(shape, dtype=torch.uint8),
+                          torch.empty(shape)))
         layers, h, dh = [], [], []
         for _, lin, act in self._plan:
             sw, sb = self.optimizer.state[lin.weight], self.optimizer.state[lin.bias]
@@ -149,13 +189,12 @@ class FusedTrainer:
                            sw["step"], sb["step"], act))
             h.append(torch.empty(rows, lin.out_features))
             dh.append(torch.empty(rows, lin.out_features))
-        in_features = self._plan[0][1].in_features
-        self._x = torch.empty(rows, in_features)
+        self._x = torch.empty(rows, *sample_shape)
         self._target = torch.empty(rows, dtype=torch.int64)
         one = torch.ones((), dtype=torch.float32)
         with torch.no_grad():
-            self._native = _C.FusedMlp(layers, h, dh, self._x, self._target, one, amsgrad)
-        self._cache_key = self._state_key(rows)
+            self._native = _C.FusedMlp(convs, layers, h, dh, self._x, self._target, one, amsgrad)
+        self._cache_key = self._state_key(rows, sample_shape)
 
     def _hyper(self):
         group = self.optimizer.param_groups[0]
@@ -176,7 +215,7 @@ class FusedTrainer:
             raise TypeError("FusedTrainer.step: x and y must be torch tensors")
         if x.device.type != "cpu":
             raise TypeError(f"FusedTrainer.step: x is on {x.device}; the fused trainer runs on the CPU")
-        self._prepare(len(x))
+        self._prepare(len(x), x.shape[1:])
         self._native.step(x.contiguous(), y, self._loss, **self._hyper())
         self._bump_versions()
         return float(self._loss)
@@ -215,7 +254,7 @@ class FusedTrainer:
         else:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(int(shuffle_seed)))
         losses = torch.empty(-(-n // batch_size), dtype=torch.float32)
-        self._prepare(batch_size)
+        self._prepare(batch_size, images.shape[1:])
         self._native.epoch(images.contiguous(), labels.contiguous(), order, scale, shift, losses, batch_size,
                            **self._hyper())
         self._bump_versions()
