@@ -11,8 +11,8 @@ from oxkernels import data as oxdata, models, nn as oxnn, optim  # noqa: E402
 from oxkernels.fused import FusedTrainer  # noqa: E402
 
 REAL = data_root()
-needs_mnist = pytest.mark.skipif(
-    REAL is None, reason="real MNIST not found: set OXKERNELS_DATA to the shared data folder")
+needs_data = pytest.mark.skipif(
+    REAL is None, reason="real MNIST / CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
 
 OPTIMIZERS = {
     "adam": lambda params: optim.Adam(params, lr=2e-3),
@@ -24,7 +24,7 @@ OPTIMIZERS = {
 @pytest.fixture(scope="module")
 def mnist():
     if REAL is None:
-        pytest.skip("real MNIST not found: set OXKERNELS_DATA to the shared data folder")
+        pytest.skip("real MNIST / CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
     return oxdata.load_dataset("mnist", train=True, root=REAL)
 
 
@@ -61,7 +61,7 @@ def assert_same_training_state(fused, unfused, tol=1e-5, n_params=6):
             assert rel_err(a[key], b[key]) <= tol, f"state[{index}][{key}]"
 
 
-@needs_mnist
+@needs_data
 @pytest.mark.parametrize("opt", ["adam", "adamw"])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_fit_epoch_matches_unfused_loop(mnist, activation, opt):
@@ -78,7 +78,7 @@ def test_fit_epoch_matches_unfused_loop(mnist, activation, opt):
     assert_same_training_state(fused, unfused)
 
 
-@needs_mnist
+@needs_data
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 def test_step_matches_unfused_with_odd_batches(mnist, activation):
     """trainer.step on DeviceBatches' batches of 33 rows (the last one 7), amsgrad + L2 decay."""
@@ -90,7 +90,7 @@ def test_step_matches_unfused_with_odd_batches(mnist, activation):
     assert_same_training_state(fused, unfused)
 
 
-@needs_mnist
+@needs_data
 def test_switching_between_fused_and_unfused(mnist):
     """fused steps → unfused steps → a fused epoch, against the same run all unfused."""
     (m1, o1), (m2, o2) = twins("relu", "adamw", seed=2)
@@ -131,7 +131,7 @@ def cifar10():
     return oxdata.load_dataset("cifar10", train=True, root=REAL)
 
 
-@needs_mnist
+@needs_data
 @pytest.mark.parametrize("opt", ["adam", "adamw"])
 def test_lenet_fit_epoch_matches_unfused_loop(cifar10, opt):
     """LeNet (fused conv-ReLU-pool blocks): 50 steps at batch 64 natively vs DeviceBatches + autograd."""
@@ -149,7 +149,7 @@ def test_lenet_fit_epoch_matches_unfused_loop(cifar10, opt):
     assert_same_training_state(fused, unfused, n_params=10)
 
 
-@needs_mnist
+@needs_data
 def test_lenet_step_odd_batch_then_unfused(cifar10):
     torch.manual_seed(5)
     model = models.LeNet()
