@@ -63,6 +63,23 @@ struct FusedMlp {
   bool amsgrad = false;
 };
 
+// SGD with momentum as torch.optim.SGD (single-tensor path), per element:
+//   g ← −g (maximize);  g ← g + λθ (weight decay);
+//   b ← g on the first step, else b ← β b + (1 − τ) g  (momentum β ≠ 0, dampening τ);
+//   g ← g + β b (nesterov) or b;   θ ← θ − lr · g.
+// The momentum buffer b is the layer's `m` (exp_avg slot); v and step are not used.
+struct SgdHyper {
+  double lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false, maximize = false;
+  bool first = false;  // the buffers are fresh: b ← g
+};
+
+// The update of a step: Adam/AdamW (adam non-null) or SGD (sgd non-null).
+struct FusedUpdate {
+  const AdamHyper* adam = nullptr;
+  const SgdHyper* sgd = nullptr;
+};
+
 // Validates shapes, dtypes, devices (CPU), contiguity and chaining of the
 // layers and the workspace (B = x.shape[0] rows at most). `op` names the caller.
 void fused_mlp_check(const char* op, const FusedMlp& net);
@@ -70,16 +87,16 @@ void fused_mlp_check(const char* op, const FusedMlp& net);
 // One training step on rows [0, R) of x_batch (R, K_0) (or (R, C, H, W) with convs) and target (R,): writes
 // the loss to `loss` (a float32 element), the grads, and updates the params and
 // Adam state. R ≤ the workspace's B.
-void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const AdamHyper& h,
+void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const FusedUpdate& update,
                         float* loss);
 
 // One epoch: for each batch of `batch` consecutive entries of `order` (the last
 // may be smaller), gathers its images from `images` (N, K_0) uint8, normalises
 // them, x = pixel · scale[c] − shift[c] with channel c = k / (K_0 / C) (in two
 // float32 roundings, as oxkernels.data.DeviceBatches does), gathers the labels
-// and runs fused_mlp_step_cpu; losses[s] gets step s's loss.
+// and runs fused_mlp_step_cpu; losses[s] gets step s's loss (SGD's `first` holds for step 0 only).
 void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& labels, const View& order,
-                         const View& scale, const View& shift, int64_t batch, const AdamHyper& h,
+                         const View& scale, const View& shift, int64_t batch, const FusedUpdate& update,
                          const View& losses);
 
 }  // namespace ox

@@ -138,10 +138,32 @@ class FusedMlpNative {
     fused_mlp_check(kOp, net_);
   }
 
+  // The update the next step / epoch applies.
+  void set_adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
+                bool maximize) {
+    adam_ = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+    update_ = FusedUpdate{&adam_, nullptr};
+  }
+  void set_sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+               bool first) {
+    if (!(lr >= 0)) value_error(kOp, ": SGD lr must be >= 0, got ", lr);
+    if (!(momentum >= 0)) value_error(kOp, ": SGD momentum must be >= 0, got ", momentum);
+    if (!(weight_decay >= 0)) value_error(kOp, ": SGD weight_decay must be >= 0, got ", weight_decay);
+    if (nesterov && (momentum <= 0 || dampening != 0))
+      value_error(kOp, ": Nesterov momentum requires a momentum and zero dampening");
+    sgd_.lr = lr;
+    sgd_.momentum = momentum;
+    sgd_.dampening = dampening;
+    sgd_.weight_decay = weight_decay;
+    sgd_.nesterov = nesterov;
+    sgd_.maximize = maximize;
+    sgd_.first = first;
+    update_ = FusedUpdate{nullptr, &sgd_};
+  }
+
   // One step on a batch; the loss goes to loss_out (a float32 element).
-  void step(View x, View target, View loss_out, double lr, double beta1, double beta2, double eps,
-            double weight_decay, bool decoupled, bool maximize) {
-    const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+  void step(View x, View target, View loss_out) {
+    check_update();
     const View& ref = net_.layer[0].w;
     check_like(kOp, "x", x, "the weights", ref);
     const View xr = as_rows(x, per_sample(net_.x), "x");
@@ -157,13 +179,12 @@ class FusedMlpNative {
     check_writable(kOp, "loss_out", loss_out);
     if (loss_out.numel() != 1) value_error(kOp, ": loss_out must hold one element");
     py::gil_scoped_release release;
-    fused_mlp_step_cpu(net_, xr, target, hyper, loss_out.ptr<float>());
+    fused_mlp_step_cpu(net_, xr, target, update_, loss_out.ptr<float>());
   }
 
   // One epoch over images[order] in batches of `batch` rows (≤ the workspace's); losses (steps,) float32.
-  void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch, double lr,
-             double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool maximize) {
-    const AdamHyper hyper = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+  void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch) {
+    check_update();
     const int64_t K = per_sample(net_.x);
     check_dtype(kOp, "images", images, {DType::u8});
     if (images.device != Device::cpu) type_error(kOp, ": images must be on the CPU");
@@ -197,14 +218,21 @@ class FusedMlpNative {
         value_error(kOp, ": labels[", perm[i], "] = ", y, " is outside [0, ", classes, ")");
     }
     py::gil_scoped_release release;
-    fused_mlp_epoch_cpu(net_, img, labels, order, scale, shift, batch, hyper, losses);
+    fused_mlp_epoch_cpu(net_, img, labels, order, scale, shift, batch, update_, losses);
   }
 
   int64_t rows() const { return net_.x.shape[0]; }
 
  private:
+  void check_update() const {
+    if (!update_.adam && !update_.sgd) value_error(kOp, ": set_adam or set_sgd must be called before a step");
+  }
+
   py::object keep_;
   FusedMlp net_;
+  AdamHyper adam_;
+  SgdHyper sgd_;
+  FusedUpdate update_;
 };
 
 }  // namespace
@@ -214,12 +242,13 @@ OX_BINDINGS(bind_fused) {
       .def(py::init<py::list, py::list, py::list, py::list, py::object, py::object, py::object, bool>(),
            py::arg("convs"), py::arg("layers"),
            py::arg("h"), py::arg("dh"), py::arg("x"), py::arg("target"), py::arg("one"), py::arg("amsgrad"))
-      .def("step", &FusedMlpNative::step, py::arg("x"), py::arg("target"), py::arg("loss_out"), py::arg("lr"),
-           py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
-           py::arg("maximize"))
+      .def("set_adam", &FusedMlpNative::set_adam, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay"), py::arg("decoupled"), py::arg("maximize"))
+      .def("set_sgd", &FusedMlpNative::set_sgd, py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+           py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("first"))
+      .def("step", &FusedMlpNative::step, py::arg("x"), py::arg("target"), py::arg("loss_out"))
       .def("epoch", &FusedMlpNative::epoch, py::arg("images"), py::arg("labels"), py::arg("order"),
-           py::arg("scale"), py::arg("shift"), py::arg("losses"), py::arg("batch"), py::arg("lr"), py::arg("beta1"),
-           py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"), py::arg("maximize"))
+           py::arg("scale"), py::arg("shift"), py::arg("losses"), py::arg("batch"))
       .def_property_readonly("rows", &FusedMlpNative::rows);
 }
 

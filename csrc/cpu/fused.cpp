@@ -108,6 +108,59 @@ void check_param(const char* op, const std::string& name, const FusedParam& q, c
   check_step(op, cat(name, " step"), q.step);
 }
 
+// θ ← θ − lr·g after torch.optim.SGD's momentum / nesterov / weight decay rules (fused.h), in float32
+// with torch's roundings (alphas rounded to float, each tensor op rounded).
+void sgd_update(const View& param, const View& grad, const View& buffer, const SgdHyper& h) {
+  float* p = param.ptr<float>();
+  const float* g = grad.ptr<float>();
+  float* b = buffer.ptr<float>();
+  const float lr = static_cast<float>(-h.lr), wd = static_cast<float>(h.weight_decay);
+  const float beta = static_cast<float>(h.momentum), keep = static_cast<float>(1 - h.dampening);
+  const bool momentum = h.momentum != 0, decay = h.weight_decay != 0;
+  parallel_for(param.numel(), 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float d = h.maximize ? -g[i] : g[i];
+      if (decay) d = d + wd * p[i];
+      if (momentum) {
+        float m = d;
+        if (!h.first) {
+          m = b[i] * beta;
+          m = m + keep * d;
+        }
+        b[i] = m;
+        d = h.nesterov ? d + beta * m : m;
+      }
+      p[i] = p[i] + lr * d;
+    }
+  });
+}
+
+void apply_update(const FusedMlp& net, const FusedUpdate& update) {
+  if (update.sgd) {
+    for (int c = 0; c < net.convs; ++c) {
+      sgd_update(net.conv[c].w.p, net.conv[c].w.g, net.conv[c].w.m, *update.sgd);
+      sgd_update(net.conv[c].b.p, net.conv[c].b.g, net.conv[c].b.m, *update.sgd);
+    }
+    for (int l = 0; l < net.layers; ++l) {
+      sgd_update(net.layer[l].w, net.layer[l].gw, net.layer[l].m_w, *update.sgd);
+      sgd_update(net.layer[l].b, net.layer[l].gb, net.layer[l].m_b, *update.sgd);
+    }
+    return;
+  }
+  AdamTensor tensors[2 * (kFusedMaxLayers + kFusedMaxConvs)];
+  int count = 0;
+  for (int c = 0; c < net.convs; ++c) {
+    tensors[count++] = adam_tensor(net.conv[c].w, net.amsgrad);
+    tensors[count++] = adam_tensor(net.conv[c].b, net.amsgrad);
+  }
+  for (int l = 0; l < net.layers; ++l) {
+    const FusedLayer& L = net.layer[l];
+    tensors[count++] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
+    tensors[count++] = adam_tensor(L.b, L.gb, L.m_b, L.v_b, L.vmax_b, net.amsgrad, bump_step(L.step_b));
+  }
+  adam_step_cpu(tensors, count, DType::f32, *update.adam, nullptr);
+}
+
 constexpr CrossEntropy kMeanCrossEntropy{Reduction::mean, 0.0, -100};
 
 }  // namespace
@@ -183,7 +236,7 @@ void fused_mlp_check(const char* op, const FusedMlp& net) {
   }
 }
 
-void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const AdamHyper& hyper,
+void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& target, const FusedUpdate& update,
                         float* loss) {
   const int n = net.layers;
   const int64_t R = x_batch.shape[0];
@@ -241,24 +294,15 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
     conv2d_relu_maxpool2d_backward_cpu(conv_shape[c], cv.pool, gout, conv_idx[c], conv_in[c], cv.w.p,
                                        c > 0 ? &gin : nullptr, &cv.w.g, &cv.b.g);
   }
-  // Adam over every weight and bias, each step count incremented first.
-  AdamTensor tensors[2 * (kFusedMaxLayers + kFusedMaxConvs)];
-  int count = 0;
-  for (int c = 0; c < net.convs; ++c) {
-    tensors[count++] = adam_tensor(net.conv[c].w, net.amsgrad);
-    tensors[count++] = adam_tensor(net.conv[c].b, net.amsgrad);
-  }
-  for (int l = 0; l < n; ++l) {
-    const FusedLayer& L = net.layer[l];
-    tensors[count++] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
-    tensors[count++] = adam_tensor(L.b, L.gb, L.m_b, L.v_b, L.vmax_b, net.amsgrad, bump_step(L.step_b));
-  }
-  adam_step_cpu(tensors, count, DType::f32, hyper, nullptr);
+  // Adam over every weight and bias (each step count incremented first), or SGD.
+  apply_update(net, update);
 }
 
 void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& labels, const View& order,
-                         const View& scale, const View& shift, int64_t batch, const AdamHyper& hyper,
+                         const View& scale, const View& shift, int64_t batch, const FusedUpdate& update,
                          const View& losses) {
+  SgdHyper sgd = update.sgd ? *update.sgd : SgdHyper();
+  const FusedUpdate each{update.adam, update.sgd ? &sgd : nullptr};
   const int64_t K = per_sample(net.x);
   const int64_t channels = scale.numel();
   const int64_t per_channel = K / channels;
@@ -289,7 +333,8 @@ void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& la
         t[r] = label[i];
       }
     });
-    fused_mlp_step_cpu(net, as_matrix(net.x, R, K), first_rows(net.target, R), hyper, out + s);
+    fused_mlp_step_cpu(net, as_matrix(net.x, R, K), first_rows(net.target, R), each, out + s);
+    sgd.first = false;
   }
 }
 

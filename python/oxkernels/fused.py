@@ -17,8 +17,11 @@ bit on the same thread count.
 Supported: torch.nn.Sequential / oxkernels.models.MLP / torch_reference("mlp") made
 of an optional leading Flatten and Linear layers with bias (oxkernels.nn.Linear with
 activation None, "relu" or "sigmoid", or torch.nn.Linear followed by ReLU / Sigmoid),
-float32 on the CPU; loss "cross_entropy" (mean); one parameter group of
-oxkernels.optim.Adam or AdamW (amsgrad and maximize included). Anything else raises
+float32 on the CPU; LeNet built from oxkernels.nn.ConvReLUMaxPool2d blocks
+(models.LeNet(), relu); loss "cross_entropy" (mean); one parameter group of
+oxkernels.optim.Adam or AdamW (amsgrad and maximize included) or torch.optim.SGD
+(momentum, dampening, nesterov, weight decay, maximize; its update is an
+elementwise loop here, torch's single-tensor formula in float32). Anything else raises
 a TypeError or ValueError naming the layer or argument: there is no silent fallback.
 """
 from __future__ import annotations
@@ -109,9 +112,15 @@ class FusedTrainer:
 
         if loss != "cross_entropy":
             raise ValueError(f"FusedTrainer: argument 'loss' must be 'cross_entropy', got {loss!r}")
-        if not isinstance(optimizer, optim.Adam):
-            raise TypeError("FusedTrainer: argument 'optimizer' must be oxkernels.optim.Adam or AdamW, got "
-                            f"{type(optimizer).__module__}.{type(optimizer).__name__}")
+        if isinstance(optimizer, optim.Adam):
+            self._kind = "adam"
+        elif isinstance(optimizer, torch.optim.SGD):
+            self._kind = "sgd"
+        else:
+            raise TypeError("FusedTrainer: argument 'optimizer' must be oxkernels.optim.Adam, AdamW or "
+                            f"torch.optim.SGD, got {type(optimizer).__module__}.{type(optimizer).__name__}")
+        if optimizer.param_groups and optimizer.param_groups[0].get("differentiable"):
+            raise ValueError("FusedTrainer: differentiable optimizers are not supported")
         if len(optimizer.param_groups) != 1:
             raise ValueError("FusedTrainer: the optimizer must have one param group, got "
                              f"{len(optimizer.param_groups)}")
@@ -128,17 +137,19 @@ class FusedTrainer:
         self._native = None
         self._cache_key = None
         self._loss = torch.empty((), dtype=torch.float32)
+        self._sgd_first = False
 
     # --- the cached native network --------------------------------------------------------
 
     def _state_key(self, rows, sample_shape):
         """What the native object caches; any change (new grad tensor, replaced state or p.data) rebuilds it."""
         state = self.optimizer.state
-        key = [rows, *sample_shape, self.optimizer.param_groups[0]["amsgrad"]]
+        group = self.optimizer.param_groups[0]
+        key = [rows, *sample_shape, bool(group.get("amsgrad")), group.get("momentum", 0) != 0]
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step", "momentum_buffer")
         for p in self._params:
             st = state.get(p)
-            key += [p.data_ptr(), p.grad, st, *(st.get(k) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq",
-                                                                     "step"))] if st else [p.data_ptr(), p.grad, st]
+            key += [p.data_ptr(), p.grad, st, *(st.get(k) for k in names)] if st else [p.data_ptr(), p.grad, st]
         return key
 
     def _same(self, key):
@@ -162,17 +173,22 @@ class FusedTrainer:
             elif not p.grad.is_contiguous() or p.grad.is_sparse:
                 p.grad = p.grad.contiguous() if not p.grad.is_sparse else torch.zeros_like(p)
             st = self.optimizer.state.get(p)
-            if not st:
+            if self._kind == "sgd":
+                # torch.optim.SGD keeps only a momentum buffer, created from the first step's gradient.
+                if group["momentum"] != 0 and (not st or st.get("momentum_buffer") is None):
+                    self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                    self._sgd_first = True
+            elif not st:
                 self.optimizer._init_state(p, group)
             elif group["amsgrad"] and "max_exp_avg_sq" not in st:
                 st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
-        amsgrad = bool(group["amsgrad"])
+        amsgrad = bool(group.get("amsgrad"))
         if self._convs and len(sample_shape) != 3:
             raise ValueError(f"FusedTrainer: a conv model takes (C, H, W) samples, got shape {sample_shape}")
         convs = []
         height, width = sample_shape[1:] if self._convs else (0, 0)
         for _, conv in self._convs:
-            state = [self.optimizer.state[conv.weight], self.optimizer.state[conv.bias]]
+            state = [self._slots(conv.weight), self._slots(conv.bias)]
             (kh, kw), (sh, sw), (ph, pw), pool = conv.kernel_size, conv.stride, conv.padding, conv.pool
             height, width = ((height + 2 * ph - kh) // sh + 1) // pool, ((width + 2 * pw - kw) // sw + 1) // pool
             shape = (rows, conv.out_channels, max(height, 0), max(width, 0))
@@ -183,7 +199,7 @@ class FusedTrainer:
                           torch.empty(shape)))
         layers, h, dh = [], [], []
         for _, lin, act in self._plan:
-            sw, sb = self.optimizer.state[lin.weight], self.optimizer.state[lin.bias]
+            sw, sb = self._slots(lin.weight), self._slots(lin.bias)
             layers.append((lin.weight, lin.bias, lin.weight.grad, lin.bias.grad, sw["exp_avg"], sw["exp_avg_sq"],
                            sb["exp_avg"], sb["exp_avg_sq"], sw.get("max_exp_avg_sq"), sb.get("max_exp_avg_sq"),
                            sw["step"], sb["step"], act))
@@ -196,12 +212,28 @@ class FusedTrainer:
             self._native = _C.FusedMlp(convs, layers, h, dh, self._x, self._target, one, amsgrad)
         self._cache_key = self._state_key(rows, sample_shape)
 
-    def _hyper(self):
+    def _slots(self, p):
+        """The tensors the native update reads for p: Adam's state, or for SGD the momentum
+        buffer in the exp_avg slot (unused slots get a scratch tensor)."""
+        if self._kind == "adam":
+            return self.optimizer.state[p]
+        buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is None:
+            buf = torch.zeros_like(p)
+        return {"exp_avg": buf, "exp_avg_sq": buf, "step": torch.zeros((), dtype=torch.float32)}
+
+    def _configure(self):
+        """Hands this step's hyperparameters (read from the param group, so schedulers apply) to the native object."""
         group = self.optimizer.param_groups[0]
+        if self._kind == "sgd":
+            self._native.set_sgd(float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+                                 float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]),
+                                 self._sgd_first)
+            return
         beta1, beta2 = group["betas"]
-        return dict(lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), eps=float(group["eps"]),
-                    weight_decay=float(group["weight_decay"]), decoupled=bool(group["decoupled_weight_decay"]),
-                    maximize=bool(group["maximize"]))
+        self._native.set_adam(float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                              float(group["weight_decay"]), bool(group["decoupled_weight_decay"]),
+                              bool(group["maximize"]))
 
     def _bump_versions(self):
         # In-place writes outside autograd: mark them, as optimizer.step() does.
@@ -216,7 +248,9 @@ class FusedTrainer:
         if x.device.type != "cpu":
             raise TypeError(f"FusedTrainer.step: x is on {x.device}; the fused trainer runs on the CPU")
         self._prepare(len(x), x.shape[1:])
-        self._native.step(x.contiguous(), y, self._loss, **self._hyper())
+        self._configure()
+        self._native.step(x.contiguous(), y, self._loss)
+        self._sgd_first = False
         self._bump_versions()
         return float(self._loss)
 
@@ -255,7 +289,8 @@ class FusedTrainer:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(int(shuffle_seed)))
         losses = torch.empty(-(-n // batch_size), dtype=torch.float32)
         self._prepare(batch_size, images.shape[1:])
-        self._native.epoch(images.contiguous(), labels.contiguous(), order, scale, shift, losses, batch_size,
-                           **self._hyper())
+        self._configure()
+        self._native.epoch(images.contiguous(), labels.contiguous(), order, scale, shift, losses, batch_size)
+        self._sgd_first = False
         self._bump_versions()
         return losses
