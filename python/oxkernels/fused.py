@@ -195,22 +195,24 @@ class FusedTrainer:
             entry = []
             for p, st in zip((conv.weight, conv.bias), state):
                 entry += [p, p.grad, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), st["step"]]
-            convs.append((*entry, sh, sw, ph, pw, pool, torch.empty(shape), torch.empty(shape, dtype=torch.uint8),
-                          torch.empty(shape)))
+            convs.append((*entry, sh, sw, ph, pw, pool, torch.empty(shape, dtype=torch.float32),
+                          torch.empty(shape, dtype=torch.uint8), torch.empty(shape, dtype=torch.float32)))
         layers, h, dh = [], [], []
         for _, lin, act in self._plan:
             sw, sb = self._slots(lin.weight), self._slots(lin.bias)
             layers.append((lin.weight, lin.bias, lin.weight.grad, lin.bias.grad, sw["exp_avg"], sw["exp_avg_sq"],
                            sb["exp_avg"], sb["exp_avg_sq"], sw.get("max_exp_avg_sq"), sb.get("max_exp_avg_sq"),
                            sw["step"], sb["step"], act))
-            h.append(torch.empty(rows, lin.out_features))
-            dh.append(torch.empty(rows, lin.out_features))
-        self._x = torch.empty(rows, *sample_shape)
+            h.append(torch.empty(rows, lin.out_features, dtype=torch.float32))
+            dh.append(torch.empty(rows, lin.out_features, dtype=torch.float32))
+        self._x = torch.empty(rows, *sample_shape, dtype=torch.float32)
         self._target = torch.empty(rows, dtype=torch.int64)
         one = torch.ones((), dtype=torch.float32)
         with torch.no_grad():
             self._native = _C.FusedMlp(convs, layers, h, dh, self._x, self._target, one, amsgrad)
         self._cache_key = self._state_key(rows, sample_shape)
+        # The float buffers, for tests that poison them between steps.
+        self._workspace = [self._x, *h, *dh, *(t for c in convs for t in (c[-3], c[-1]))]
 
     def _slots(self, p):
         """The tensors the native update reads for p: Adam's state, or for SGD the momentum
