@@ -197,3 +197,13 @@ def test_cuda_graph_trains_like_eager(case):
     for e, g in zip(eager["epochs"], graphed["epochs"]):
         assert abs(g["train_loss"] - e["train_loss"]) < 1e-4 * e["train_loss"]
         assert abs(g["test_accuracy"] - e["test_accuracy"]) <= 0.004
+
+
+def test_fused_step_is_the_default_and_matches_the_unfused_loop():
+    runs = {fuse: fit(TrainConfig("mnist", epochs=1, fuse=fuse, **SMALL), data_root=REAL, progress=False, log=None)
+            for fuse in (True, False)}
+    assert runs[True]["implementation"]["fused_step"] is True
+    assert runs[False]["implementation"]["fused_step"] is False
+    fused, unfused = runs[True]["epochs"][0], runs[False]["epochs"][0]
+    assert abs(fused["train_loss"] - unfused["train_loss"]) <= 1e-5 * unfused["train_loss"]
+    assert fused["test_accuracy"] == unfused["test_accuracy"]

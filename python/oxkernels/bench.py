@@ -32,7 +32,7 @@ CASES = {
     "lenet-adam-b64": dict(dataset="cifar10", model="lenet", optimizer="adam", lr=1e-3, batch_size=64),
     "lenet-sgd-b64": dict(dataset="cifar10", model="lenet", optimizer="sgd", lr=1e-3, momentum=0.9, batch_size=64),
 }
-IMPLS = ("torch", "oxkernels", "torch-cudagraph")
+IMPLS = ("torch", "oxkernels", "oxkernels-fused", "torch-cudagraph")
 
 
 def fit_cuda_graph(config, *, data_root=None) -> dict:
@@ -113,7 +113,8 @@ def run_case(case: str, impl: str, *, epochs=1, limit=None, test_limit=None, dev
     from .train import TrainConfig, fit
 
     cfg = TrainConfig(**CASES[case], epochs=epochs, limit=limit, test_limit=test_limit, device=device,
-                      seed=seed, backend="oxkernels" if impl == "oxkernels" else "torch")
+                      seed=seed, backend="torch" if impl.startswith("torch") else "oxkernels",
+                      fuse=impl == "oxkernels-fused")
     if impl == "torch-cudagraph":
         metrics = fit_cuda_graph(cfg, data_root=data_root)
     else:

@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None          # train on the first `limit` samples only
     test_limit: int | None = None     # evaluate on the first `test_limit` test samples only
+    fuse: bool = True                 # oxkernels backend: one native call per step where the model allows
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults filled in and every field checked."""
@@ -136,10 +137,11 @@ def load_split(name: str, train: bool, root=None):
     return _dataset_cache[key]
 
 
-def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=None):
+def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=None, trainer=None):
     """One pass over `batches`; returns (mean training loss, seconds). on_step(step) is called
     after every step (tests use it to interrupt). The loss is summed on the device and read
-    back every 50 steps for the progress bar, so the GPU is not synchronised per step."""
+    back every 50 steps for the progress bar, so the GPU is not synchronised per step.
+    With a FusedTrainer, each step is its one native call (same batches, same result)."""
     model.train()
     device = batches.inputs.device
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -147,10 +149,13 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     _sync(device)
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        if trainer is not None:
+            loss = torch.tensor(trainer.step(x, y))
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
         total.add_(loss.detach(), alpha=len(y))
         seen += len(y)
         if progress is not None:
@@ -220,6 +225,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
                                          seed=cfg.seed, limit=cfg.limit)
     test_batches = oxdata.DeviceBatches(test_set, TEST_BATCH, cfg.device, limit=cfg.test_limit)
     model, loss_fn, optimizer = build(cfg)
+    trainer = fused_trainer(cfg, model, optimizer, log)
 
     history, start_epoch = [], 0
     if resume:
@@ -232,7 +238,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     metrics = {
         "config": dataclasses.asdict(cfg),
         "implementation": {"model": _impl_name(model), "optimizer": _impl_name(optimizer),
-                           "loss": _impl_name(loss_fn)},
+                           "loss": _impl_name(loss_fn), "fused_step": trainer is not None},
         "versions": _versions(),
         "train_samples": train_batches.num_samples,
         "test_samples": test_batches.num_samples,
@@ -248,7 +254,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
                                   unit="img", enabled=progress)
             try:
                 train_loss, seconds = train_epoch(model, loss_fn, optimizer, train_batches,
-                                                  progress=bar, on_step=on_step)
+                                                  progress=bar, on_step=on_step, trainer=trainer)
             finally:
                 bar.close()
             last_eval = evaluate(model, test_batches, len(train_set.classes))
@@ -273,6 +279,23 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     if out_dir is not None:
         _write_outputs(Path(out_dir), metrics, test_set, test_batches, last_eval, plots, log)
     return metrics
+
+
+def fused_trainer(cfg: TrainConfig, model, optimizer, log):
+    """A FusedTrainer when cfg asks for one and the model, optimizer and device allow it
+    (CPU only for now); otherwise None, with the reason logged."""
+    if cfg.backend != "oxkernels" or not cfg.fuse:
+        return None
+    if cfg.device != "cpu":
+        log(f"fused step: not available on {cfg.device} yet; running the unfused oxkernels modules")
+        return None
+    from .fused import FusedTrainer
+
+    try:
+        return FusedTrainer(model, optimizer)
+    except (TypeError, ValueError) as e:
+        log(f"fused step: not used ({e}); running the unfused oxkernels modules")
+        return None
 
 
 def save_checkpoint(path, model, optimizer, epochs_done, cfg, history):
@@ -343,6 +366,8 @@ def add_parser(subparsers):
     p.add_argument("--save", help="checkpoint file written after every epoch")
     p.add_argument("--resume", help="checkpoint to continue from (runs up to --epochs in total)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="oxkernels backend: run the modules op by op instead of one native call per step")
     p.set_defaults(func=run_train)
 
 
@@ -357,7 +382,8 @@ def run_train(args) -> int:
     cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,
-                      backend=args.backend, seed=args.seed, limit=args.limit, test_limit=args.test_limit)
+                      backend=args.backend, seed=args.seed, limit=args.limit, test_limit=args.test_limit,
+                      fuse=not args.no_fuse)
     cfg = cfg.resolved()
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.backend}"
     print(f"training {cfg.model} on {cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "
