@@ -41,7 +41,8 @@ class Pool {
     stop();
     threads_ = std::max(1, threads);
     quit_ = false;
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { work(i); });
+    const uint64_t gen = generation_.load(std::memory_order_acquire);
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i, gen] { work(i, gen); });
   }
 
   // Returns false when the pool is busy (another caller, or a nested call).
@@ -74,8 +75,10 @@ class Pool {
     if (begin < end) fn_(ctx_, begin, end);
   }
 
-  void work(int index) {
-    uint64_t seen = 0;
+  // `seen` starts at the generation current when resize() created the worker
+  // (read under busy_, so no job is in flight): a fresh worker must not mistake
+  // the last finished job, whose fn_/ctx_ are gone, for new work.
+  void work(int index, uint64_t seen) {
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       for (int spin = 0; gen == seen && spin < 2000 && !quit_.load(); ++spin) {
