@@ -168,3 +168,18 @@ def test_cuda_matches_torch(rng, name, shape):
     assert y.is_cuda and rel_err(y, y_ref) < 1e-6 and rel_err(xc.grad, dx_ref) < 1e-6
     with pytest.raises(TypeError, match="one device"):
         getattr(ops, f"{name}_backward")(g, y.detach())
+
+
+def test_thread_pool_resize_after_a_parallel_run(rng):
+    # Regression: a worker started by set_num_threads used to replay the last
+    # parallel job (dangling context) and crash.
+    x = rng.standard_normal(1 << 18).astype(np.float32)
+    before = oxkernels.get_num_threads()
+    try:
+        oxkernels.set_num_threads(2)
+        ops.relu(x)  # a multi-chunk parallel_for
+        oxkernels.set_num_threads(1)
+        oxkernels.set_num_threads(2)
+        assert np.array_equal(ops.relu(x), np.maximum(x, 0))
+    finally:
+        oxkernels.set_num_threads(before)
