@@ -311,6 +311,7 @@ def _rss_kb():
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
+@pytest.mark.measures_memory
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_ten_thousand_calls_do_not_grow_memory(name):
     args, kwargs = _case(name)
