@@ -75,9 +75,10 @@ def run_suite(path: Path, device: str, max_time: float) -> list:
             cmd += ["-k", device]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=HERE.parent, check=False)
-        if not out.exists():
+        try:
+            return json.loads(out.read_text())["benchmarks"]
+        except (OSError, ValueError, KeyError):  # nothing ran (all deselected or skipped)
             return []
-        return json.loads(out.read_text())["benchmarks"]
 
 
 def fmt_time(seconds: float) -> str:
