@@ -79,6 +79,7 @@ def worker(rank, port, result_dir, use_zero):
             opt.step()
         if rank == 0:
             torch.save(model.module.state_dict(), os.path.join(result_dir, "params.pt"))
+        dist.barrier()  # both ranks done with every collective before the group is torn down
     finally:
         dist.destroy_process_group()
 
