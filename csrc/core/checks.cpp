@@ -88,6 +88,12 @@ void check_shape(const char* op, const char* arg, const View& v, std::initialize
   value_error(op, ": argument '", arg, "' must have shape ", want, ", got ", shape_str(v));
 }
 
+void check_same_shape(const char* op, const char* arg, const View& v, const View& ref) {
+  bool same = v.ndim == ref.ndim;
+  for (int i = 0; same && i < ref.ndim; ++i) same = v.shape[i] == ref.shape[i];
+  if (!same) value_error(op, ": argument '", arg, "' must have shape ", shape_str(ref), ", got ", shape_str(v));
+}
+
 void check_contiguous(const char* op, const char* arg, const View& v) {
   if (!v.is_contiguous())
     value_error(op, ": argument '", arg, "' must be contiguous (row-major); call .contiguous() or "

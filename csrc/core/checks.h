@@ -17,6 +17,8 @@ void check_rank(const char* op, const char* arg, const View& v, int rank);
 void check_rank_between(const char* op, const char* arg, const View& v, int lo, int hi);
 // Expected extents; -1 accepts any size in that dimension.
 void check_shape(const char* op, const char* arg, const View& v, std::initializer_list<int64_t> dims);
+// v has exactly ref's shape (the message shows both).
+void check_same_shape(const char* op, const char* arg, const View& v, const View& ref);
 void check_contiguous(const char* op, const char* arg, const View& v);
 void check_writable(const char* op, const char* arg, const View& v);
 void check_same_dtype(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);

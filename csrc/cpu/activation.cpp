@@ -90,10 +90,7 @@ static void check_same_array_shape(const char* op, const char* arg, const View& 
                                    const View& x) {
   check_same_device(op, arg, out, ref_arg, x);
   check_same_dtype(op, arg, out, ref_arg, x);
-  if (out.ndim != x.ndim) value_error(op, ": argument '", arg, "' must have shape ", shape_str(x), ", got ", shape_str(out));
-  for (int i = 0; i < x.ndim; ++i)
-    if (out.shape[i] != x.shape[i])
-      value_error(op, ": argument '", arg, "' must have shape ", shape_str(x), ", got ", shape_str(out));
+  check_same_shape(op, arg, out, x);
   check_contiguous(op, arg, out);
 }
 

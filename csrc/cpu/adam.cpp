@@ -268,7 +268,7 @@ static void check_companion(const char* op, const char* list, int64_t i, const V
     if (v.shape[d] != param.shape[d])
       value_error(op, ": argument '", arg, "' must have the shape of '", ref, "' ", shape_str(param), ", got ",
                   shape_str(v));
-  if (v.numel() > 0) check_contiguous(op, arg.c_str(), v);  // empty arrays may carry any strides
+  check_contiguous(op, arg.c_str(), v);
   if (written) check_writable(op, arg.c_str(), v);
 }
 

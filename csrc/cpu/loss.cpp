@@ -303,9 +303,7 @@ void softmax_check(const char* op, const View& x, int dim, const View& out) {
     value_error(op, ": argument 'dim' is out of range for 'x' with ", x.ndim, " dimensions");
   check_same_device(op, "out", out, "x", x);
   check_same_dtype(op, "out", out, "x", x);
-  bool same = out.ndim == x.ndim;
-  for (int i = 0; same && i < x.ndim; ++i) same = out.shape[i] == x.shape[i];
-  if (!same) value_error(op, ": argument 'out' must have shape ", shape_str(x), ", got ", shape_str(out));
+  check_same_shape(op, "out", out, x);
   check_contiguous(op, "out", out);
   check_writable(op, "out", out);
 }

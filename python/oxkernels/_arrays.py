@@ -67,3 +67,21 @@ def stream_of(x) -> int:
     if is_torch(x) and x.is_cuda:
         return _torch_module().cuda.current_stream(x.device).cuda_stream
     return 0
+
+
+def int_pair(op: str, name: str, value) -> tuple:
+    """An int or a pair of ints (anything with __index__) → (a, b); TypeError naming the argument otherwise."""
+    bad = TypeError(f"{op}: argument '{name}' must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, bool):
+        raise bad
+    if hasattr(value, "__index__") and not hasattr(value, "__len__"):
+        v = value.__index__()
+        return v, v
+    try:
+        a, b = value
+        if isinstance(a, bool) or isinstance(b, bool):
+            raise bad
+        return a.__index__(), b.__index__()
+    except (TypeError, ValueError, AttributeError):
+        raise bad from None
+

@@ -7,7 +7,7 @@ functions below). torch tensors in: differentiable, CPU or CUDA — the custom o
 autograd.Function over the same kernels in eager mode (less dispatch overhead).
 """
 from .. import _C
-from .._arrays import NUMPY, array_kind, empty, stream_of
+from .._arrays import NUMPY, array_kind, empty, int_pair, stream_of
 
 __all__ = [
     "conv2d",
@@ -15,24 +15,6 @@ __all__ = [
     "conv2d_relu_maxpool2d",
     "conv2d_relu_maxpool2d_backward",
 ]
-
-
-def _pair(op: str, name: str, value) -> tuple:
-    """An int or a pair of ints → (a, b); anything else is a TypeError naming the argument."""
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: argument '{name}' must be an int or a pair of ints, got bool")
-    if isinstance(value, int) or (hasattr(value, "__index__") and not hasattr(value, "__len__")):
-        v = int(value.__index__()) if not isinstance(value, int) else value
-        return v, v
-    try:
-        a, b = value
-        if isinstance(a, bool) or isinstance(b, bool):
-            raise TypeError
-        return int(a.__index__()), int(b.__index__())
-    except (TypeError, ValueError, AttributeError):
-        raise TypeError(
-            f"{op}: argument '{name}' must be an int or a pair of ints, got {value!r}"
-        ) from None
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -69,7 +51,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     of the same kind; torch tensors get autograd."""
     op = "conv2d"
     kind = array_kind(op, x=x, weight=weight, bias=bias)
-    stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
+    stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     _check_geometry(op, x, weight, stride, padding)
     if kind != NUMPY:
         from .._torch.conv import eager_conv2d
@@ -85,7 +67,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, needs=(True, True,
     flag is False are None. Arrays of one kind (NumPy, or torch without autograd)."""
     op = "conv2d_backward"
     array_kind(op, grad_out=grad_out, x=x, weight=weight)
-    stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
+    stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     _check_geometry(op, x, weight, stride, padding)
     gx = empty(x, tuple(x.shape)) if needs[0] else None
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
@@ -102,7 +84,7 @@ def conv2d_relu_maxpool2d(x, weight, bias=None, stride=1, padding=0, pool=2, ret
     each window (255 where ReLU passes no gradient) that the backward needs."""
     op = "conv2d_relu_maxpool2d"
     kind = array_kind(op, x=x, weight=weight, bias=bias)
-    stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
+    stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
     _check_geometry(op, x, weight, stride, padding)
     if not 1 <= pool <= 15:
@@ -126,7 +108,7 @@ def conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, stride=1, paddi
     the indices its forward returned; entries whose `needs` flag is False are None."""
     op = "conv2d_relu_maxpool2d_backward"
     array_kind(op, grad_out=grad_out, indices=indices, x=x, weight=weight)
-    stride, padding = _pair(op, "stride", stride), _pair(op, "padding", padding)
+    stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
     _check_geometry(op, x, weight, stride, padding)
     gx = empty(x, tuple(x.shape)) if needs[0] else None

@@ -6,29 +6,14 @@ Ties, −inf and NaN follow torch: NaN wins the window, the gradient goes to the
 first of equal maxima (the last NaN). Torch tensors in: differentiable.
 """
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, stream_of
+from .._arrays import TORCH, array_kind, empty, int_pair, stream_of
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
 
 
-def _pair(op, name, v):
-    """An int or a pair of ints -> (a, b); TypeError naming the argument otherwise."""
-    if isinstance(v, bool):
-        raise TypeError(f"{op}: argument '{name}' must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        return v, v
-    try:
-        a, b = v
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: argument '{name}' must be an int or a pair of ints, got {v!r}") from None
-    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int) or not isinstance(b, int):
-        raise TypeError(f"{op}: argument '{name}' must be an int or a pair of ints, got {v!r}")
-    return a, b
-
-
 def _geometry(op, kernel_size, stride):
-    kh, kw = _pair(op, "kernel_size", kernel_size)
-    sh, sw = (kh, kw) if stride is None else _pair(op, "stride", stride)
+    kh, kw = int_pair(op, "kernel_size", kernel_size)
+    sh, sw = (kh, kw) if stride is None else int_pair(op, "stride", stride)
     return kh, kw, sh, sw
 
 
