@@ -27,6 +27,20 @@ struct AdamHyper {
   bool decoupled = false, amsgrad = false, maximize = false;
 };
 
+inline AdamHyper make_adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                 bool decoupled, bool amsgrad, bool maximize) {
+  AdamHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.weight_decay = weight_decay;
+  h.decoupled = decoupled;
+  h.amsgrad = amsgrad;
+  h.maximize = maximize;
+  return h;
+}
+
 // One tensor of the group: raw pointers (validated by the caller) and its step.
 struct AdamTensor {
   void* param = nullptr;     // float32 / float64 on CPU; float32 / bf16 / fp16 on CUDA

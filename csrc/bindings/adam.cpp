@@ -12,20 +12,6 @@
 namespace ox {
 namespace {
 
-AdamHyper make_hyper(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                     bool amsgrad, bool maximize) {
-  AdamHyper h;
-  h.lr = lr;
-  h.beta1 = beta1;
-  h.beta2 = beta2;
-  h.eps = eps;
-  h.weight_decay = weight_decay;
-  h.decoupled = decoupled;
-  h.amsgrad = amsgrad;
-  h.maximize = maximize;
-  return h;
-}
-
 void check_lengths(const char* op, size_t n, size_t grads, size_t exp_avgs, size_t exp_avg_sqs,
                    size_t max_exp_avg_sqs, bool amsgrad) {
   auto same = [&](const char* arg, size_t got) {
@@ -67,7 +53,7 @@ void adam_step_lists(const std::vector<View>& params, const std::vector<View>& g
   const char* op = "adam_step";
   check_lengths(op, params.size(), grads.size(), exp_avgs.size(), exp_avg_sqs.size(), max_exp_avg_sqs.size(),
                 amsgrad);
-  const AdamHyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
+  const AdamHyper h = make_adam_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
   adam_check_hyper(op, h);
   if (!(step >= 1)) value_error(op, ": argument 'step' must be >= 1 (the count including this step), got ", step);
   if (grad_scale && !(*grad_scale > 0)) value_error(op, ": argument 'grad_scale' must be > 0, got ", *grad_scale);
@@ -232,7 +218,7 @@ class AdamGroup {
       updated.append(e.param);
     }
     if (tensors_.empty()) return kDone;
-    const AdamHyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
+    const AdamHyper h = make_adam_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
     adam_check_hyper(op, h);
     const View& first = first_->param_view;
     if (lr_device) check_device_scalar(op, "lr", *lr_device, first);

@@ -39,21 +39,6 @@ View as_rows(const View& v, int64_t features, const char* arg) {
   return r;
 }
 
-AdamHyper hyper_of(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
-                   bool maximize, bool amsgrad) {
-  AdamHyper h;
-  h.lr = lr;
-  h.beta1 = beta1;
-  h.beta2 = beta2;
-  h.eps = eps;
-  h.weight_decay = weight_decay;
-  h.decoupled = decoupled;
-  h.maximize = maximize;
-  h.amsgrad = amsgrad;
-  adam_check_hyper(kOp, h);
-  return h;
-}
-
 int64_t per_sample(const View& v) {
   int64_t n = 1;
   for (int i = 1; i < v.ndim; ++i) n *= v.shape[i];
@@ -141,7 +126,9 @@ class FusedMlpNative {
   // The update the next step / epoch applies.
   void set_adam(double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled,
                 bool maximize) {
-    adam_ = hyper_of(lr, beta1, beta2, eps, weight_decay, decoupled, maximize, net_.amsgrad);
+    const AdamHyper h = make_adam_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, net_.amsgrad, maximize);
+    adam_check_hyper(kOp, h);
+    adam_ = h;
     update_ = FusedUpdate{&adam_, nullptr};
   }
   void set_sgd(double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
