@@ -150,18 +150,19 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     start = time.perf_counter()
     for step, (x, y) in enumerate(batches):
         if trainer is not None:
-            loss = torch.tensor(trainer.step(x, y))
+            loss = trainer.step(x, y)  # a float: the step already ran natively
+            total.add_(loss * len(y))
         else:
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
-        total.add_(loss.detach(), alpha=len(y))
+            total.add_(loss.detach(), alpha=len(y))
         seen += len(y)
         if progress is not None:
             progress.update(len(y))
             if step % 50 == 0:
-                progress.postfix(f"loss {loss.item():.4f}")
+                progress.postfix(f"loss {float(loss):.4f}")
         if on_step is not None:
             on_step(step)
     mean_loss = (total / max(seen, 1)).item()  # also synchronises the device
