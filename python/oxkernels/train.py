@@ -157,7 +157,8 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
-            total.add_(loss.detach(), alpha=len(y))
+            loss = loss.detach()
+            total.add_(loss, alpha=len(y))
         seen += len(y)
         if progress is not None:
             progress.update(len(y))
