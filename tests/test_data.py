@@ -385,3 +385,41 @@ def test_batches_limit_and_order(rng, torch):
 def test_load_dataset_unknown_name():
     with pytest.raises(ValueError, match="mnist"):
         data.load_dataset("imagenet")
+
+
+@pytest.mark.parametrize("world_size,batch", [(2, 4), (3, 2), (4, 5)])
+def test_batches_sharded_ranks_make_the_global_batches(rng, torch, world_size, batch):
+    """Rank r's k-th batch is the r-th equal part of the unsharded run's k-th batch of
+    world_size·batch samples (the order truncated to a multiple of world_size)."""
+    ds = _Tiny(rng, n=37)
+    whole = data.DeviceBatches(ds, batch_size=world_size * batch, shuffle=True, seed=4)
+    whole.set_epoch(2)
+    used = (37 // world_size) * world_size
+    global_labels = torch.cat([y for _, y in whole])[:used]
+    global_x = torch.cat([x for x, _ in whole])[:used]
+    ranks = []
+    for r in range(world_size):
+        b = data.DeviceBatches(ds, batch_size=batch, shuffle=True, seed=4, rank=r, world_size=world_size)
+        b.set_epoch(2)
+        ranks.append(list(b))
+        assert b.num_samples == 37 // world_size and len(b) == len(ranks[0])
+    start = 0
+    for step in range(len(ranks[0])):
+        parts = [ranks[r][step] for r in range(world_size)]
+        sizes = {len(y) for _, y in parts}
+        assert len(sizes) == 1, f"step {step}: ranks got unequal batches {sizes}"
+        size = sizes.pop()
+        for r, (x, y) in enumerate(parts):
+            lo = start + r * size
+            assert torch.equal(y, global_labels[lo:lo + size])
+            assert torch.equal(x, global_x[lo:lo + size])
+        start += world_size * size
+    assert start == used
+
+
+def test_batches_sharding_checks_rank(rng, torch):
+    ds = _Tiny(rng)
+    with pytest.raises(ValueError, match="rank"):
+        data.DeviceBatches(ds, batch_size=4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        data.DeviceBatches(ds, batch_size=4, world_size=0)

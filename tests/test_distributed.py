@@ -94,3 +94,66 @@ def test_two_processes_match_one_on_the_concatenated_batch(tmp_path, use_zero):
     for name, ref in want.items():
         err = (got[name] - ref).norm() / ref.norm()
         assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+def _mnist_or_skip():
+    from oxkernels import data as oxdata
+
+    try:
+        oxdata.MNIST(download=False)
+    except Exception as e:  # noqa: BLE001 - any reason the files are not usable
+        pytest.skip(f"MNIST not available under {oxdata.data_root()}: {e}")
+
+
+@pytest.mark.slow
+def test_train_nproc_2_equals_one_process_at_the_global_batch(tmp_path):
+    """`oxkernels train --nproc 2` (elastic launcher, gloo, DDP): 2 ranks at batch 32 take
+    the steps one process takes at batch 64 — same weights after 2 epochs, to float32 rounding."""
+    _mnist_or_skip()
+    from oxkernels import distributed
+    from oxkernels.train import TrainConfig, fit
+
+    # 20 batches of 64 and a last one of 40 per epoch: the shorter batch is split too.
+    common = dict(dataset="mnist", epochs=2, seed=3, limit=64 * 20 + 40, test_limit=500, device="cpu")
+    metrics = distributed.launch(TrainConfig(batch_size=32, **common), 2, threads=1,
+                                 save=tmp_path / "two.pt", progress=False, plots=False, log=None)
+    fit(TrainConfig(batch_size=64, **common), save=tmp_path / "one.pt", progress=False, plots=False, log=None)
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    assert metrics["world_size"] == 2 and metrics["train_samples"] == common["limit"]
+    assert two["epoch"] == one["epoch"] == 2
+    for name, ref in one["model"].items():
+        err = (two["model"][name] - ref).norm() / ref.norm()
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    # Both runs saw the same samples: their epoch losses agree (rank 0 averages over ranks).
+    for a, b in zip(metrics["epochs"], two["history"]):
+        assert a == b
+    for a, b in zip(two["history"], one["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.005)
+
+
+def test_train_nproc_rejects_bad_counts():
+    from oxkernels import distributed
+    from oxkernels.train import TrainConfig
+
+    with pytest.raises(ValueError, match="nproc"):
+        distributed.launch(TrainConfig(device="cpu").resolved(), 0)
+
+
+@pytest.mark.slow
+def test_train_command_nproc(tmp_path):
+    """The command line: `oxkernels train mnist --nproc 2` trains on 2 ranks, prints one banner
+    and one line per epoch, and rank 0 writes metrics.json."""
+    import json
+    import subprocess
+    import sys
+
+    _mnist_or_skip()
+    cmd = [sys.executable, "-m", "oxkernels", "train", "mnist", "--nproc", "2", "--epochs", "1", "--limit", "640",
+           "--test-limit", "200", "--no-progress", "--threads", "1", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("training mlp on mnist") == 1
+    assert done.stdout.count("epoch 1/1") == 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["train_samples"] == 640 and len(metrics["epochs"]) == 1

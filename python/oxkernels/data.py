@@ -462,6 +462,14 @@ class DeviceBatches:
     times cheaper on the CPU). The batches are views of that buffer, valid until the next
     epoch starts. `limit` keeps the first `limit` samples. The last batch may be smaller.
     Memory: 4 bytes per pixel, twice when shuffling (MNIST 376 MB, CIFAR-10 1.2 GB).
+
+    Data-parallel sharding (`world_size` W > 1, this process being `rank` r): the epoch's
+    order (the same permutation on every rank) is cut into global batches of W·batch_size
+    samples, and rank r takes the r-th of the W equal parts of each. The order is first
+    truncated to a multiple of W, so the last global batch splits evenly too: every rank
+    takes the same number of samples at every step, and the mean of the W per-rank mean
+    gradients (what DistributedDataParallel computes) is the mean gradient over the global
+    batch — the step a single process takes with batch_size W·batch_size.
     """
 
     dataset: _Dataset
@@ -470,12 +478,17 @@ class DeviceBatches:
     shuffle: bool = False
     seed: int = 0
     limit: int | None = None
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self):
         import torch
 
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size, got rank {self.rank} "
+                             f"of world_size {self.world_size}")
         n = len(self.dataset) if self.limit is None else min(int(self.limit), len(self.dataset))
         pixels = self.dataset.images_np[:n]
         c = pixels.shape[1]
@@ -488,17 +501,19 @@ class DeviceBatches:
             u8 = torch.as_tensor(pixels[start:start + chunk]).to(self.device)
             self.inputs[start:start + chunk] = u8.float().mul_(scale).sub_(shift)
         self.labels = torch.as_tensor(self.dataset.labels_np[:n]).to(self.device)
-        if self.shuffle:
-            self._inputs_epoch = torch.empty_like(self.inputs)
-            self._labels_epoch = torch.empty_like(self.labels)
+        if self.shuffle or self.world_size > 1:
+            self._inputs_epoch = torch.empty((self.num_samples, *self.inputs.shape[1:]),
+                                             dtype=self.inputs.dtype, device=self.device)
+            self._labels_epoch = torch.empty(self.num_samples, dtype=self.labels.dtype, device=self.device)
         self.epoch = 0
 
     def __len__(self):
-        return -(-len(self.labels) // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
     @property
     def num_samples(self) -> int:
-        return len(self.labels)
+        """Samples this process draws per epoch (all of them unless sharded)."""
+        return len(self.labels) // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -512,10 +527,23 @@ class DeviceBatches:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(len(self.labels), generator=g).to(self.device)
 
+    def shard(self, order):
+        """This rank's part of an epoch order (see the class docstring): a 1-D index tensor."""
+        import torch
+
+        w, b = self.world_size, self.batch_size
+        order = order[: self.num_samples * w]
+        full = len(order) // (w * b)  # whole global batches; the rest splits into w equal parts
+        head = order[: full * w * b].view(full, w, b)[:, self.rank].reshape(-1)
+        tail = order[full * w * b:].view(w, -1)[self.rank]
+        return torch.cat((head, tail))
+
     def __iter__(self):
         import torch
 
         perm = self.order()
+        if self.world_size > 1:
+            perm = self.shard(torch.arange(len(self.labels), device=self.device) if perm is None else perm)
         if perm is None:
             inputs, labels = self.inputs, self.labels
         else:

@@ -218,16 +218,32 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     """Train and evaluate after every epoch; returns the metrics (also written to
     out_dir/metrics.json with PNG plots when out_dir is given). Ctrl-C (KeyboardInterrupt)
     stops the run: what was measured so far is still returned and written, with
-    metrics["interrupted"] = True. `save` writes a checkpoint after every epoch."""
+    metrics["interrupted"] = True. `save` writes a checkpoint after every epoch.
+
+    Inside a torch.distributed process group of W ranks (see oxkernels.distributed) each
+    rank trains on its shard of every global batch of W·batch_size samples through
+    DistributedDataParallel; rank 0 alone logs, evaluates, saves and writes, and only
+    rank 0 returns the metrics (the others return None)."""
+    from . import distributed
+
     cfg = config.resolved()
+    rank, world_size = distributed.world()
+    if rank != 0:
+        log, progress, out_dir, save, plots = None, False, None, None, False
     log = log or (lambda *a, **k: None)
     train_set = load_split(cfg.dataset, True, data_root)
     test_set = load_split(cfg.dataset, False, data_root)
     train_batches = oxdata.DeviceBatches(train_set, cfg.batch_size, cfg.device, shuffle=True,
-                                         seed=cfg.seed, limit=cfg.limit)
+                                         seed=cfg.seed, limit=cfg.limit, rank=rank, world_size=world_size)
     test_batches = oxdata.DeviceBatches(test_set, TEST_BATCH, cfg.device, limit=cfg.test_limit)
     model, loss_fn, optimizer = build(cfg)
-    trainer = fused_trainer(cfg, model, optimizer, log)
+    if world_size > 1:
+        if cfg.backend == "oxkernels" and cfg.fuse:
+            log("fused step: not used with several processes (DDP must average the gradients "
+                "between backward and the update); running the oxkernels modules")
+        trainer, stepped = None, distributed.wrap(model, cfg.device)
+    else:
+        trainer, stepped = fused_trainer(cfg, model, optimizer, log), model
 
     history, start_epoch = [], 0
     if resume:
@@ -242,11 +258,12 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
         "implementation": {"model": _impl_name(model), "optimizer": _impl_name(optimizer),
                            "loss": _impl_name(loss_fn), "fused_step": trainer is not None},
         "versions": _versions(),
-        "train_samples": train_batches.num_samples,
+        "train_samples": train_batches.num_samples * world_size,
         "test_samples": test_batches.num_samples,
         "classes": list(train_set.classes),
         "epochs": history,
         "interrupted": False,
+        "world_size": world_size,
     }
     last_eval = None
     try:
@@ -255,15 +272,20 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
             bar = oxdata.Progress(train_batches.num_samples, f"epoch {epoch + 1}/{cfg.epochs}",
                                   unit="img", enabled=progress)
             try:
-                train_loss, seconds = train_epoch(model, loss_fn, optimizer, train_batches,
+                train_loss, seconds = train_epoch(stepped, loss_fn, optimizer, train_batches,
                                                   progress=bar, on_step=on_step, trainer=trainer)
             finally:
                 bar.close()
+            if world_size > 1:
+                train_loss = distributed.mean_over_ranks(train_loss, train_batches.num_samples)
+                if rank != 0:
+                    continue
             last_eval = evaluate(model, test_batches, len(train_set.classes))
             accuracy, test_loss = last_eval[0], last_eval[1]
+            samples = train_batches.num_samples * world_size
             row = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
                    "test_accuracy": accuracy, "epoch_time_s": seconds,
-                   "samples_per_s": train_batches.num_samples / seconds if seconds > 0 else math.inf}
+                   "samples_per_s": samples / seconds if seconds > 0 else math.inf}
             history.append(row)
             log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  "
                 f"test accuracy {100 * accuracy:.2f}%  time {seconds:.2f} s "
@@ -280,7 +302,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
         metrics["confusion_matrix"] = last_eval[3].tolist()
     if out_dir is not None:
         _write_outputs(Path(out_dir), metrics, test_set, test_batches, last_eval, plots, log)
-    return metrics
+    return metrics if rank == 0 else None
 
 
 def fused_trainer(cfg: TrainConfig, model, optimizer, log):
@@ -370,6 +392,9 @@ def add_parser(subparsers):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-fuse", action="store_true",
                    help="oxkernels backend: run the modules op by op instead of one native call per step")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel training on N local processes (torch.distributed: gloo on the CPU, "
+                        "NCCL on N GPUs); --batch-size is per process")
     p.set_defaults(func=run_train)
 
 
@@ -380,7 +405,8 @@ def require_torch(command: str) -> None:
 
 def run_train(args) -> int:
     require_torch("train")
-    apply_threads(args.threads)
+    if args.nproc < 1:
+        raise SystemExit(f"--nproc must be ≥ 1, got {args.nproc}")
     cfg = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,
@@ -388,8 +414,19 @@ def run_train(args) -> int:
                       fuse=not args.no_fuse)
     cfg = cfg.resolved()
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.backend}"
-    print(f"training {cfg.model} on {cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "
-          f"batch {cfg.batch_size}, {cfg.epochs} epochs, seed {cfg.seed}")
-    metrics = fit(cfg, out_dir=out, save=args.save, resume=args.resume, data_root=args.data,
-                  progress=not args.no_progress)
-    return 130 if metrics["interrupted"] else 0
+    if os.environ.get("RANK", "0") == "0":  # one banner under torchrun
+        print(f"training {cfg.model} on {cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "
+              f"batch {cfg.batch_size}, {cfg.epochs} epochs, seed {cfg.seed}")
+    fit_kwargs = dict(out_dir=out, save=args.save, resume=args.resume, data_root=args.data,
+                      progress=not args.no_progress)
+    from . import distributed
+
+    if distributed.launched_by_torchrun():  # torchrun started this process as one rank
+        metrics = distributed.worker(cfg, args.threads, fit_kwargs)
+    elif args.nproc > 1:
+        print(f"{args.nproc} processes, global batch {args.nproc * cfg.batch_size}")
+        metrics = distributed.launch(cfg, args.nproc, args.threads, **fit_kwargs)
+    else:
+        apply_threads(args.threads)
+        metrics = fit(cfg, **fit_kwargs)
+    return 130 if metrics is not None and metrics["interrupted"] else 0
