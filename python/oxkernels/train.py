@@ -108,6 +108,9 @@ def make_optimizer(cfg: TrainConfig, params):
         from . import optim as oxoptim
 
         cls = {"adam": oxoptim.Adam, "adamw": oxoptim.AdamW}[cfg.optimizer]
+        # On a GPU the step count stays on the device, so the step can be a CUDA graph
+        # (fused or not, the same arithmetic).
+        extra["capturable"] = torch.device(cfg.device).type == "cuda"
     else:
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     return cls(params, lr=cfg.lr, **extra)
@@ -243,7 +246,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
                 "between backward and the update); running the oxkernels modules")
         trainer, stepped = None, distributed.wrap(model, cfg.device)
     else:
-        trainer, stepped = fused_trainer(cfg, model, optimizer, log), model
+        trainer, stepped = fused_trainer(cfg, model, optimizer, log, loss_fn), model
 
     history, start_epoch = [], 0
     if resume:
@@ -305,14 +308,16 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     return metrics if rank == 0 else None
 
 
-def fused_trainer(cfg: TrainConfig, model, optimizer, log):
-    """A FusedTrainer when cfg asks for one and the model, optimizer and device allow it
-    (CPU only for now); otherwise None, with the reason logged."""
+def fused_trainer(cfg: TrainConfig, model, optimizer, log, loss_fn=None):
+    """When cfg asks for a fused step: on the CPU a FusedTrainer (one native call per step)
+    where the model and optimizer allow it, on a GPU a CudaGraphTrainer (the step replayed
+    as one CUDA graph); otherwise None, with the reason logged."""
     if cfg.backend != "oxkernels" or not cfg.fuse:
         return None
-    if cfg.device != "cpu":
-        log(f"fused step: not available on {cfg.device} yet; running the unfused oxkernels modules")
-        return None
+    if torch.device(cfg.device).type == "cuda":
+        from .graphed import CudaGraphTrainer
+
+        return CudaGraphTrainer(model, optimizer, loss_fn or make_loss(cfg.backend))
     from .fused import FusedTrainer
 
     try:
