@@ -20,6 +20,8 @@ last batch of an epoch) run eagerly; each size seen twice gets its own graph, up
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = ["CudaGraphTrainer"]
@@ -40,7 +42,7 @@ class _Graph:
 class CudaGraphTrainer:
     """Replays forward + loss + backward + optimizer.step() as one CUDA graph per batch shape."""
 
-    def __init__(self, model, optimizer, loss_fn):
+    def __init__(self, model, optimizer, loss_fn, strict=True):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("CudaGraphTrainer: the model has no trainable parameter")
@@ -53,6 +55,8 @@ class CudaGraphTrainer:
                 raise ValueError(f"CudaGraphTrainer: param group {i} of {type(optimizer).__name__} needs "
                                  "capturable=True (its step count and bias corrections must stay on the GPU)")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.strict = strict  # False: a failed capture warns once and the steps run eagerly
+        self.disabled_reason = None
         self._params = params
         self._graphs: dict = {}
         self._seen: set = set()
@@ -67,10 +71,17 @@ class CudaGraphTrainer:
             del self._graphs[key]  # something the graph baked in changed: capture again
             graph = None
         if graph is None:
-            if key not in self._seen or len(self._graphs) >= _MAX_GRAPHS:
+            if key not in self._seen or len(self._graphs) >= _MAX_GRAPHS or self.disabled_reason:
                 self._seen.add(key)
                 return self._eager_step(x, y)
-            graph = self._capture(key, x, y)
+            try:
+                graph = self._capture(key, x, y)
+            except RuntimeError as e:  # e.g. an op that synchronises: nothing ran, the state is intact
+                if self.strict:
+                    raise
+                self.disabled_reason = str(e)
+                warnings.warn(f"CudaGraphTrainer: capturing the step failed ({e}); running it eagerly")
+                return self._eager_step(x, y)
         self._restore_grads(graph)
         graph.x.copy_(x)
         graph.y.copy_(y)

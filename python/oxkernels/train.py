@@ -317,7 +317,7 @@ def fused_trainer(cfg: TrainConfig, model, optimizer, log, loss_fn=None):
     if torch.device(cfg.device).type == "cuda":
         from .graphed import CudaGraphTrainer
 
-        return CudaGraphTrainer(model, optimizer, loss_fn or make_loss(cfg.backend))
+        return CudaGraphTrainer(model, optimizer, loss_fn or make_loss(cfg.backend), strict=False)
     from .fused import FusedTrainer
 
     try:
