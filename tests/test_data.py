@@ -423,3 +423,15 @@ def test_batches_sharding_checks_rank(rng, torch):
         data.DeviceBatches(ds, batch_size=4, rank=2, world_size=2)
     with pytest.raises(ValueError, match="world_size"):
         data.DeviceBatches(ds, batch_size=4, world_size=0)
+
+
+@pytest.mark.parametrize("name,shape,n_train", [("mnist", (1, 28, 28), 60000), ("cifar10", (3, 32, 32), 50000)])
+def test_synthetic_dataset_has_the_real_shapes(name, shape, n_train):
+    real = data.DATASETS[name]
+    train = data.load_dataset(name, train=True, synthetic=True)
+    test = data.load_dataset(name, train=False, synthetic=True)
+    assert train.images_np.shape == (n_train, *shape) and train.images_np.dtype == np.uint8
+    assert test.images_np.shape == (10000, *shape)
+    assert train.labels_np.dtype == np.int64 and set(np.unique(train.labels_np)) == set(range(10))
+    assert (train.classes, train.mean, train.std) == (real.classes, real.mean, real.std)
+    assert not np.array_equal(train.images_np[:10000], test.images_np)

@@ -47,7 +47,8 @@ def fit_cuda_graph(config, *, data_root=None) -> dict:
     cfg = dataclasses.replace(config, backend="torch").resolved()
     if torch.device(cfg.device).type != "cuda":
         raise ValueError("torch-cudagraph needs a CUDA device")
-    train_set, test_set = load_split(cfg.dataset, True, data_root), load_split(cfg.dataset, False, data_root)
+    train_set = load_split(cfg.dataset, True, data_root, cfg.synthetic)
+    test_set = load_split(cfg.dataset, False, data_root, cfg.synthetic)
     batches = oxdata.DeviceBatches(train_set, cfg.batch_size, cfg.device, shuffle=True, seed=cfg.seed, limit=cfg.limit)
     test_batches = oxdata.DeviceBatches(test_set, 1000, cfg.device, limit=cfg.test_limit)
     model, loss_fn, _ = build(cfg)
@@ -108,13 +109,13 @@ def fit_cuda_graph(config, *, data_root=None) -> dict:
 
 
 def run_case(case: str, impl: str, *, epochs=1, limit=None, test_limit=None, device=None, seed=0,
-             data_root=None) -> dict:
+             data_root=None, synthetic=False) -> dict:
     """One benchmark row: train `case` with `impl`; returns timing and accuracy."""
     from .train import TrainConfig, fit
 
     cfg = TrainConfig(**CASES[case], epochs=epochs, limit=limit, test_limit=test_limit, device=device,
                       seed=seed, backend="torch" if impl.startswith("torch") else "oxkernels",
-                      fuse=impl == "oxkernels-fused")
+                      fuse=impl == "oxkernels-fused", synthetic=synthetic)
     if impl == "torch-cudagraph":
         metrics = fit_cuda_graph(cfg, data_root=data_root)
     else:
@@ -156,7 +157,8 @@ def format_markdown(rows, settings) -> str:
         f"### End-to-end training ({settings['device']}: {settings['machine']}), {settings['date']}",
         "",
         f"torch {settings['torch']}, oxkernels {settings['oxkernels']}; {settings['epochs']} epoch(s), "
-        f"train samples {settings['limit'] or 'all'}, test samples {settings['test_limit'] or 'all'}, seed {settings['seed']}. "
+        f"train samples {settings['limit'] or 'all'}, test samples {settings['test_limit'] or 'all'}, seed {settings['seed']}, "
+        f"{settings['data']} data. "
         "Epoch time = median over epochs (the first excluded when there are 3 or more), "
         "training only (no evaluation, data already on the device). Speed-up = torch eager time / this time.",
         "",
@@ -175,7 +177,7 @@ def format_markdown(rows, settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(cases, impls, *, epochs, limit, test_limit, device, seed, data_root, log=print):
+def run_benchmark(cases, impls, *, epochs, limit, test_limit, device, seed, data_root, synthetic=False, log=print):
     import torch
 
     from . import __version__
@@ -189,7 +191,7 @@ def run_benchmark(cases, impls, *, epochs, limit, test_limit, device, seed, data
         for impl in impls:
             try:
                 row = run_case(case, impl, epochs=epochs, limit=limit, test_limit=test_limit, device=device,
-                               seed=seed, data_root=data_root)
+                               seed=seed, data_root=data_root, synthetic=synthetic)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # an unavailable backend is a row, not the end of the run
@@ -200,6 +202,7 @@ def run_benchmark(cases, impls, *, epochs, limit, test_limit, device, seed, data
                     f"test accuracy {100 * row['test_accuracy']:.2f}%")
             rows.append(row)
     settings = {"device": device, "machine": machine_description(device), "epochs": epochs, "limit": limit,
+                "data": "synthetic (random images, accuracy meaningless)" if synthetic else "real",
                 "test_limit": test_limit, "seed": seed, "torch": torch.__version__, "oxkernels": __version__,
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     return rows, settings
@@ -216,6 +219,8 @@ def add_parser(subparsers):
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", help="data folder (default: $OXKERNELS_DATA, else ~/.cache/oxkernels)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random images of the data sets' shapes: epoch times without the files (accuracy meaningless)")
     from .train import add_threads_argument
 
     add_threads_argument(p)
@@ -238,7 +243,8 @@ def run_bench(args) -> int:
         if i not in IMPLS:
             raise SystemExit(f"unknown impl {i!r}; expected some of {', '.join(IMPLS)}")
     rows, settings = run_benchmark(cases, impls, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
-                                   device=args.device, seed=args.seed, data_root=args.data)
+                                   device=args.device, seed=args.seed, data_root=args.data,
+                                   synthetic=args.synthetic)
     table = format_markdown(rows, settings)
     print()
     print(table)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "MNIST", "CIFAR10", "DeviceBatches", "load_dataset", "data_root",
+    "MNIST", "CIFAR10", "SyntheticDataset", "DeviceBatches", "load_dataset", "data_root",
     "DatasetNotFoundError", "ChecksumError", "DownloadError",
     "MNIST_MIRRORS", "CIFAR10_MIRRORS",
 ]
@@ -436,14 +436,40 @@ class CIFAR10(_Dataset):
 
 
 DATASETS = {"mnist": MNIST, "cifar10": CIFAR10}
+_SPLIT_SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000)}
 
 
-def load_dataset(name: str, train=True, **kwargs) -> _Dataset:
-    """MNIST or CIFAR10 by name ("mnist", "cifar10")."""
+class SyntheticDataset(_Dataset):
+    """Random images and labels with a real data set's shapes, sizes, classes and
+    normalisation, built in memory without files: for timing where the files are not
+    (a GPU machine without them, say). Training on it measures speed, not learning."""
+
+    def __init__(self, name: str, train=True, seed=0):  # noqa: D107 - no files, no super().__init__
+        real = DATASETS[name.lower()]
+        self.name, self.classes, self.mean, self.std = f"synthetic {real.name}", real.classes, real.mean, real.std
+        self.root, self.train, self.folder = None, bool(train), None
+        n = _SPLIT_SIZES[name.lower()][0 if train else 1]
+        c, hw = (1, 28) if name.lower() == "mnist" else (3, 32)
+        rng = np.random.default_rng(seed + (0 if train else 1))
+        self.images_np = rng.integers(0, 256, size=(n, c, hw, hw), dtype=np.uint8)
+        self.labels_np = rng.integers(0, len(real.classes), size=n).astype(np.int64)
+        self.images, self.labels = self.images_np, self.labels_np
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            self.images, self.labels = torch.from_numpy(self.images_np), torch.from_numpy(self.labels_np)
+
+
+def load_dataset(name: str, train=True, synthetic=False, **kwargs) -> _Dataset:
+    """MNIST or CIFAR10 by name ("mnist", "cifar10"); synthetic=True: a SyntheticDataset of its shape."""
     try:
         cls = DATASETS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown data set {name!r}; expected one of {sorted(DATASETS)}") from None
+    if synthetic:
+        return SyntheticDataset(name, train=train)
     return cls(train=train, **kwargs)
 
 

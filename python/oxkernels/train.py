@@ -66,6 +66,7 @@ class TrainConfig:
     limit: int | None = None          # train on the first `limit` samples only
     test_limit: int | None = None     # evaluate on the first `test_limit` test samples only
     fuse: bool = True                 # oxkernels backend: one native call per step where the model allows
+    synthetic: bool = False           # random images of the data set's shape (timing without the files)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults filled in and every field checked."""
@@ -132,11 +133,12 @@ def _sync(device):
 _dataset_cache: dict = {}
 
 
-def load_split(name: str, train: bool, root=None):
+def load_split(name: str, train: bool, root=None, synthetic=False):
     """The data set, loaded once per process (tune and bench train many times on it)."""
-    key = (name, train, str(oxdata.data_root(root)))
+    key = (name, train, "synthetic" if synthetic else str(oxdata.data_root(root)))
     if key not in _dataset_cache:
-        _dataset_cache[key] = oxdata.load_dataset(name, train=train, root=root)
+        _dataset_cache[key] = (oxdata.load_dataset(name, train=train, synthetic=True) if synthetic
+                               else oxdata.load_dataset(name, train=train, root=root))
     return _dataset_cache[key]
 
 
@@ -234,8 +236,8 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     if rank != 0:
         log, progress, out_dir, save, plots = None, False, None, None, False
     log = log or (lambda *a, **k: None)
-    train_set = load_split(cfg.dataset, True, data_root)
-    test_set = load_split(cfg.dataset, False, data_root)
+    train_set = load_split(cfg.dataset, True, data_root, cfg.synthetic)
+    test_set = load_split(cfg.dataset, False, data_root, cfg.synthetic)
     train_batches = oxdata.DeviceBatches(train_set, cfg.batch_size, cfg.device, shuffle=True,
                                          seed=cfg.seed, limit=cfg.limit, rank=rank, world_size=world_size)
     test_batches = oxdata.DeviceBatches(test_set, TEST_BATCH, cfg.device, limit=cfg.test_limit)
@@ -397,6 +399,8 @@ def add_parser(subparsers):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-fuse", action="store_true",
                    help="oxkernels backend: run the modules op by op instead of one native call per step")
+    p.add_argument("--synthetic", action="store_true",
+                   help="random images of the data set's shape instead of the files: for timing only")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel training on N local processes (torch.distributed: gloo on the CPU, "
                         "NCCL on N GPUs); --batch-size is per process")
@@ -416,11 +420,11 @@ def run_train(args) -> int:
                       lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,
                       backend=args.backend, seed=args.seed, limit=args.limit, test_limit=args.test_limit,
-                      fuse=not args.no_fuse)
+                      fuse=not args.no_fuse, synthetic=args.synthetic)
     cfg = cfg.resolved()
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.backend}"
     if os.environ.get("RANK", "0") == "0":  # one banner under torchrun
-        print(f"training {cfg.model} on {cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "
+        print(f"training {cfg.model} on {'synthetic ' if cfg.synthetic else ''}{cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "
               f"batch {cfg.batch_size}, {cfg.epochs} epochs, seed {cfg.seed}")
     fit_kwargs = dict(out_dir=out, save=args.save, resume=args.resume, data_root=args.data,
                       progress=not args.no_progress)
