@@ -18,6 +18,17 @@ static inline void cpu_relax() {}
 namespace ox {
 namespace {
 
+// True on a thread that is running pool work (a worker, or a caller inside its own call):
+// a parallel_for there runs inline. Asking the pool again would mean try_lock on a mutex
+// this thread may already hold, which std::mutex leaves undefined.
+thread_local bool t_in_pool_call = false;
+
+struct InPoolCall {
+  bool outer = t_in_pool_call;
+  InPoolCall() { t_in_pool_call = true; }
+  ~InPoolCall() { t_in_pool_call = outer; }
+};
+
 int default_threads() {
   if (const char* env = std::getenv("OXKERNELS_NUM_THREADS")) {
     int n = std::atoi(env);
@@ -53,10 +64,11 @@ class Pool {
     for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, gen] { work(gen); });
   }
 
-  // Returns false when the pool is busy (another caller, or a nested call).
+  // Returns false when the pool is busy with another caller (nested calls never get here).
   bool try_run(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
+    InPoolCall inside;
     int64_t chunks = std::min<int64_t>(threads_, (n + grain - 1) / grain);
     if (chunks <= 1) {
       fn(ctx, 0, n);
@@ -102,6 +114,7 @@ class Pool {
   }
 
   void work(uint64_t seen) {
+    t_in_pool_call = true;
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       for (int spin = 0; gen == seen && spin < 2000 && !quit_.load(); ++spin) {
@@ -163,7 +176,7 @@ void set_num_threads(int n) {
 
 void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   if (grain < 1) grain = 1;
-  if (n <= grain || !pool().try_run(n, grain, fn, ctx)) fn(ctx, 0, n);
+  if (n <= grain || t_in_pool_call || !pool().try_run(n, grain, fn, ctx)) fn(ctx, 0, n);
 }
 
 }  // namespace ox
