@@ -23,6 +23,8 @@ oxkernels.optim.Adam or AdamW (amsgrad and maximize included) or torch.optim.SGD
 (momentum, dampening, nesterov, weight decay, maximize; its update is an
 elementwise loop here, torch's single-tensor formula in float32). Anything else raises
 a TypeError or ValueError naming the layer or argument: there is no silent fallback.
+
+ParallelTrainer (oxkernels/parallel.py, exported here) trains M such copies at once.
 """
 from __future__ import annotations
 
