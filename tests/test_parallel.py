@@ -120,7 +120,7 @@ def test_step_shared_and_per_copy_batches(threads):
         assert_identical(pairs[i], twins[i], f"model {i}")
 
 
-def test_lenet_copies_equal_solo(cifar10):
+def test_lenet_copies_equal_solo(cifar10, threads):
     """4 LeNets (fused conv blocks), 6 steps at batch 16, per-copy shuffles."""
     n, batch, m = 6 * 16, 16, 4
     images, labels = cifar10.images_np[:n], cifar10.labels_np[:n]
