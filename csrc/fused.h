@@ -99,4 +99,20 @@ void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& la
                          const View& scale, const View& shift, int64_t batch, const FusedUpdate& update,
                          const View& losses);
 
+// Many networks at once (ParallelTrainer): job(i) trains network i, 0 ≤ i < count, with
+// networks taken one at a time from a shared counter by the pool's threads, so each runs
+// on one thread and its kernels' own parallel_for calls run serially inside it (the pool
+// is busy). That is exact — the same bits as training each network alone — because every
+// kernel's summation order is fixed by the shapes, never by the thread count (gemm splits
+// M or N only and blocks K by K alone; cross-entropy and conv weight-gradient partials
+// are per fixed block, combined in block order). With count < 2 or one thread the jobs
+// run one after another, each free to use the pool. The first exception a job throws is
+// rethrown once all have finished. Jobs must not share any buffer they write.
+void fused_run_jobs(int64_t count, void (*job)(void* ctx, int64_t i), void* ctx);
+
+template <class F> void fused_run_jobs(int64_t count, F&& f) {
+  auto thunk = [](void* ctx, int64_t i) { (*static_cast<F*>(ctx))(i); };
+  fused_run_jobs(count, thunk, &f);
+}
+
 }  // namespace ox

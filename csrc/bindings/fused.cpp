@@ -150,6 +150,17 @@ class FusedMlpNative {
 
   // One step on a batch; the loss goes to loss_out (a float32 element).
   void step(View x, View target, View loss_out) {
+    const View xr = check_step(x, target);
+    const View& ref = net_.layer[0].w;
+    check_like(kOp, "loss_out", loss_out, "the weights", ref);
+    check_writable(kOp, "loss_out", loss_out);
+    if (loss_out.numel() != 1) value_error(kOp, ": loss_out must hold one element");
+    py::gil_scoped_release release;
+    run_step(xr, target, loss_out.ptr<float>());
+  }
+
+  // Checks a batch (x (R, ...), target (R,)) and returns x seen as (R, features).
+  View check_step(const View& x, const View& target) const {
     check_update();
     const View& ref = net_.layer[0].w;
     check_like(kOp, "x", x, "the weights", ref);
@@ -162,15 +173,24 @@ class FusedMlpNative {
     logits.shape[0] = R;
     const CrossEntropy ce{Reduction::mean, 0.0, -100};
     cross_entropy_check(kOp, logits, target, ce);  // dtype, shape and class range of the targets
-    check_like(kOp, "loss_out", loss_out, "the weights", ref);
-    check_writable(kOp, "loss_out", loss_out);
-    if (loss_out.numel() != 1) value_error(kOp, ": loss_out must hold one element");
-    py::gil_scoped_release release;
-    fused_mlp_step_cpu(net_, xr, target, update_, loss_out.ptr<float>());
+    return xr;
+  }
+
+  void run_step(const View& xr, const View& target, float* loss) const {
+    fused_mlp_step_cpu(net_, xr, target, update_, loss);
   }
 
   // One epoch over images[order] in batches of `batch` rows (≤ the workspace's); losses (steps,) float32.
   void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch) {
+    const View img = check_epoch(images, labels, order, scale, shift, losses, batch);
+    py::gil_scoped_release release;
+    run_epoch(img, labels, order, scale, shift, losses, batch);
+  }
+
+  // Checks an epoch's arguments (labels in range for every entry of order) and returns the images as
+  // (N, features).
+  View check_epoch(const View& images, const View& labels, const View& order, const View& scale,
+                   const View& shift, const View& losses, int64_t batch) const {
     check_update();
     const int64_t K = per_sample(net_.x);
     check_dtype(kOp, "images", images, {DType::u8});
@@ -204,7 +224,11 @@ class FusedMlpNative {
       if (y < 0 || y >= classes)
         value_error(kOp, ": labels[", perm[i], "] = ", y, " is outside [0, ", classes, ")");
     }
-    py::gil_scoped_release release;
+    return img;
+  }
+
+  void run_epoch(const View& img, const View& labels, const View& order, const View& scale, const View& shift,
+                 const View& losses, int64_t batch) const {
     fused_mlp_epoch_cpu(net_, img, labels, order, scale, shift, batch, update_, losses);
   }
 
@@ -222,6 +246,77 @@ class FusedMlpNative {
   FusedUpdate update_;
 };
 
+const char* kParallelOp = "ParallelTrainer";
+
+// Runs check(i) for every copy, rethrowing an argument error as "ParallelTrainer: model i: ...".
+template <class F> void check_each(size_t count, F&& check) {
+  for (size_t i = 0; i < count; ++i) {
+    try {
+      check(i);
+    } catch (const ArgTypeError& e) {
+      type_error(kParallelOp, ": model ", i, ": ", e.what());
+    } catch (const ArgValueError& e) {
+      value_error(kParallelOp, ": model ", i, ": ", e.what());
+    }
+  }
+}
+
+std::vector<FusedMlpNative*> natives_of(const py::list& nets) {
+  std::vector<FusedMlpNative*> out;
+  for (const py::handle& n : nets) out.push_back(n.cast<FusedMlpNative*>());
+  if (out.empty()) value_error(kParallelOp, ": no models");
+  return out;
+}
+
+// One step of every copy: copy i trains on xs[i], ys[i] and writes its loss to losses[i] ((M,) float32).
+// Everything is checked before anything runs, so a bad argument leaves every copy untouched.
+void parallel_step(py::list nets, py::list xs, py::list ys, View losses) {
+  const std::vector<FusedMlpNative*> net = natives_of(nets);
+  const size_t M = net.size();
+  if (xs.size() != M || ys.size() != M) value_error(kParallelOp, ": one x and one y per model expected");
+  std::vector<View> x(M), y(M);
+  check_each(M, [&](size_t i) {
+    x[i] = tensor_view(xs[i], "x");
+    y[i] = tensor_view(ys[i], "y");
+    x[i] = net[i]->check_step(x[i], y[i]);
+  });
+  check_dtype(kParallelOp, "losses", losses, {DType::f32});
+  check_shape(kParallelOp, "losses", losses, {static_cast<int64_t>(M)});
+  check_contiguous(kParallelOp, "losses", losses);
+  check_writable(kParallelOp, "losses", losses);
+  if (losses.device != Device::cpu) type_error(kParallelOp, ": losses must be on the CPU");
+  float* out = losses.ptr<float>();
+  py::gil_scoped_release release;
+  fused_run_jobs(static_cast<int64_t>(M), [&](int64_t i) { net[i]->run_step(x[i], y[i], out + i); });
+}
+
+// One epoch of every copy on the same images and labels: copy i visits them in orders[i] (the same
+// tensor for copies that share a shuffle) and writes its per-step losses to losses[i].
+void parallel_epoch(py::list nets, View images, View labels, py::list orders, View scale, View shift,
+                    View losses, int64_t batch) {
+  const std::vector<FusedMlpNative*> net = natives_of(nets);
+  const size_t M = net.size();
+  if (orders.size() != M) value_error(kParallelOp, ": one order per model expected");
+  check_rank(kParallelOp, "losses", losses, 2);
+  check_contiguous(kParallelOp, "losses", losses);
+  if (losses.shape[0] != static_cast<int64_t>(M))
+    value_error(kParallelOp, ": losses must have one row per model, got shape ", shape_str(losses));
+  std::vector<View> order(M), rows(M), img(M);
+  check_each(M, [&](size_t i) {
+    order[i] = tensor_view(orders[i], "order");
+    rows[i] = losses;
+    rows[i].ndim = 1;
+    rows[i].shape[0] = losses.shape[1];
+    rows[i].strides[0] = losses.strides[1];
+    rows[i].data = static_cast<char*>(losses.data) + i * losses.strides[0] * dtype_size(losses.dtype);
+    img[i] = net[i]->check_epoch(images, labels, order[i], scale, shift, rows[i], batch);
+  });
+  py::gil_scoped_release release;
+  fused_run_jobs(static_cast<int64_t>(M), [&](int64_t i) {
+    net[i]->run_epoch(img[i], labels, order[i], scale, shift, rows[i], batch);
+  });
+}
+
 }  // namespace
 
 OX_BINDINGS(bind_fused) {
@@ -237,6 +332,9 @@ OX_BINDINGS(bind_fused) {
       .def("epoch", &FusedMlpNative::epoch, py::arg("images"), py::arg("labels"), py::arg("order"),
            py::arg("scale"), py::arg("shift"), py::arg("losses"), py::arg("batch"))
       .def_property_readonly("rows", &FusedMlpNative::rows);
+  m.def("fused_parallel_step", &parallel_step, py::arg("nets"), py::arg("xs"), py::arg("ys"), py::arg("losses"));
+  m.def("fused_parallel_epoch", &parallel_epoch, py::arg("nets"), py::arg("images"), py::arg("labels"),
+        py::arg("orders"), py::arg("scale"), py::arg("shift"), py::arg("losses"), py::arg("batch"));
 }
 
 }  // namespace ox

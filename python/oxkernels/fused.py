@@ -23,6 +23,8 @@ oxkernels.optim.Adam or AdamW (amsgrad and maximize included) or torch.optim.SGD
 (momentum, dampening, nesterov, weight decay, maximize; its update is an
 elementwise loop here, torch's single-tensor formula in float32). Anything else raises
 a TypeError or ValueError naming the layer or argument: there is no silent fallback.
+
+ParallelTrainer (oxkernels/parallel.py, exported here) trains M such copies at once.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 
 from . import _C
 
-__all__ = ["FusedTrainer"]
+__all__ = ["FusedTrainer", "ParallelTrainer"]
 
 _ACT_CODE = {None: 0, "none": 0, "relu": 1, "sigmoid": 2}
 
@@ -102,6 +104,40 @@ def _layer_plan(model):
             if not p.is_contiguous():
                 raise ValueError(f"FusedTrainer: layer '{name}' {what} must be contiguous")
     return convs, [tuple(entry) for entry in plan]
+
+
+def shuffle_order(n, seed):
+    """The epoch's sample order: torch.randperm(n) from torch.Generator().manual_seed(seed)
+    (as oxkernels.data.DeviceBatches draws it), or 0 … n−1 when seed is None."""
+    if seed is None:
+        return torch.arange(n, dtype=torch.int64)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def _epoch_inputs(who, images_u8, labels, batch_size, mean, std):
+    """(images, labels, batch_size, scale, shift) for a native epoch, checked; `who` names the caller."""
+    from . import data
+
+    images = torch.as_tensor(images_u8)
+    labels = torch.as_tensor(labels)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"{who}: argument 'images_u8' must be uint8, got {images.dtype}")
+    if images.device.type != "cpu" or labels.device.type != "cpu":
+        raise TypeError(f"{who}: images and labels must be on the CPU")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"{who}: argument 'batch_size' must be >= 1, got {batch_size}")
+    channels = images.shape[1] if images.dim() == 4 else 1
+    if mean is None or std is None:
+        default = {1: data.MNIST, 3: data.CIFAR10}.get(channels)
+        if default is None:
+            raise ValueError(f"{who}: no default mean/std for {channels} channels")
+        mean, std = default.mean, default.std
+    # The same float32 constants as DeviceBatches: x = pixel · (1 / (255 std)) − mean / std.
+    std_t = torch.tensor(std, dtype=torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    scale, shift = (1.0 / (255.0 * std_t)).contiguous(), (mean_t / std_t).contiguous()
+    return images.contiguous(), labels.contiguous(), batch_size, scale, shift
 
 
 class FusedTrainer:
@@ -263,36 +299,17 @@ class FusedTrainer:
         `batch_size` (the last may be smaller) and run a fused step on each. mean/std default to
         the MNIST constants (1 channel) or the CIFAR-10 ones (3 channels). Returns the per-step
         losses, a float32 tensor."""
-        from . import data
-
-        images = torch.as_tensor(images_u8)
-        labels = torch.as_tensor(labels)
-        if images.dtype != torch.uint8:
-            raise TypeError(f"FusedTrainer.fit_epoch: argument 'images_u8' must be uint8, got {images.dtype}")
-        if images.device.type != "cpu" or labels.device.type != "cpu":
-            raise TypeError("FusedTrainer.fit_epoch: images and labels must be on the CPU")
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"FusedTrainer.fit_epoch: argument 'batch_size' must be >= 1, got {batch_size}")
-        channels = images.shape[1] if images.dim() == 4 else 1
-        if mean is None or std is None:
-            default = {1: data.MNIST, 3: data.CIFAR10}.get(channels)
-            if default is None:
-                raise ValueError(f"FusedTrainer.fit_epoch: no default mean/std for {channels} channels")
-            mean, std = default.mean, default.std
-        # The same float32 constants as DeviceBatches: x = pixel · (1 / (255 std)) − mean / std.
-        std_t = torch.tensor(std, dtype=torch.float32)
-        mean_t = torch.tensor(mean, dtype=torch.float32)
-        scale, shift = (1.0 / (255.0 * std_t)).contiguous(), (mean_t / std_t).contiguous()
+        images, labels, batch_size, scale, shift = _epoch_inputs("FusedTrainer.fit_epoch", images_u8, labels,
+                                                                 batch_size, mean, std)
         n = len(labels)
-        if shuffle_seed is None:
-            order = torch.arange(n, dtype=torch.int64)
-        else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(int(shuffle_seed)))
+        order = shuffle_order(n, shuffle_seed)
         losses = torch.empty(-(-n // batch_size), dtype=torch.float32)
         self._prepare(batch_size, images.shape[1:])
         self._configure()
-        self._native.epoch(images.contiguous(), labels.contiguous(), order, scale, shift, losses, batch_size)
+        self._native.epoch(images, labels, order, scale, shift, losses, batch_size)
         self._sgd_first = False
         self._bump_versions()
         return losses
+
+
+from .parallel import ParallelTrainer  # noqa: E402  (it builds on FusedTrainer)

@@ -9,6 +9,17 @@ grid:   the product of the value lists (learning rate varies fastest), the first
         --trials of it (all when --trials is 0);
 random: --trials draws, seeded: lr log-uniform in [min, max] of the lr list, the others
         uniformly from their lists.
+
+--seeds S1,S2,...: every config is trained once per seed (its "config" then holds "seed":
+initial weights and shuffle order), so a result can be told from seed noise.
+
+--parallel (oxkernels backend, CPU): the trials that differ only in learning rate and seed
+are trained together by one oxkernels.fused.ParallelTrainer, one native call per epoch for
+all of them. Each copy gets its solo run's initial weights (torch.manual_seed(seed)) and
+batches (shuffle seed seed + epoch), and ParallelTrainer's copies are bit-identical to solo
+runs, so the results are the ones the one-by-one search gives (test accuracy, train loss,
+ranking); "seconds" is then the group's time divided by its size. A group whose model the
+fused trainer cannot run (LeNet with sigmoid) is trained one by one, saying so.
 """
 from __future__ import annotations
 
@@ -52,25 +63,25 @@ def random_configs(space=SPACE, trials=10, seed=0):
     return out
 
 
-def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progress=False):
+def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progress=False, parallel=False):
     """Train base (a TrainConfig) with each config's overrides; returns the results sorted
-    by test accuracy (best first). Ctrl-C stops the search and keeps the finished trials."""
-    from .train import fit
-
+    by test accuracy (best first). Ctrl-C stops the search and keeps the finished trials.
+    parallel=True trains the configs that differ only in lr and seed together (module docstring)."""
     results = []
+
+    def done(row):
+        results.append(row)
+        log(f"trial {row['trial']}/{len(configs)}  {_describe(row['config'])}  "
+            f"test accuracy {100 * row['test_accuracy']:.2f}%  ({row['seconds']:.2f} s)")
+
     try:
-        for i, overrides in enumerate(configs, 1):
-            cfg = dataclasses.replace(base, **overrides)
-            start = time.perf_counter()
-            metrics = fit(cfg, data_root=data_root, progress=progress, log=None)
-            if metrics["interrupted"]:
-                raise KeyboardInterrupt
-            row = {"trial": i, "config": overrides, "test_accuracy": metrics.get("final_test_accuracy", 0.0),
-                   "train_loss": metrics["epochs"][-1]["train_loss"] if metrics["epochs"] else math.nan,
-                   "seconds": time.perf_counter() - start}
-            results.append(row)
-            log(f"trial {i}/{len(configs)}  {_describe(overrides)}  test accuracy {100 * row['test_accuracy']:.2f}%  "
-                f"({row['seconds']:.2f} s)")
+        if parallel:
+            for group in _lr_seed_groups(configs):
+                for row in _run_group(base, [(i, configs[i - 1]) for i in group], data_root, log):
+                    done(row)
+        else:
+            for i, overrides in enumerate(configs, 1):
+                done(_run_one(base, i, overrides, data_root, progress))
     except KeyboardInterrupt:
         log(f"interrupted: keeping the {len(results)} finished trial(s)")
     results.sort(key=lambda r: (-r["test_accuracy"], r["trial"]))
@@ -79,16 +90,84 @@ def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progre
     return results
 
 
+def _run_one(base, trial, overrides, data_root, progress=False):
+    """One trial by oxkernels.train.fit: its results row."""
+    from .train import fit
+
+    start = time.perf_counter()
+    metrics = fit(dataclasses.replace(base, **overrides), data_root=data_root, progress=progress, log=None)
+    if metrics["interrupted"]:
+        raise KeyboardInterrupt
+    return {"trial": trial, "config": overrides, "test_accuracy": metrics.get("final_test_accuracy", 0.0),
+            "train_loss": metrics["epochs"][-1]["train_loss"] if metrics["epochs"] else math.nan,
+            "seconds": time.perf_counter() - start}
+
+
+def _lr_seed_groups(configs):
+    """Trial numbers (1-based) grouped by everything but lr and seed, in order of first appearance."""
+    groups = {}
+    for i, c in enumerate(configs, 1):
+        key = tuple(sorted((k, v) for k, v in c.items() if k not in ("lr", "seed")))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _run_group(base, trials, data_root, log):
+    """The trials [(number, overrides)] of one lr/seed group trained together by a ParallelTrainer,
+    as fit() would train each: same initial weights, batches and epochs; the last epoch's train
+    loss summed as train_epoch sums it; test accuracy by train.evaluate."""
+    from .fused import ParallelTrainer
+    from .train import TEST_BATCH, build, evaluate, load_split
+
+    cfgs = [dataclasses.replace(base, **overrides).resolved() for _, overrides in trials]
+    first = cfgs[0]
+    if first.backend != "oxkernels" or first.device != "cpu" or not first.fuse:
+        raise ValueError("tune --parallel trains with the oxkernels backend on the CPU, got backend "
+                         f"{first.backend!r} on {first.device!r}; drop --parallel for this search")
+    start = time.perf_counter()
+    built = [build(cfg)[::2] for cfg in cfgs]  # (model, optimizer), seeded as fit() seeds them
+    try:
+        trainer = ParallelTrainer([m for m, _ in built], [o for _, o in built])
+    except (TypeError, ValueError) as e:
+        log(f"trials {', '.join(str(i) for i, _ in trials)}: not trained in parallel ({e}); one by one instead")
+        return [_run_one(base, i, overrides, data_root) for i, overrides in trials]
+    train_set, test_set = load_split(first.dataset, True, data_root), load_split(first.dataset, False, data_root)
+    n = len(train_set) if first.limit is None else min(int(first.limit), len(train_set))
+    images, labels = train_set.images_np[:n], train_set.labels_np[:n]
+    sizes = [min(first.batch_size, n - s) for s in range(0, n, first.batch_size)]
+    train_loss = [math.nan] * len(cfgs)
+    for epoch in range(first.epochs):
+        losses = trainer.fit_epoch(images, labels, first.batch_size, shuffle_seed=[c.seed + epoch for c in cfgs])
+        for k, row in enumerate(losses.tolist()):
+            # train_epoch: Σ_steps float(loss_s) · rows_s in float64, over the samples seen.
+            total = 0.0
+            for loss, rows in zip(row, sizes):
+                total += loss * rows
+            train_loss[k] = total / max(n, 1)
+    from .data import DeviceBatches
+
+    test_batches = DeviceBatches(test_set, TEST_BATCH, "cpu", limit=first.test_limit)
+    accuracy = [evaluate(model, test_batches, len(train_set.classes))[0] if first.epochs else 0.0
+                for model, _ in built]
+    seconds = (time.perf_counter() - start) / len(trials)
+    return [{"trial": i, "config": overrides, "test_accuracy": accuracy[k], "train_loss": train_loss[k],
+             "seconds": seconds} for k, (i, overrides) in enumerate(trials)]
+
+
 def _describe(c):
-    return f"{c['optimizer']:<5} {c['activation']:<7} batch {c['batch_size']:<4} lr {c['lr']:<8.3g}"
+    seed = f" seed {c['seed']}" if "seed" in c else ""
+    return f"{c['optimizer']:<5} {c['activation']:<7} batch {c['batch_size']:<4} lr {c['lr']:<8.3g}{seed}"
 
 
 def format_table(results) -> str:
-    lines = ["rank  optimizer  activation  batch  lr        test acc  train loss  time (s)"]
+    seeds = any("seed" in r["config"] for r in results)
+    lines = ["rank  optimizer  activation  batch  lr        " + ("seed  " if seeds else "") +
+             "test acc  train loss  time (s)"]
     for rank, r in enumerate(results, 1):
         c = r["config"]
+        seed = f"{c.get('seed', ''):<4}  " if seeds else ""
         lines.append(f"{rank:>4}  {c['optimizer']:<9}  {c['activation']:<10}  {c['batch_size']:>5}  "
-                     f"{c['lr']:<8.3g}  {100 * r['test_accuracy']:7.2f}%  {r['train_loss']:10.4f}  "
+                     f"{c['lr']:<8.3g}  {seed}{100 * r['test_accuracy']:7.2f}%  {r['train_loss']:10.4f}  "
                      f"{r['seconds']:8.2f}")
     return "\n".join(lines)
 
@@ -126,6 +205,10 @@ def add_parser(subparsers):
     p.add_argument("--batch-sizes", help=f"comma-separated (default {','.join(map(str, SPACE['batch_size']))})")
     p.add_argument("--activations", help="comma-separated (default relu,sigmoid)")
     p.add_argument("--optimizers", help="comma-separated (default adam,adamw,sgd)")
+    p.add_argument("--seeds", help="comma-separated seeds: train every config once per seed (default: --seed only)")
+    p.add_argument("--parallel", action="store_true",
+                   help="oxkernels backend on the CPU: train the trials that differ only in lr and seed together "
+                        "(oxkernels.fused.ParallelTrainer, same results as one by one)")
     p.add_argument("--out", help="output folder (default runs/tune-DATASET)")
     p.set_defaults(func=run_tune)
 
@@ -148,10 +231,18 @@ def run_tune(args) -> int:
         configs = grid_configs(space, args.trials)
     else:
         configs = random_configs(space, args.trials, seed=args.seed)
+    if args.seeds:
+        configs = [dict(c, seed=seed) for c in configs for seed in _values(args.seeds, int)]
     for c in configs:
-        dataclasses.replace(base, **c).resolved()
-    print(f"{args.search} search: {len(configs)} trials of {base.epochs} epoch(s) on {args.dataset} ({base.backend})")
-    results = run_search(base, configs, args.out or f"runs/tune-{args.dataset}", data_root=args.data)
+        cfg = dataclasses.replace(base, **c).resolved()
+        if args.parallel and (cfg.backend != "oxkernels" or cfg.device != "cpu"):
+            raise SystemExit(f"oxkernels tune: --parallel needs --backend oxkernels on the CPU (--device cpu), got "
+                             f"backend {cfg.backend} on {cfg.device}")
+    how = " (lr and seed in parallel)" if args.parallel else ""
+    print(f"{args.search} search: {len(configs)} trials of {base.epochs} epoch(s) on {args.dataset} "
+          f"({base.backend}){how}")
+    results = run_search(base, configs, args.out or f"runs/tune-{args.dataset}", data_root=args.data,
+                         parallel=args.parallel)
     print(format_table(results))
     if results:
         print(f"best: {_describe(results[0]['config'])}  test accuracy {100 * results[0]['test_accuracy']:.2f}%")
