@@ -44,6 +44,7 @@ static py::dict build_info() {
   info["isa"] = isa_name(active_isa());
   info["isa_best"] = isa_name(best_supported_isa());
   info["threads"] = num_threads();
+  info["thread_pool"] = sharing_openmp_threads() ? "OpenMP (shared with torch)" : "oxkernels";
   return info;
 }
 
@@ -95,5 +96,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_isa", [](const std::string& name) { ox::set_isa(name.c_str()); });
   m.def("isa", [] { return std::string(ox::isa_name(ox::active_isa())); });
   m.def("set_torch_types", &ox::set_torch_types);
+  m.def("share_openmp_threads", &ox::share_openmp_threads, py::arg("enable"));
   for (ox::Binder binder : ox::binders()) binder(m);
 }

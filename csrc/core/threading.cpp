@@ -1,5 +1,7 @@
 #include "core/threading.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -174,9 +176,54 @@ void set_num_threads(int n) {
   if (n != p.threads()) p.resize(n);
 }
 
+namespace {
+
+// GNU OpenMP's entry point for `#pragma omp parallel` (Intel's runtime exports it too):
+// runs body(data) on a team of `threads` threads, the caller one of them, and returns
+// when all have finished. Null until share_openmp_threads() finds it in the process.
+using GompParallel = void (*)(void (*body)(void*), void* data, unsigned threads, unsigned flags);
+std::atomic<GompParallel> g_gomp_parallel{nullptr};
+
+// One parallel_for on an OpenMP team: the same chunks as the pool's (chunk c is
+// [n·c/chunks, n·(c+1)/chunks)), claimed from a counter by whichever team thread is free.
+struct TeamCall {
+  int64_t n, chunks;
+  RangeFn fn;
+  void* ctx;
+  std::atomic<int64_t> next{0};
+};
+
+void team_body(void* data) {
+  auto& call = *static_cast<TeamCall*>(data);
+  InPoolCall inside;
+  for (int64_t c = call.next.fetch_add(1); c < call.chunks; c = call.next.fetch_add(1)) {
+    const int64_t begin = call.n * c / call.chunks, end = call.n * (c + 1) / call.chunks;
+    if (begin < end) call.fn(call.ctx, begin, end);
+  }
+}
+
+}  // namespace
+
+bool share_openmp_threads(bool enable) {
+  GompParallel found = nullptr;
+  if (enable) found = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+  g_gomp_parallel.store(found, std::memory_order_release);
+  return found != nullptr;
+}
+
+bool sharing_openmp_threads() { return g_gomp_parallel.load(std::memory_order_acquire) != nullptr; }
+
 void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   if (grain < 1) grain = 1;
-  if (n <= grain || t_in_pool_call || !pool().try_run(n, grain, fn, ctx)) fn(ctx, 0, n);
+  if (n <= grain || t_in_pool_call) return fn(ctx, 0, n);
+  if (GompParallel gomp = g_gomp_parallel.load(std::memory_order_acquire)) {
+    const int64_t chunks = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
+    if (chunks <= 1) return fn(ctx, 0, n);
+    TeamCall call{n, chunks, fn, ctx};
+    gomp(team_body, &call, static_cast<unsigned>(chunks), 0);
+    return;
+  }
+  if (!pool().try_run(n, grain, fn, ctx)) fn(ctx, 0, n);
 }
 
 }  // namespace ox

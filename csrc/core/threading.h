@@ -16,6 +16,15 @@ namespace ox {
 int num_threads();
 void set_num_threads(int n);  // n >= 1
 
+// Run parallel_for on the OpenMP runtime already loaded in the process (torch's)
+// instead of our own pool, when enable is true and the runtime is found; returns
+// whether it is used. Two pools on the same cores fight: after each parallel torch
+// op its OpenMP threads spin for a while, and our workers wait for a core. On
+// torch's own threads the two take turns. The chunks, and so the results, are the
+// same either way.
+bool share_openmp_threads(bool enable);
+bool sharing_openmp_threads();
+
 using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
 void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 

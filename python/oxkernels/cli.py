@@ -32,7 +32,7 @@ def run_info(args) -> int:
         print("CUDA kernels: not built")
     isa_note = "" if i["isa"] == i["isa_best"] else f" (CPU supports {i['isa_best']})"
     print(f"CPU instruction set: {i['isa']}{isa_note}")
-    print(f"CPU threads: {i['threads']}")
+    print(f"CPU threads: {i['threads']} ({i['thread_pool']} pool)")
     return 0
 
 

@@ -6,6 +6,7 @@ family (namespace `oxkernels`) with their fake implementations and autograd;
 load() imports them all.
 """
 import importlib
+import os
 import pkgutil
 
 from .. import _C
@@ -15,7 +16,7 @@ _loaded = False
 
 def load():
     """Import torch, teach the native module torch's tensor type, register every
-    custom op, and adopt torch's CPU thread count. Idempotent."""
+    custom op, and adopt torch's CPU threads (their count, and its OpenMP team). Idempotent."""
     global _loaded
     if _loaded:
         return
@@ -27,6 +28,9 @@ def load():
     }
     _C.set_torch_types(torch.Tensor, codes)
     _C.set_num_threads(torch.get_num_threads())
+    # Our parallel loops on torch's OpenMP threads rather than a second pool competing for the
+    # same cores (see share_openmp_threads in csrc/core/threading.h); OXKERNELS_OWN_POOL=1 keeps ours.
+    _C.share_openmp_threads(os.environ.get("OXKERNELS_OWN_POOL", "") != "1")
     _loaded = True
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
