@@ -159,7 +159,7 @@ void linear_cpu(const View& x, const View& w, const View* bias, Activation act, 
 
 // Below this many multiply-adds per product, the backward's two products run one after the
 // other in the calling thread (waking a worker costs more than the product).
-constexpr double kPairThreadingWork = double(1 << 17);
+constexpr double kPairThreadingWork = double(1 << 19);  // as gemm.cpp's kThreadingWork
 
 void linear_backward_cpu(const View& dy, const View& x, const View& w, const View* y, Activation act,
                          const View* dx, const View* dw, const View* db) {
