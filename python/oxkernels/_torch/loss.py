@@ -117,11 +117,19 @@ class _CrossEntropyFn(torch.autograd.Function):
         return grad * g.unsqueeze(-1), None, None, None, None
 
 
+# Function.apply without its Python wrapper (default-argument binding for setup_context,
+# unwrapping of functorch wrappers), which this Function does not need outside functorch
+# transforms: ~2.5 µs of the ~45 µs forward+backward at N = 64 on the course machine.
+_ce_apply = super(torch.autograd.Function, _CrossEntropyFn).apply
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
     if torch.compiler.is_compiling():
         return cross_entropy_op(logits, target, reduction, label_smoothing, ignore_index)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropyFn.apply(logits, target, reduction, label_smoothing, ignore_index)
+        apply = _CrossEntropyFn.apply if _functorch_active() else _ce_apply
+        return apply(logits, target, reduction, label_smoothing, ignore_index)
     return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
 
 
