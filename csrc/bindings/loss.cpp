@@ -30,8 +30,10 @@ OX_BINDINGS(bind_loss) {
         if (grad_logits) {
           if (logits.device == Device::cuda)
             value_error(op, ": argument 'grad_logits' is supported for CPU arrays only");
-          if (logits.ndim == 2) check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0], logits.shape[1]});
-          else check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0]});
+          if (logits.ndim == 2)
+            check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0], logits.shape[1]});
+          else
+            check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0]});
         }
         if (logits.device == Device::cuda)
           OX_CUDA_CALL(op, cross_entropy_forward_cuda(logits, target, ce, out, cuda_workspace(op, workspace, logits),
