@@ -179,19 +179,42 @@ def _time_us(fn, sync, reps=50):
     return best * 1e6
 
 
+def _interleaved_medians_us(fns, sync, reps=100, inner=1):
+    """Median µs per call of each function, the functions taking turns (order reversed every
+    other repetition), so that drift on a shared machine hits them alike."""
+    import statistics
+    import time
+
+    for f in fns.values():
+        for _ in range(5):
+            f()
+    sync()
+    times = {k: [] for k in fns}
+    for r in range(reps):
+        for k in (list(fns) if r % 2 else list(fns)[::-1]):
+            t = time.perf_counter()
+            for _ in range(inner):
+                fns[k]()
+            sync()
+            times[k].append((time.perf_counter() - t) / inner * 1e6)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def summary(device="cpu"):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    print(f"linear layers on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}): "
-          "µs oxkernels / torch, speed-up = torch / oxkernels")
+    print(f"linear layers on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
+          f"{torch.get_num_threads()} torch / {oxkernels.get_num_threads()} oxkernels threads: median µs "
+          "oxkernels / torch (interleaved), speed-up = torch / oxkernels")
     for batch in BATCHES:
         for k, n, act in LAYERS:
             x = torch.randn(batch, k, device=device, requires_grad=True)
             w = (torch.randn(n, k, device=device) / k ** 0.5).requires_grad_()
             b = torch.randn(n, device=device, requires_grad=True)
             g = torch.randn(batch, n, device=device)
+            inner = max(1, int(1000 / (6 * batch * k * n / 1e5 + 30)))  # ~1 ms per timed batch
             row = []
             for mode in ("fwd", "fwd+bwd"):
-                t = {}
+                fns = {}
                 for impl, f in IMPLS.items():
                     if mode == "fwd":
                         def run(f=f):
@@ -200,7 +223,8 @@ def summary(device="cpu"):
                     else:
                         def run(f=f):
                             f(x, w, b, act).backward(g)
-                    t[impl] = _time_us(run, sync)
+                    fns[impl] = run
+                t = _interleaved_medians_us(fns, sync, inner=inner)
                 row.append(f"{mode} {t['oxkernels']:8.1f} / {t['torch']:8.1f} = x{t['torch'] / t['oxkernels']:.2f}")
             print(f"  batch {batch:5d} {_layer_id((k, n, act)):>12}: " + "   ".join(row), flush=True)
     for m, n, k in GEMM_SHAPES:

@@ -2,6 +2,7 @@
 and forward+backward, at batch 64, 256 and 1024; plus log_softmax forward.
 
     pytest benchmarks/bench_loss.py --benchmark-only
+    python benchmarks/bench_loss.py [cpu|cuda]      (quick summary: interleaved medians)
 """
 import pytest
 
@@ -85,3 +86,28 @@ def test_log_softmax_forward(benchmark, device, impl, n):
     benchmark.group = f"loss: log_softmax forward N={n} C={CLASSES} {device}"
     benchmark.extra_info.update(impl=impl, device=device, bytes=2 * logits.numel() * 4)
     benchmark(run)
+
+
+# ---- quick summary without pytest-benchmark: python benchmarks/bench_loss.py [cpu|cuda] ----
+
+def summary(device="cpu"):
+    from bench_linear import _interleaved_medians_us
+
+    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+    print(f"cross_entropy forward+backward, C = {CLASSES}, on {device}: median µs oxkernels / torch "
+          "(interleaved), speed-up = torch / oxkernels")
+    for n in BATCHES:
+        torch.manual_seed(0)
+        logits = torch.randn(n, CLASSES, device=device, requires_grad=True)
+        target = torch.randint(0, CLASSES, (n,), device=device)
+        fns = {impl: (lambda fn=_loss_fn(impl): torch.autograd.grad(fn(logits, target), logits))
+               for impl in ("oxkernels", "torch")}
+        t = _interleaved_medians_us(fns, sync, reps=200, inner=10)
+        print(f"  N={n:5d}: {t['oxkernels']:7.1f} / {t['torch']:7.1f} = x{t['torch'] / t['oxkernels']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    summary(sys.argv[1] if len(sys.argv) > 1 else "cpu")

@@ -35,6 +35,7 @@ struct GemmArgs {
   Activation act = Activation::none;
   const void* aux = nullptr;   // prologue source (forward output y), A's strides, or null
   Activation aux_grad = Activation::none;  // which derivative g applies
+  bool one_thread = false;     // CPU: run in the calling thread only (the caller runs products side by side)
 };
 
 // dtype f32 or f64; all pointers host (CPU) or device (CUDA) memory.

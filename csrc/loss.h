@@ -27,7 +27,11 @@ struct CrossEntropy {
 void cross_entropy_check(const char* op, const View& logits, const View& target, const CrossEntropy& ce);
 void cross_entropy_check_out(const char* op, const View& out, const View& logits, const CrossEntropy& ce);
 
-void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out);
+// With dx, the forward also writes ∂(Σ or mean or each ℓ)/∂x for an incoming grad of 1, i.e. what
+// cross_entropy_backward_cpu writes for g = 1 (bit for bit), in the same pass over the logits:
+// autograd saves it and its backward is dx · g.
+void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out,
+                               const View* dx = nullptr);
 void cross_entropy_backward_cpu(const View& grad, const View& logits, const View& target, const CrossEntropy& ce,
                                 const View& dx);
 // CUDA: workspace is scratch of the logits' dtype with at least max(N, 1) elements.

@@ -79,6 +79,39 @@ def test_other_isas(rng, isa):
         oxkernels.set_isa("auto")
 
 
+@pytest.mark.parametrize("need", ["all", "x", "weight", "bias", "x+bias"])
+def test_backward_is_the_same_for_one_and_two_threads(rng, need):
+    # With two threads the backward runs dx and (dW, db) side by side, each product in one
+    # thread; with one, one after the other. The results must be bit for bit the same, and
+    # agree with torch. Shapes above and below the size where the pair is used.
+    from oxkernels import _C
+
+    old = oxkernels.get_num_threads()
+    try:
+        for rows, k, n in [(64, 784, 64), (256, 400, 120), (64, 32, 10), (5, 3, 2)]:
+            x, w, b = make(rng, (rows,), k, n)
+            g = torch.randn(rows, n)
+            y = torch.empty(rows, n)
+            _C.linear(x, w, b, y, "relu")
+            results = []
+            for threads in (1, 2, 1, 2):
+                oxkernels.set_num_threads(threads)
+                dx = poison(torch.empty(rows, k)) if need in ("all", "x", "x+bias") else None
+                dw = poison(torch.empty(n, k)) if need in ("all", "weight") else None
+                db = poison(torch.empty(n)) if need in ("all", "bias", "x+bias") else None
+                _C.linear_backward(g, x, w, y, "relu", dx, dw, db)
+                results.append([t for t in (dx, dw, db) if t is not None])
+            for r in results[1:]:
+                assert all(torch.equal(a, c) for a, c in zip(results[0], r))
+            dz = (g * (y > 0)).double()
+            refs = {"x": dz @ w.double(), "weight": dz.t() @ x.double(), "bias": dz.sum(0)}
+            names = {"all": ["x", "weight", "bias"], "x+bias": ["x", "bias"]}.get(need, [need])
+            for name, got in zip(names, results[0]):
+                assert rel_err(got, refs[name]) < 1e-5, name
+    finally:
+        oxkernels.set_num_threads(old)
+
+
 @pytest.mark.parametrize("activation", ACTS)
 def test_numpy_in_numpy_out(rng, activation):
     x = rng.standard_normal((5, 7, 129)).astype(np.float32)

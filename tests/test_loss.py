@@ -111,6 +111,49 @@ def test_torch_paths_and_gradcheck(rng, reduction):
     torch.library.opcheck(torch.ops.oxkernels.cross_entropy_backward, (g, x.detach(), t, r, 0.1, -100))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_with_gradient_equals_backward_of_one(rng, reduction, eps, dtype):
+    # The eager autograd path saves the gradient the forward kernel writes (grad_logits) and
+    # backward only scales it: it must be the backward kernel's result for g = 1, bit for bit,
+    # and the loss must not change when it is asked for.
+    for n, c in [(1, 1), (64, 10), (127, 7), (5000, 10), (3, 2000)]:
+        x = (rng.standard_normal((n, c)) * 3).astype(dtype)
+        t = _targets(rng, n, c, ignore_frac=0.2)
+        shape = (n,) if reduction == "none" else ()
+        out, out_plain, grad = poison(np.empty(shape, dtype)), poison(np.empty(shape, dtype)), poison(np.empty_like(x))
+        _C.cross_entropy(x, t, out, RED[reduction], eps, -100, grad_logits=grad)
+        _C.cross_entropy(x, t, out_plain, RED[reduction], eps, -100)
+        dx = poison(np.empty_like(x))
+        _C.cross_entropy_backward(np.ones(shape, dtype), x, t, dx, RED[reduction], eps, -100)
+        assert np.array_equal(out, out_plain, equal_nan=True) and np.array_equal(grad, dx)
+    with pytest.raises(ValueError, match="'grad_logits' must have shape"):
+        _C.cross_entropy(x, t, out, RED[reduction], eps, -100, grad_logits=np.empty((3, 7), dtype))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_eager_backward_scales_and_retains(rng, reduction):
+    # backward with g = 1 hands the saved gradient over; g ≠ 1 scales it; a second backward
+    # through a retained graph recomputes it; a gradient accumulated in place into the first
+    # result must not leak into the second.
+    x64 = torch.from_numpy(rng.standard_normal((33, 10)))
+    t = torch.from_numpy(_targets(rng, 33, 10, ignore_frac=0.2))
+    t[0] = 4
+    shape = (33,) if reduction == "none" else ()
+    for g in (torch.ones(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64) + 0.5):
+        _, ref = _torch_ce(x64, t.numpy(), g, reduction=reduction, label_smoothing=0.1)
+        x = x64.clone().requires_grad_(True)
+        loss = ops.cross_entropy(x, t, reduction, 0.1)
+        loss.backward(g, retain_graph=True)
+        assert rel_err(x.grad, ref) < 1e-12
+        (dx,) = torch.autograd.grad(loss, x, g, retain_graph=True)
+        assert rel_err(dx, ref) < 1e-12
+        dx.mul_(3)  # in place, into what may be the saved gradient handed over
+        (dx,) = torch.autograd.grad(loss, x, g)  # the retained graph again
+        assert rel_err(dx, ref) < 1e-12
+
+
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((3, 31), -1), ((33, 10), 1), ((5, 7, 3), 1), ((4, 3, 2, 5), 0),
                                        ((2, 129), 0)])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

@@ -22,20 +22,29 @@ OX_BINDINGS(bind_loss) {
   m.def(
       "cross_entropy",
       [](View logits, View target, View out, int reduction, double label_smoothing, int64_t ignore_index,
-         std::optional<View> workspace, uintptr_t stream) {
+         std::optional<View> workspace, uintptr_t stream, std::optional<View> grad_logits) {
         const char* op = "cross_entropy";
         const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index);
         cross_entropy_check(op, logits, target, ce);
         cross_entropy_check_out(op, out, logits, ce);
+        if (grad_logits) {
+          if (logits.device == Device::cuda)
+            value_error(op, ": argument 'grad_logits' is supported for CPU arrays only");
+          if (logits.ndim == 2)
+            check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0], logits.shape[1]});
+          else
+            check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0]});
+        }
         if (logits.device == Device::cuda)
           OX_CUDA_CALL(op, cross_entropy_forward_cuda(logits, target, ce, out, cuda_workspace(op, workspace, logits),
                                                       stream));
         else
-          cross_entropy_forward_cpu(logits, target, ce, out);
+          cross_entropy_forward_cpu(logits, target, ce, out, grad_logits ? &*grad_logits : nullptr);
       },
+      "loss of the logits; with grad_logits (CPU), also its gradient for an incoming grad of 1",
       py::arg("logits"), py::arg("target"), py::arg("out"), py::arg("reduction"), py::arg("label_smoothing"),
       py::arg("ignore_index"), py::arg("workspace") = py::none(), py::arg("stream") = 0,
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def(
       "cross_entropy_backward",
       [](View grad, View logits, View target, View out, int reduction, double label_smoothing, int64_t ignore_index,

@@ -44,6 +44,7 @@ void linear_bias_grad(const void* dy, const void* y, int act, int64_t R, int64_t
 
 #if OX_ISA_IS_scalar
 #include "core/checks.h"
+#include "core/threading.h"
 
 OX_ISA_DECLARE(void, linear_bias_grad, (const void*, const void*, int, int64_t, int64_t, void*, bool))
 
@@ -156,15 +157,43 @@ void linear_cpu(const View& x, const View& w, const View* bias, Activation act, 
   gemm_cpu(linear_forward_gemm(x, w, bias, act, y), x.dtype);
 }
 
+// Below this many multiply-adds per product, the backward's two products run one after the
+// other in the calling thread (waking a worker costs more than the product).
+constexpr double kPairThreadingWork = double(1 << 19);  // as gemm.cpp's kThreadingWork
+
 void linear_backward_cpu(const View& dy, const View& x, const View& w, const View* y, Activation act,
                          const View* dx, const View* dw, const View* db) {
-  if (dx) gemm_cpu(linear_grad_x_gemm(dy, w, y, act, *dx), x.dtype);
-  if (dw) gemm_cpu(linear_grad_w_gemm(dy, x, y, act, *dw), x.dtype);
-  if (db) {
-    const int64_t N = w.shape[0];
-    OX_ISA_DISPATCH(linear_bias_grad, dy.data, act != Activation::none ? y->data : nullptr, int(act),
-                    rows_of(dy), N, db->data, x.dtype == DType::f64);
+  const int64_t N = w.shape[0], K = w.shape[1], R = rows_of(dy);
+  bool pair = false;  // the two products side by side, one thread each
+  auto grad_x = [&] {
+    GemmArgs g = linear_grad_x_gemm(dy, w, y, act, *dx);
+    g.one_thread = pair;
+    gemm_cpu(g, x.dtype);
+  };
+  auto grad_w_b = [&] {
+    if (dw) {
+      GemmArgs g = linear_grad_w_gemm(dy, x, y, act, *dw);
+      g.one_thread = pair;
+      gemm_cpu(g, x.dtype);
+    }
+    if (db)
+      OX_ISA_DISPATCH(linear_bias_grad, dy.data, act != Activation::none ? y->data : nullptr, int(act), R, N,
+                      db->data, x.dtype == DType::f64);
+  };
+  // dx = dz W and dW = dzᵀ x cost the same (R·N·K multiply-adds each) and share no output: with
+  // two threads, one computes dx and the other dW and db, each product whole in one thread (one
+  // wake-up for the backward instead of one per product, no split of small products into
+  // thin slices). The products sum in the same order either way (gemm.h), so the results do
+  // not depend on the thread count.
+  pair = dx && (dw || db) && num_threads() >= 2 && double(R) * double(N) * double(K) >= kPairThreadingWork;
+  if (pair) {
+    parallel_for(2, 1, [&](int64_t b, int64_t e) {
+      for (int64_t job = b; job < e; ++job) job == 0 ? grad_x() : grad_w_b();
+    });
+    return;
   }
+  if (dx) grad_x();
+  grad_w_b();
 }
 
 }  // namespace ox

@@ -44,10 +44,29 @@ template <class T> static void chunk_lse(const T* x, int64_t rows, int64_t C, T*
 
 static inline int64_t chunk_rows(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
 
+// One row of the gradient from er = e^{x − m} (the chunk_lse scratch):
+//   d_j = s (er_j / Σ er − ε/C) − s (1−ε) [j = t],   d = 0 where t = ignore_index.
+// (softmax = e^{x − lse} = er / Σ er.)
+template <class T>
+static inline void ce_grad_row(const T* er, int64_t C, int64_t t, const CrossEntropy& ce, T keep, T smooth, T s,
+                               T* d) {
+  if (t == ce.ignore_index) {
+    for (int64_t j = 0; j < C; ++j) d[j] = 0;
+    return;
+  }
+  T sum = 0;
+  for (int64_t j = 0; j < C; ++j) sum += er[j];
+  const T p_scale = s / sum, shift = s * smooth;
+  for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - shift;
+  d[t] -= s * keep;
+}
+
 // Per-row losses of rows [r0, r1) (0 where ignored); returns their sum in double.
+// With dx, also the rows of ∂ℓ_i/∂x_i scaled by s (the gradient for an incoming grad of 1):
+//   dx_ij = s (softmax_ij − (1−ε)[j = t_i] − ε/C), 0 where t_i = ignore_index.
 template <class T>
 static double ce_rows(const T* x, const int64_t* t, int64_t r0, int64_t r1, int64_t C, const CrossEntropy& ce,
-                      T* row_loss) {
+                      T* row_loss, T* dx = nullptr, T s = T(1)) {
   const int64_t cr = chunk_rows(C);
   T* e = new T[cr * C];
   T lse[kChunk];
@@ -63,13 +82,14 @@ static double ce_rows(const T* x, const int64_t* t, int64_t r0, int64_t r1, int6
       if (t[i] != ce.ignore_index) {
         l = lse[r] - keep * xi[t[i]];  // = (1−ε)(lse − x_t) + ε(lse − mean x) with the term below
         if (ce.label_smoothing != 0) {
-          T s = 0;
-          for (int64_t j = 0; j < C; ++j) s += xi[j];
-          l -= smooth * s;
+          T sx = 0;
+          for (int64_t j = 0; j < C; ++j) sx += xi[j];
+          l -= smooth * sx;
         }
       }
       if (row_loss) row_loss[i] = l;
       total += static_cast<double>(l);
+      if (dx) ce_grad_row(e + r * C, C, t[i], ce, keep, smooth, s, dx + i * C);
     }
   }
   delete[] e;
@@ -82,23 +102,28 @@ static int64_t count_valid(const int64_t* t, int64_t n, int64_t ignore) {
   return c;
 }
 
+// The loss, and with dx its gradient for an incoming grad of 1 (s_i = 1 for none and sum,
+// 1/count for mean): the same numbers the backward writes for g = 1, in the same pass.
 template <class T>
-static void ce_forward(const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, T* out) {
+static void ce_forward(const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, T* out,
+                       T* dx) {
   const int64_t block = C >= kBlockElems ? 1 : kBlockElems / C;
+  const int64_t valid = ce.reduction == Reduction::mean ? count_valid(t, N, ce.ignore_index) : 0;
+  const T s = ce.reduction == Reduction::mean ? T(1) / static_cast<T>(valid) : T(1);
   if (ce.reduction == Reduction::none) {
-    for_each_block(N, block, [&](int64_t, int64_t b, int64_t e) { ce_rows(x, t, b, e, C, ce, out); });
+    for_each_block(N, block, [&](int64_t, int64_t b, int64_t e) { ce_rows(x, t, b, e, C, ce, out, dx, s); });
     return;
   }
   const int64_t nblocks = (N + block - 1) / block;
   double one_partial;
   double* partial = nblocks <= 1 ? &one_partial : new double[nblocks];
   for_each_block(N, block, [&](int64_t k, int64_t b, int64_t e) {
-    partial[k] = ce_rows(x, t, b, e, C, ce, static_cast<T*>(nullptr));
+    partial[k] = ce_rows(x, t, b, e, C, ce, static_cast<T*>(nullptr), dx, s);
   });
   double total = 0;
   for (int64_t k = 0; k < nblocks; ++k) total += partial[k];
   if (partial != &one_partial) delete[] partial;
-  if (ce.reduction == Reduction::mean) total /= static_cast<double>(count_valid(t, N, ce.ignore_index));
+  if (ce.reduction == Reduction::mean) total /= static_cast<double>(valid);
   out[0] = static_cast<T>(total);
 }
 
@@ -119,19 +144,8 @@ static void ce_backward(const T* g, const T* x, const int64_t* t, int64_t N, int
       chunk_lse(x + c0 * C, rows, C, e, lse);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = c0 + r;
-        T* d = dx + i * C;
-        if (t[i] == ce.ignore_index) {
-          for (int64_t j = 0; j < C; ++j) d[j] = 0;
-          continue;
-        }
         const T s = ce.reduction == Reduction::none ? g[i] : scale_all;
-        // softmax = e / Σe = e^{x − lse}; e holds e^{x − m}, so softmax = e · e^{m − lse} = e / Σe.
-        const T* er = e + r * C;
-        T sum = 0;
-        for (int64_t j = 0; j < C; ++j) sum += er[j];
-        const T p_scale = s / sum, shift = s * smooth;
-        for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - shift;
-        d[t[i]] -= s * keep;
+        ce_grad_row(e + r * C, C, t[i], ce, keep, smooth, s, dx + i * C);
       }
     }
     delete[] e;
@@ -139,9 +153,9 @@ static void ce_backward(const T* g, const T* x, const int64_t* t, int64_t N, int
 }
 
 void cross_entropy_fwd(const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, void* out,
-                       bool f64) {
-  if (f64) ce_forward(static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(out));
-  else ce_forward(static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(out));
+                       void* dx, bool f64) {
+  if (f64) ce_forward(static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(out), static_cast<double*>(dx));
+  else ce_forward(static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(out), static_cast<float*>(dx));
 }
 
 void cross_entropy_bwd(const void* g, const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce,
@@ -242,7 +256,8 @@ void softmax_bwd(const void* g, const void* y, int64_t outer, int64_t C, int64_t
 #if OX_ISA_IS_scalar
 #include "core/checks.h"
 
-OX_ISA_DECLARE(void, cross_entropy_fwd, (const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, bool))
+OX_ISA_DECLARE(void, cross_entropy_fwd,
+               (const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, void*, bool))
 OX_ISA_DECLARE(void, cross_entropy_bwd,
                (const void*, const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, bool))
 OX_ISA_DECLARE(void, softmax_fwd, (const void*, int64_t, int64_t, int64_t, bool, void*, bool))
@@ -281,9 +296,10 @@ void cross_entropy_check_out(const char* op, const View& out, const View& logits
   else check_output(op, "out", out, logits, {});
 }
 
-void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out) {
+void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out,
+                               const View* dx) {
   const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
-  OX_ISA_DISPATCH(cross_entropy_fwd, logits.data, target.ptr<int64_t>(), N, C, ce, out.data,
+  OX_ISA_DISPATCH(cross_entropy_fwd, logits.data, target.ptr<int64_t>(), N, C, ce, out.data, dx ? dx->data : nullptr,
                   logits.dtype == DType::f64);
 }
 

@@ -2,9 +2,11 @@
 log_softmax and their backward ops (custom ops with fake impls and autograd),
 plus lean eager paths used by the public functions and CrossEntropyLoss.
 
-cross_entropy saves only its inputs: backward recomputes the row log-sum-exp
-(one pass over the logits, fused with the gradient), cheaper than writing and
-re-reading a saved softmax. reduction is passed to the kernels as an int:
+The cross_entropy custom op (what torch.compile sees) saves only its inputs: backward
+recomputes the row log-sum-exp fused with the gradient. The eager path computes the
+gradient for an incoming grad of 1 in the forward pass instead and only scales it in
+backward: one kernel call instead of two for fwd+bwd, whose per-call overhead dominates at
+the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as an int:
 0 = none, 1 = mean, 2 = sum.
 """
 import torch
@@ -82,25 +84,52 @@ cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_setup)
 
 
 class _CrossEntropyFn(torch.autograd.Function):
-    """Same kernels without the custom-op dispatch, for eager mode."""
+    """Eager path, without the custom-op dispatch. On the CPU the forward kernel also writes
+    the gradient for an incoming grad of 1 in the same pass over the logits (csrc/loss.h), so
+    backward is a scale by the incoming gradient g: dx = G · g (G · g[:, None] for 'none')."""
 
     @staticmethod
     def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
+        out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
+        if logits.is_cuda:
+            _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
+                             _stream(logits))
+            grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
+        else:
+            grad = torch.empty_like(logits)  # a non-contiguous logits is reported by the kernel's checks
+            _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, None, 0, grad)
+        ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
         ctx.args = (reduction, label_smoothing, ignore_index)
         ctx.save_for_backward(logits, target)
-        return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+        return out
 
     @staticmethod
-    def backward(ctx, grad):
-        logits, target = ctx.saved_tensors
-        return _ce_backward(grad, logits, target, *ctx.args), None, None, None, None
+    def backward(ctx, g):
+        grad = ctx.grad
+        if grad is None:  # handed out by an earlier backward of this graph (retain_graph): recompute
+            logits, target = ctx.saved_tensors
+            return _ce_backward(g, logits, target, *ctx.args), None, None, None, None
+        if g.dim() == 0:
+            if not g.is_cuda and g.item() == 1.0:  # the usual loss.backward(): G is the answer
+                ctx.grad = None  # hand it over: the caller may modify it in place
+                return grad, None, None, None, None
+            return grad * g, None, None, None, None
+        return grad * g.unsqueeze(-1), None, None, None, None
+
+
+# Function.apply without its Python wrapper (default-argument binding for setup_context,
+# unwrapping of functorch wrappers), which this Function does not need outside functorch
+# transforms: ~2.5 µs of the ~45 µs forward+backward at N = 64 on the course machine.
+_ce_apply = super(torch.autograd.Function, _CrossEntropyFn).apply
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
     if torch.compiler.is_compiling():
         return cross_entropy_op(logits, target, reduction, label_smoothing, ignore_index)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropyFn.apply(logits, target, reduction, label_smoothing, ignore_index)
+        apply = _CrossEntropyFn.apply if _functorch_active() else _ce_apply
+        return apply(logits, target, reduction, label_smoothing, ignore_index)
     return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
 
 
