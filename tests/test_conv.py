@@ -153,6 +153,45 @@ def test_every_instruction_set_agrees(rng, isa, channels):
         assert rel_err(got, ref) < 1e-5
 
 
+# The fused backward of conv2-like layers (stride 1, 16 channels, 5×5) skips the
+# zeros of the expanded pooled gradient (sparse ∂L/∂x and ∂L/∂w kernels in
+# csrc/cpu/conv.cpp); these shapes cover its edges: padding, output sizes that the
+# pool does not divide (floor mode), windows whose ReLU blocks the gradient, and
+# every gradient requested alone (the others not computed).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(5, 6, 14, 14, 16, 5, 1, 0), (3, 6, 15, 16, 16, 5, 1, 1),
+                                  (2, 6, 17, 13, 16, 5, 1, 2), (2, 6, 12, 12, 8, 5, 1, 0)],
+                         ids=["conv2", "odd-pad1", "odd-pad2", "O8"])
+@pytest.mark.parametrize("pool", [2, 3])
+def test_fused_backward_sparse_edges(rng, case, pool, dtype):
+    x, w, b, s, p = make(rng, case, dtype)
+    b -= 2.0  # many windows with every y ≤ 0: index 255, no gradient
+    y_ref, g, refs = reference(x, w, b, s, p, pool=pool)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, pool=pool, return_indices=True)
+    assert np.any(idx == 255) and np.any(idx != 255)
+    for which in range(3):
+        needs = [i == which for i in range(3)]
+        got = [poison(np.empty_like(a)) if n else None for a, n in zip((x, w, b), needs)]
+        _C.conv2d_relu_maxpool2d_backward(g.astype(dtype), idx, x, w, *s, *p, pool, *got)
+        assert rel_err(got[which], refs[which]) < TOL[dtype]
+
+
+def test_fused_backward_is_deterministic_across_thread_counts(rng):
+    x, w, b, s, p = make(rng, (19, 6, 14, 14, 16, 5, 1, 1), np.float32)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    before = oxkernels.get_num_threads()
+    try:
+        oxkernels.set_num_threads(1)
+        one = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p)
+        oxkernels.set_num_threads(3)
+        three = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p)
+    finally:
+        oxkernels.set_num_threads(before)
+    for a, c in zip(one, three):
+        assert np.array_equal(a, c)
+
+
 def test_backward_is_deterministic_across_thread_counts(rng):
     x, w, b, s, p = make(rng, (19, 6, 14, 14, 16, 5, 1, 1), np.float32)
     g = rng.standard_normal((19, 16, 12, 12)).astype(np.float32)

@@ -681,6 +681,200 @@ static void expand_pool_grad(const ConvShape& s, int64_t P, const T* gout, const
       }
 }
 
+// ---- fused backward from the pooled gradient, without expanding it --------
+// After ReLU and a P×P max-pool, ∂L/∂y has at most one non-zero per window and
+// channel: g = gout[n,o,p,q] at y position (i, j) = (p·P + k/P, q·P + k%P),
+// k = idx[n,o,p,q] (none when k = 255). The dense backward multiplies the other
+// P² − 1 zeros too; these kernels visit only the non-zeros (P² = 4× fewer FMAs
+// at the course's pool 2). Both vectorise over a patch of C·KH·KW values.
+//
+// ∂L/∂w[o] += g · patch(i, j), patch(i, j)[c,kh,kw] = x_padded[c, i·sh + kh, j + kw]:
+// the patches of the pooled-covered y positions are gathered once per image
+// (im2col, C·KH·KW values per position, patches CS apart), then each channel o
+// sums its non-zeros in registers (NV vectors) and adds the total into the
+// block's partial (fixed order: deterministic). ∂L/∂b[o] += g likewise.
+// Only y positions inside pool windows get a patch.
+
+// Distance between two patches of the sparse ∂L/∂w: room for the chunked copies'
+// overrun (≤ 7 values past C·KK), a whole number of vectors.
+template <class T> static int64_t patch_stride(int64_t CKK) {
+  const int64_t L = Vec<T>::L;
+  return (CKK + 8 + L - 1) / L * L;
+}
+
+template <class T, int NV>
+static void gw_sparse_image(const ConvShape& s, int64_t P, const T* xbuf, const BufGeom& xg, const T* gout,
+                            const uint8_t* idx, T* xc, T* part) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  // fields in locals: the stores below could alias s and xg for the compiler
+  const int64_t C = s.C, KH = s.KH, KW = s.KW, O = s.O, sh = s.sh, R = xg.R, Wj = xg.Wj;
+  const int64_t PH = s.OH / P, PW = s.OW / P, OWc = PW * P, CKK = C * KH * KW, nw = O * CKK;
+  const int64_t CS = patch_stride<T>(CKK);
+  int64_t koff[15 * 15];  // window position k → its patch, relative to the window's first
+  for (int64_t k = 0; k < P * P; ++k) koff[k] = ((k / P) * OWc + k % P) * CS;
+  // Patch of y position (i, j) at xc + (i·OWc + j)·CS; stride sw = 1: tap kw at column
+  // j + kw. Rows are copied in whole chunks of 8 (plain loads and stores; masked ones
+  // stalled): the values written past a row are overwritten by the next row, or land
+  // in [C·KK, CS), whose lanes are never stored to the partial.
+  for (int64_t i = 0; i < PH * P; ++i)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const T* src = xbuf + (c * R + i * sh + kh) * Wj;
+        T* dst = xc + i * OWc * CS + (c * KH + kh) * KW;
+        if (KW <= 8) {
+          for (int64_t j = 0; j < OWc; ++j) std::memcpy(dst + j * CS, src + j, 8 * sizeof(T));
+        } else {
+          for (int64_t j = 0; j < OWc; ++j)
+            for (int64_t kw = 0; kw < KW; kw += 8) std::memcpy(dst + j * CS + kw, src + j + kw, 8 * sizeof(T));
+        }
+      }
+  for (int64_t o = 0; o < O; ++o) {
+    typename V::R acc[NV];
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) acc[v] = V::zero();
+    T gsum = 0;
+    const uint8_t* io = idx + o * PH * PW;
+    const T* go = gout + o * PH * PW;
+    for (int64_t p = 0; p < PH; ++p)
+      for (int64_t q = 0; q < PW; ++q) {
+        const uint8_t k = io[p * PW + q];
+        if (k == kPoolNoGrad) continue;
+        const T* col = xc + (p * P * OWc + q * P) * CS + koff[k];
+        const T gv = go[p * PW + q];
+        const typename V::R g = V::set1(gv);
+        gsum += gv;
+#pragma GCC unroll 32
+        for (int v = 0; v < NV; ++v) acc[v] = V::fma(g, V::loadu(col + v * L), acc[v]);
+      }
+    T* dst = part + o * CKK;
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) {
+      const typename V::M m = V::mask(CKK - v * L);
+      if (CKK - v * L > 0) V::store(dst + v * L, m, V::add(V::loadz(m, dst + v * L), acc[v]));
+    }
+    part[nw + o] += gsum;
+  }
+}
+
+template <class T> using GwSparseFn = void (*)(const ConvShape&, int64_t, const T*, const BufGeom&, const T*,
+                                               const uint8_t*, T*, T*);
+
+// Vectors per patch (RP / L), or 0 when the sparse ∂L/∂w does not apply or would not
+// pay: its cost (patch row copies + one FMA per vector per non-zero) must be under
+// 0.6× the dense path's FMAs. conv2: 7,000 vs 15,000 per image, sparse (measured
+// 1.25× faster with ∂L/∂b); conv1: 17,600 vs 22,000, dense (sparse measured slower).
+template <class T> static int gw_sparse_vectors(const ConvShape& s, int64_t P) {
+  constexpr int64_t L = Vec<T>::L;
+  const int64_t CKK = s.C * s.KH * s.KW, nv = (CKK + L - 1) / L;
+  const int64_t PH = s.OH / P, PW = s.OW / P;
+  const double sparse = double(PH * P) * (PW * P) * s.C * s.KH * ((s.KW + 7) / 8) + double(s.O) * PH * PW * nv;
+  const double dense = double(s.O) * s.OH * s.OW * CKK / L;
+  // L ≥ 4: buffer rows have 2L ≥ 8 values of slack for the chunked patch copies
+  return s.sw == 1 && nv <= 16 && L >= 4 && sparse < 0.6 * dense ? static_cast<int>(nv) : 0;
+}
+
+template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
+  switch (nv) {
+    case 1: return gw_sparse_image<T, 1>;
+    case 2: return gw_sparse_image<T, 2>;
+    case 3: return gw_sparse_image<T, 3>;
+    case 4: return gw_sparse_image<T, 4>;
+    case 5: return gw_sparse_image<T, 5>;
+    case 6: return gw_sparse_image<T, 6>;
+    case 7: return gw_sparse_image<T, 7>;
+    case 8: return gw_sparse_image<T, 8>;
+    case 9: return gw_sparse_image<T, 9>;
+    case 10: return gw_sparse_image<T, 10>;
+    case 11: return gw_sparse_image<T, 11>;
+    case 12: return gw_sparse_image<T, 12>;
+    default: return gw_sparse_image<T, 16>;
+  }
+}
+
+// ∂L/∂x (stride 1): the non-zeros of one window (p, q), all channels o, reach only
+// the region of RR = KH + P − 1 rows × (KW + P − 1) columns of x_padded at
+// (p·P, q·P). The region is held in registers, channels-last (CP ≥ C channels per
+// column, each region row NVR vectors), and accumulates g · W[k][o], where
+// W[k][o] is w[o] laid out in the region at offset (k/P, k%P) (built once per
+// call). The region is then added into a channels-last padded ∂L/∂x of the
+// image, which is finally cropped and transposed to (C, H, W).
+struct GxSparseGeom {
+  int64_t CP, rowlen, region, Hp, Wp;  // rowlen = (KW + P − 1)·CP, region = RR·rowlen
+};
+
+template <class T, int RR, int NVR>
+static void gx_sparse_image(const ConvShape& s, int64_t P, const GxSparseGeom& q_, const T* wfull, const T* gout,
+                            const uint8_t* idx, T* gxp, T* gx) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t PH = s.OH / P, PW = s.OW / P, CP = q_.CP, Wp = q_.Wp;
+  std::memset(gxp, 0, sizeof(T) * q_.Hp * Wp * CP);
+  for (int64_t p = 0; p < PH; ++p)
+    for (int64_t q = 0; q < PW; ++q) {
+      typename V::R acc[RR][NVR];
+#pragma GCC unroll 32
+      for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
+      for (int64_t o = 0; o < s.O; ++o) {
+        const int64_t e = (o * PH + p) * PW + q;
+        const uint8_t k = idx[e];
+        if (k == kPoolNoGrad) continue;
+        const typename V::R g = V::set1(gout[e]);
+        const T* wk = wfull + (k * s.O + o) * q_.region;
+#pragma GCC unroll 32
+        for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 32
+          for (int v = 0; v < NVR; ++v) acc[r][v] = V::fma(g, V::loadu(wk + r * q_.rowlen + v * L), acc[r][v]);
+      }
+#pragma GCC unroll 32
+      for (int r = 0; r < RR; ++r) {
+        T* dst = gxp + ((p * P + r) * Wp + q * P) * CP;
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
+      }
+    }
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t v = 0; v < s.W; ++v) gx[(c * s.H + h) * s.W + v] = gxp[((h + s.ph) * Wp + v + s.pw) * CP + c];
+}
+
+template <class T> using GxSparseFn = void (*)(const ConvShape&, int64_t, const GxSparseGeom&, const T*, const T*,
+                                               const uint8_t*, T*, T*);
+
+// The sparse ∂L/∂x applies when the region fits in at most 24 vector registers
+// (conv2 with float AVX-512: 6 rows × 3 vectors of 6 columns × 8 channels).
+template <class T> static GxSparseFn<T> pick_gx_sparse(const ConvShape& s, int64_t P, GxSparseGeom* q) {
+  constexpr int64_t L = Vec<T>::L;
+  if (s.sh != 1 || s.sw != 1 || L < 8) return nullptr;
+  const int64_t RR = s.KH + P - 1, cols = s.KW + P - 1;
+  int64_t CP = s.C;
+  while ((cols * CP) % L != 0 && CP < s.C + L) ++CP;
+  // channel padding beyond 2× (conv1: 3 → 8) makes it slower than the dense path
+  if ((cols * CP) % L != 0 || CP > 2 * s.C) return nullptr;
+  const int64_t NVR = cols * CP / L;
+  *q = GxSparseGeom{CP, cols * CP, RR * cols * CP, s.H + 2 * s.ph, s.W + 2 * s.pw};
+  if (RR == 6 && NVR == 3) return gx_sparse_image<T, 6, 3>;
+  if (RR == 6 && NVR == 2) return gx_sparse_image<T, 6, 2>;
+  if (RR == 4 && NVR <= 4) return NVR == 4 ? gx_sparse_image<T, 4, 4> : nullptr;
+  return nullptr;
+}
+
+// W[k][o][r][col][c'] = w[o][c'][r − k/P][col − k%P] inside the kernel, else 0.
+template <class T>
+static void build_gx_sparse_weights(const ConvShape& s, int64_t P, const GxSparseGeom& q, const T* w, T* wfull) {
+  const int64_t cols = s.KW + P - 1;
+  std::memset(wfull, 0, sizeof(T) * P * P * s.O * q.region);
+  for (int64_t k = 0; k < P * P; ++k)
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw)
+            wfull[(k * s.O + o) * q.region + ((kh + k / P) * cols + kw + k % P) * q.CP + c] =
+                w[((o * s.C + c) * s.KH + kh) * s.KW + kw];
+}
+
 // gy: ∂L/∂y (N, O, OH, OW), or with idx the pooled gradient (N, O, OH/P, OW/P).
 template <class T>
 static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_t P, const T* x, const T* w,
@@ -693,16 +887,29 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const bool gw_cv = use_channel_vectors_gw<T>(s.O, s.OW);
   T* partial = want_w ? new T[nblocks * (nw + s.O) + 1]() : nullptr;
   const BufGeom xg = input_geom(s, Vec<T>::L);
+  // Fused block: ∂L/∂w, ∂L/∂b and ∂L/∂x straight from the pooled gradient where the
+  // sparse kernels apply (see above); the dense path expands it first.
+  const int gws_nv = idx && want_w ? gw_sparse_vectors<T>(s, P) : 0;
+  const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
+  GxSparseGeom gxq{};
+  const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
+  T* wfull = gx_sparse ? new T[P * P * s.O * gxq.region] : nullptr;
+  if (gx_sparse) build_gx_sparse_weights(s, P, gxq, w, wfull);
+  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse));
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
-  Packed<T>* pk = gx ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
-  const RowsFn<T> rows = gx ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
+  const bool gx_dense = gx && !gx_sparse;
+  Packed<T>* pk = gx_dense ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
+  const RowsFn<T> rows = gx_dense ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
     T* xbufs = want_w ? new T[kBatchBlock * xg.size()] : nullptr;
-    T* gexp = idx ? new T[kBatchBlock * plane_y] : nullptr;
-    T* gbuf = gx ? new T[gg.size()] : nullptr;
-    T* gtrans = gw && gw_cv ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gbuf = gx_dense ? new T[gg.size()] : nullptr;
+    T* gtrans = gw && gw_cv && !gw_sparse ? new T[kBatchBlock * plane_y] : nullptr;
+    // patch rows of the sparse ∂L/∂w (zero tails written once), padded channels-last ∂L/∂x
+    T* xcol = gw_sparse ? new T[(s.OH / P) * P * (s.OW / P) * P * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
+    T* gxp = gx_sparse ? new T[gxq.Hp * gxq.Wp * gxq.CP] : nullptr;
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
     const T* gtptr[kBatchBlock];
@@ -710,17 +917,19 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       const int64_t n0 = blk * kBatchBlock, n1 = n0 + kBatchBlock < s.N ? n0 + kBatchBlock : s.N;
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t i = n - n0;
-        if (idx) {
+        if (need_gexp) {
           expand_pool_grad(s, P, gy + n * plane_gout, idx + n * plane_gout, gexp + i * plane_y);
           gptr[i] = gexp + i * plane_y;
         } else {
-          gptr[i] = gy + n * plane_y;
+          gptr[i] = idx ? nullptr : gy + n * plane_y;
         }
         if (want_w) {
           fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
           xptr[i] = xbufs + i * xg.size();
         }
-        if (gx) {
+        if (gx_sparse) {
+          gx_sparse(s, P, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
+        } else if (gx) {
           fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
           // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
           RowsArgs<T> a{gbuf, gg, s.KH, s.KW, 1, pk->wp, pk->bp, s.C, pk->nob, s.W,
@@ -730,6 +939,11 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       }
       if (!want_w) continue;
       T* part = partial + blk * (nw + s.O);
+      if (gw_sparse) {  // ∂L/∂w and ∂L/∂b together (an unwanted one is computed and dropped)
+        for (int64_t n = n0; n < n1; ++n)
+          gw_sparse(s, P, xptr[n - n0], xg, gy + n * plane_gout, idx + n * plane_gout, xcol, part);
+        continue;
+      }
       if (gw && gw_cv) {
         for (int64_t i = 0; i < n1 - n0; ++i) {
           transpose_image(gptr[i], s.O, s.OH * s.OW, gtrans + i * plane_y);
@@ -768,6 +982,8 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         }
       }
     }
+    delete[] gxp;
+    delete[] xcol;
     delete[] gtrans;
     delete[] gbuf;
     delete[] gexp;
@@ -786,6 +1002,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     }
   }
   delete pk;
+  delete[] wfull;
   delete[] partial;
 }
 
