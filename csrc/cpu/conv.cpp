@@ -792,45 +792,66 @@ template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
   }
 }
 
-// ∂L/∂x (stride 1): the non-zeros of one window (p, q), all channels o, reach only
-// the region of RR = KH + P − 1 rows × (KW + P − 1) columns of x_padded at
-// (p·P, q·P). The region is held in registers, channels-last (CP ≥ C channels per
-// column, each region row NVR vectors), and accumulates g · W[k][o], where
-// W[k][o] is w[o] laid out in the region at offset (k/P, k%P) (built once per
-// call). The region is then added into a channels-last padded ∂L/∂x of the
-// image, which is finally cropped and transposed to (C, H, W).
+// ∂L/∂x (stride 1, pool 2): the non-zeros of one window (p, q), all channels o,
+// reach only the region of RR = KH + 1 rows × (KW + 1) columns of x_padded at
+// (2p, 2q). The region is held in registers, channels-last (CP ≥ C channels per
+// column, each region row NVR vectors). The window's channels are first sorted
+// by their position k = 2r + s into buckets (branch-free), so that each bucket
+// adds g · w[o] into region rows r … r + KH − 1 (r a compile-time constant) from
+// a table holding w[o] shifted by s columns: Ws[s][o][kh][col][c] (2·O·KH rows,
+// 30 KB for conv2: stays in L1). The region is then added into a channels-last
+// padded ∂L/∂x of the image, finally cropped and transposed to (C, H, W).
 struct GxSparseGeom {
-  int64_t CP, rowlen, region, Hp, Wp;  // rowlen = (KW + P − 1)·CP, region = RR·rowlen
+  int64_t CP, rowlen, Hp, Wp;  // rowlen = (KW + 1)·CP
 };
+constexpr int64_t kGxSparseMaxO = 256;
 
-template <class T, int RR, int NVR>
-static void gx_sparse_image(const ConvShape& s, int64_t P, const GxSparseGeom& q_, const T* wfull, const T* gout,
+template <class T, int KHt, int NVR, int R0>
+static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const int16_t* list, int n, const T* ws,
+                             int64_t rowlen, const T* g0, int64_t gstride) {
+  using V = Vec<T>;
+  for (int t = 0; t < n; ++t) {
+    const int64_t o = list[t];
+    const typename V::R g = V::set1(g0[o * gstride]);
+    const T* wk = ws + o * KHt * rowlen;
+#pragma GCC unroll 32
+    for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+      for (int v = 0; v < NVR; ++v) acc[R0 + kh][v] = V::fma(g, V::loadu(wk + kh * rowlen + v * V::L), acc[R0 + kh][v]);
+  }
+}
+
+template <class T, int KHt, int NVR>
+static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T* ws, const T* gout,
                             const uint8_t* idx, T* gxp, T* gx) {
   using V = Vec<T>;
-  constexpr int L = V::L;
-  const int64_t PH = s.OH / P, PW = s.OW / P, CP = q_.CP, Wp = q_.Wp;
+  constexpr int L = V::L, RR = KHt + 1;
+  const int64_t O = s.O, PH = s.OH / 2, PW = s.OW / 2, CP = q_.CP, Wp = q_.Wp, rowlen = q_.rowlen;
+  const int64_t plane = PH * PW, wshift = O * KHt * rowlen;  // Ws[1] − Ws[0]
   std::memset(gxp, 0, sizeof(T) * q_.Hp * Wp * CP);
+  int16_t list[5][kGxSparseMaxO];  // bucket k = 0…3, and 4 for "no gradient"
   for (int64_t p = 0; p < PH; ++p)
     for (int64_t q = 0; q < PW; ++q) {
+      int cnt[5] = {0, 0, 0, 0, 0};
+      const uint8_t* ik = idx + p * PW + q;
+      for (int64_t o = 0; o < O; ++o) {
+        const uint8_t k = ik[o * plane];
+        const int bk = k < 4 ? k : 4;
+        list[bk][cnt[bk]++] = static_cast<int16_t>(o);
+      }
       typename V::R acc[RR][NVR];
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r)
 #pragma GCC unroll 32
         for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
-      for (int64_t o = 0; o < s.O; ++o) {
-        const int64_t e = (o * PH + p) * PW + q;
-        const uint8_t k = idx[e];
-        if (k == kPoolNoGrad) continue;
-        const typename V::R g = V::set1(gout[e]);
-        const T* wk = wfull + (k * s.O + o) * q_.region;
-#pragma GCC unroll 32
-        for (int r = 0; r < RR; ++r)
-#pragma GCC unroll 32
-          for (int v = 0; v < NVR; ++v) acc[r][v] = V::fma(g, V::loadu(wk + r * q_.rowlen + v * L), acc[r][v]);
-      }
+      const T* g0 = gout + p * PW + q;
+      gx_bucket<T, KHt, NVR, 0>(acc, list[0], cnt[0], ws, rowlen, g0, plane);           // k = 0: r 0, s 0
+      gx_bucket<T, KHt, NVR, 0>(acc, list[1], cnt[1], ws + wshift, rowlen, g0, plane);  // k = 1: r 0, s 1
+      gx_bucket<T, KHt, NVR, 1>(acc, list[2], cnt[2], ws, rowlen, g0, plane);           // k = 2: r 1, s 0
+      gx_bucket<T, KHt, NVR, 1>(acc, list[3], cnt[3], ws + wshift, rowlen, g0, plane);  // k = 3: r 1, s 1
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r) {
-        T* dst = gxp + ((p * P + r) * Wp + q * P) * CP;
+        T* dst = gxp + ((p * 2 + r) * Wp + q * 2) * CP;
 #pragma GCC unroll 32
         for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
       }
@@ -840,38 +861,34 @@ static void gx_sparse_image(const ConvShape& s, int64_t P, const GxSparseGeom& q
       for (int64_t v = 0; v < s.W; ++v) gx[(c * s.H + h) * s.W + v] = gxp[((h + s.ph) * Wp + v + s.pw) * CP + c];
 }
 
-template <class T> using GxSparseFn = void (*)(const ConvShape&, int64_t, const GxSparseGeom&, const T*, const T*,
+template <class T> using GxSparseFn = void (*)(const ConvShape&, const GxSparseGeom&, const T*, const T*,
                                                const uint8_t*, T*, T*);
 
-// The sparse ∂L/∂x applies when the region fits in at most 24 vector registers
-// (conv2 with float AVX-512: 6 rows × 3 vectors of 6 columns × 8 channels).
+// The sparse ∂L/∂x applies to pool 2, stride 1, a 5-row kernel and a region row
+// of 3 vectors (conv2 with float AVX-512: 6 columns × 8 channels; 18 accumulators).
 template <class T> static GxSparseFn<T> pick_gx_sparse(const ConvShape& s, int64_t P, GxSparseGeom* q) {
   constexpr int64_t L = Vec<T>::L;
-  if (s.sh != 1 || s.sw != 1 || L < 8) return nullptr;
-  const int64_t RR = s.KH + P - 1, cols = s.KW + P - 1;
+  if (P != 2 || s.sh != 1 || s.sw != 1 || L < 8 || s.O > kGxSparseMaxO) return nullptr;
+  const int64_t cols = s.KW + 1;
   int64_t CP = s.C;
   while ((cols * CP) % L != 0 && CP < s.C + L) ++CP;
   // channel padding beyond 2× (conv1: 3 → 8) makes it slower than the dense path
   if ((cols * CP) % L != 0 || CP > 2 * s.C) return nullptr;
-  const int64_t NVR = cols * CP / L;
-  *q = GxSparseGeom{CP, cols * CP, RR * cols * CP, s.H + 2 * s.ph, s.W + 2 * s.pw};
-  if (RR == 6 && NVR == 3) return gx_sparse_image<T, 6, 3>;
-  if (RR == 6 && NVR == 2) return gx_sparse_image<T, 6, 2>;
-  if (RR == 4 && NVR <= 4) return NVR == 4 ? gx_sparse_image<T, 4, 4> : nullptr;
+  *q = GxSparseGeom{CP, cols * CP, s.H + 2 * s.ph, s.W + 2 * s.pw};
+  if (s.KH == 5 && cols * CP / L == 3) return gx_sparse_image<T, 5, 3>;
   return nullptr;
 }
 
-// W[k][o][r][col][c'] = w[o][c'][r − k/P][col − k%P] inside the kernel, else 0.
+// Ws[sft][o][kh][col][c] = w[o][c][kh][col − sft] for 0 ≤ col − sft < KW, else 0.
 template <class T>
-static void build_gx_sparse_weights(const ConvShape& s, int64_t P, const GxSparseGeom& q, const T* w, T* wfull) {
-  const int64_t cols = s.KW + P - 1;
-  std::memset(wfull, 0, sizeof(T) * P * P * s.O * q.region);
-  for (int64_t k = 0; k < P * P; ++k)
+static void build_gx_sparse_weights(const ConvShape& s, const GxSparseGeom& q, const T* w, T* ws) {
+  std::memset(ws, 0, sizeof(T) * 2 * s.O * s.KH * q.rowlen);
+  for (int64_t sft = 0; sft < 2; ++sft)
     for (int64_t o = 0; o < s.O; ++o)
       for (int64_t c = 0; c < s.C; ++c)
         for (int64_t kh = 0; kh < s.KH; ++kh)
           for (int64_t kw = 0; kw < s.KW; ++kw)
-            wfull[(k * s.O + o) * q.region + ((kh + k / P) * cols + kw + k % P) * q.CP + c] =
+            ws[((sft * s.O + o) * s.KH + kh) * q.rowlen + (kw + sft) * q.CP + c] =
                 w[((o * s.C + c) * s.KH + kh) * s.KW + kw];
 }
 
@@ -893,8 +910,8 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
   GxSparseGeom gxq{};
   const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
-  T* wfull = gx_sparse ? new T[P * P * s.O * gxq.region] : nullptr;
-  if (gx_sparse) build_gx_sparse_weights(s, P, gxq, w, wfull);
+  T* wfull = gx_sparse ? new T[2 * s.O * s.KH * gxq.rowlen] : nullptr;
+  if (gx_sparse) build_gx_sparse_weights(s, gxq, w, wfull);
   const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse));
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
@@ -928,7 +945,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
           xptr[i] = xbufs + i * xg.size();
         }
         if (gx_sparse) {
-          gx_sparse(s, P, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
+          gx_sparse(s, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
         } else if (gx) {
           fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
           // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
