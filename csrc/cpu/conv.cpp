@@ -16,6 +16,12 @@
 // of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
 // forward tile kernel. Block partials are summed in block order at the end.
 //
+// The fused block's backward starts from the pooled gradient and the saved
+// window positions. Where it pays (conv2: pool 2, stride 1, 16 channels) it never
+// builds the full-resolution ∂L/∂y, which is ≥ 3/4 zeros: sparse kernels visit
+// only the one non-zero per window and channel (see "fused backward from the
+// pooled gradient" below); elsewhere ∂L/∂y is expanded and the dense path runs.
+//
 // Layers whose channel count is a multiple of the lane count and whose output
 // rows are narrow (conv2: 16 channels, 10-pixel rows) use channel-vectorised
 // tiles instead (one vector = L output channels of one pixel), for forward and
