@@ -103,7 +103,8 @@ def test_fused_numpy_forward_and_gradients(rng, case, pool, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [6, 38])  # 38: more than 16 windows per row (full vectors + tail)
-def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width):
+@pytest.mark.parametrize("out_channels", [1, 16])  # 16: channel-vectorised tiles that pool in registers
+def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width, out_channels):
     # K=1, w=1, b=0: the conv output is x itself, so the windows hold exact ties,
     # NaN, all-negative values and zeros; routing must be torch's, exactly.
     x = np.array([[[[1, 1, 2, 2, -1, -3],
@@ -112,9 +113,9 @@ def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width):
                     [5, np.nan, 0, -0.0, 4, 4]]]], dtype=dtype)
     x = np.tile(x, (1, 2, 2, 7))[:, :, :, :width].copy()  # tiles of the pattern, NaN-free tiles too
     x[:, 1, 2:, :] = np.nan_to_num(x[:, 1, 2:, :], nan=7.0)
-    w = np.ones((1, 2, 1, 1), dtype)
-    w[0, 1] = 0.5
-    b = np.zeros(1, dtype)
+    w = np.ones((out_channels, 2, 1, 1), dtype)
+    w[:, 1] = 0.5
+    b = np.zeros(out_channels, dtype)
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, pool=2, return_indices=True)
     g = np.arange(1.0, 1.0 + out.size).reshape(out.shape).astype(dtype)
     gx, gw, gb = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2)
