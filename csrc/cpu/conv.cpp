@@ -1057,8 +1057,10 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
     T* gbuf = gx_dense ? new T[gg.size()] : nullptr;
     T* gtrans = gw && gw_cv && !gw_sparse ? new T[kBatchBlock * plane_y] : nullptr;
-    // patch rows of the sparse ∂L/∂w (zero tails written once), padded channels-last ∂L/∂x
-    T* xcol = gw_sparse ? new T[(s.OH / P) * P * (s.OW / P) * P * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
+    // patches of the sparse ∂L/∂w (zeroed once: lanes past C·KH·KW are read, never
+    // stored), padded channels-last ∂L/∂x of the sparse path
+    const int64_t npatch = (s.OH / P) * P * (s.OW / P) * P;
+    T* xcol = gw_sparse ? new T[npatch * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
     T* gxp = gx_sparse ? new T[gxq.Hp * gxq.Wp * gxq.CP] : nullptr;
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
