@@ -103,7 +103,8 @@ def test_fused_numpy_forward_and_gradients(rng, case, pool, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [6, 38])  # 38: more than 16 windows per row (full vectors + tail)
-def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width):
+@pytest.mark.parametrize("out_channels", [1, 16])  # 16: channel-vectorised tiles that pool in registers
+def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width, out_channels):
     # K=1, w=1, b=0: the conv output is x itself, so the windows hold exact ties,
     # NaN, all-negative values and zeros; routing must be torch's, exactly.
     x = np.array([[[[1, 1, 2, 2, -1, -3],
@@ -112,9 +113,9 @@ def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width):
                     [5, np.nan, 0, -0.0, 4, 4]]]], dtype=dtype)
     x = np.tile(x, (1, 2, 2, 7))[:, :, :, :width].copy()  # tiles of the pattern, NaN-free tiles too
     x[:, 1, 2:, :] = np.nan_to_num(x[:, 1, 2:, :], nan=7.0)
-    w = np.ones((1, 2, 1, 1), dtype)
-    w[0, 1] = 0.5
-    b = np.zeros(1, dtype)
+    w = np.ones((out_channels, 2, 1, 1), dtype)
+    w[:, 1] = 0.5
+    b = np.zeros(out_channels, dtype)
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, pool=2, return_indices=True)
     g = np.arange(1.0, 1.0 + out.size).reshape(out.shape).astype(dtype)
     gx, gw, gb = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2)
@@ -151,6 +152,45 @@ def test_every_instruction_set_agrees(rng, isa, channels):
         assert rel_err(got, ref) < 1e-5
     for got, ref in zip(fgrads, frefs):
         assert rel_err(got, ref) < 1e-5
+
+
+# The fused backward of conv2-like layers (stride 1, 16 channels, 5×5) skips the
+# zeros of the expanded pooled gradient (sparse ∂L/∂x and ∂L/∂w kernels in
+# csrc/cpu/conv.cpp); these shapes cover its edges: padding, output sizes that the
+# pool does not divide (floor mode), windows whose ReLU blocks the gradient, and
+# every gradient requested alone (the others not computed).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(5, 6, 14, 14, 16, 5, 1, 0), (3, 6, 15, 16, 16, 5, 1, 1),
+                                  (2, 6, 17, 13, 16, 5, 1, 2), (2, 6, 12, 12, 8, 5, 1, 0)],
+                         ids=["conv2", "odd-pad1", "odd-pad2", "O8"])
+@pytest.mark.parametrize("pool", [2, 3])
+def test_fused_backward_sparse_edges(rng, case, pool, dtype):
+    x, w, b, s, p = make(rng, case, dtype)
+    b -= 2.0  # many windows with every y ≤ 0: index 255, no gradient
+    y_ref, g, refs = reference(x, w, b, s, p, pool=pool)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, pool=pool, return_indices=True)
+    assert np.any(idx == 255) and np.any(idx != 255)
+    for which in range(3):
+        needs = [i == which for i in range(3)]
+        got = [poison(np.empty_like(a)) if n else None for a, n in zip((x, w, b), needs)]
+        _C.conv2d_relu_maxpool2d_backward(g.astype(dtype), idx, x, w, *s, *p, pool, *got)
+        assert rel_err(got[which], refs[which]) < TOL[dtype]
+
+
+def test_fused_backward_is_deterministic_across_thread_counts(rng):
+    x, w, b, s, p = make(rng, (19, 6, 14, 14, 16, 5, 1, 1), np.float32)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    before = oxkernels.get_num_threads()
+    try:
+        oxkernels.set_num_threads(1)
+        one = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p)
+        oxkernels.set_num_threads(3)
+        three = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p)
+    finally:
+        oxkernels.set_num_threads(before)
+    for a, c in zip(one, three):
+        assert np.array_equal(a, c)
 
 
 def test_backward_is_deterministic_across_thread_counts(rng):

@@ -16,6 +16,12 @@
 // of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
 // forward tile kernel. Block partials are summed in block order at the end.
 //
+// The fused block's backward starts from the pooled gradient and the saved
+// window positions. Where it pays (conv2: pool 2, stride 1, 16 channels) it never
+// builds the full-resolution ∂L/∂y, which is ≥ 3/4 zeros: sparse kernels visit
+// only the one non-zero per window and channel (see "fused backward from the
+// pooled gradient" below); elsewhere ∂L/∂y is expanded and the dense path runs.
+//
 // Layers whose channel count is a multiple of the lane count and whose output
 // rows are narrow (conv2: 16 channels, 10-pixel rows) use channel-vectorised
 // tiles instead (one vector = L output channels of one pixel), for forward and
@@ -477,6 +483,132 @@ void pool2_row<float>(const float* r0, const float* r1, int64_t PW, float* out, 
 }
 #endif
 
+#if defined(__AVX512F__)
+// Fused forward of channel-vectorised layers (conv2: 16 channels), float AVX-512,
+// pool 2: the tile holds conv rows 2p and 2p + 1 for PB (even) pixels, one vector
+// = 16 output channels of one pixel, and pools in registers, 16 channels per
+// instruction, with the rule of pool2_row (first maximum of relu(y); windows
+// with a NaN redone by the scalar rule). Only the pooled values and indices are
+// written (transposed on the way out); no conv row is stored.
+template <int PB>
+static void conv_pool2_tile_cv(const RowsArgs<float>& a, int64_t ob, int64_t p, int64_t ow0, int64_t PH,
+                               int64_t PW, float* out, uint8_t* idx) {
+  static_assert(PB % 2 == 0, "whole windows");
+  constexpr int L = 16;
+  const int64_t C = a.g.C, R = a.g.R, sw = a.g.sw, Wj = a.g.Wj, KH = a.KH, KW = a.KW;
+  __m512 acc0[PB], acc1[PB];
+  const __m512 bias = _mm512_loadu_ps(a.bp + ob * L);
+#pragma GCC unroll 32
+  for (int q = 0; q < PB; ++q) acc0[q] = acc1[q] = bias;
+  const float* wblock = a.wp + ob * C * KH * KW * L;
+  // all KH taps of both rows: padding rows of the buffer are zero
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const float* wk = wblock + (c * KH + kh) * KW * L;
+      const float* row0 = a.buf + ((c * R + 2 * p * a.sh + kh) * sw) * Wj + ow0;
+      const float* row1 = a.buf + ((c * R + (2 * p + 1) * a.sh + kh) * sw) * Wj + ow0;
+      for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
+        const int64_t off = q * Wj + j;
+        if (++q == sw) {
+          q = 0;
+          ++j;
+        }
+        const __m512 wv = _mm512_loadu_ps(wk);
+#pragma GCC unroll 32
+        for (int t = 0; t < PB; ++t) {
+          acc0[t] = _mm512_fmadd_ps(_mm512_set1_ps(row0[off + t]), wv, acc0[t]);
+          acc1[t] = _mm512_fmadd_ps(_mm512_set1_ps(row1[off + t]), wv, acc1[t]);
+        }
+      }
+    }
+  const __m512 zero = _mm512_setzero_ps();
+  auto max16 = [](__m512 x, __m512 y) { return _mm512_maskz_max_ps(0xFFFF, x, y); };
+  const int64_t nout = a.O - ob * L < L ? a.O - ob * L : L;
+  const int64_t plane = PH * PW;
+#pragma GCC unroll 16
+  for (int t = 0; t < PB / 2; ++t) {
+    const __m512 va = acc0[2 * t], vb = acc0[2 * t + 1], vc = acc1[2 * t], vd = acc1[2 * t + 1];
+    const int64_t qo = ow0 / 2 + t;
+    alignas(64) float mo[L];
+    alignas(64) int32_t ko[L];
+    const __mmask16 nan = _mm512_cmp_ps_mask(va, va, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(vb, vb, _CMP_UNORD_Q) |
+                          _mm512_cmp_ps_mask(vc, vc, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(vd, vd, _CMP_UNORD_Q);
+    const __m512 za = max16(va, zero), zb = max16(vb, zero), zc = max16(vc, zero), zd = max16(vd, zero);
+    const __m512 mx = max16(max16(za, zb), max16(zc, zd));
+    __m512i k = _mm512_set1_epi32(3);
+    k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(zc, mx, _CMP_EQ_OQ), _mm512_set1_epi32(2));
+    k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(zb, mx, _CMP_EQ_OQ), _mm512_set1_epi32(1));
+    k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(za, mx, _CMP_EQ_OQ), _mm512_set1_epi32(0));
+    k = _mm512_mask_mov_epi32(k, _mm512_cmp_ps_mask(mx, zero, _CMP_LE_OQ), _mm512_set1_epi32(kPoolNoGrad));
+    _mm512_store_ps(mo, mx);
+    _mm512_store_si512(ko, k);
+    if (nan) {  // rare: the scalar rule (pool2_row) for the lanes with a NaN
+      alignas(64) float ra[L], rb[L], rc[L], rd[L];
+      _mm512_store_ps(ra, va);
+      _mm512_store_ps(rb, vb);
+      _mm512_store_ps(rc, vc);
+      _mm512_store_ps(rd, vd);
+      for (int o = 0; o < L; ++o) {
+        if (!((nan >> o) & 1)) continue;
+        const float r0[2] = {ra[o], rb[o]}, r1[2] = {rc[o], rd[o]};
+        uint8_t kk;
+        pool2_row<float, 0>(r0, r1, 1, mo + o, &kk);
+        ko[o] = kk;
+      }
+    }
+    float* dst = out + (ob * L) * plane + p * PW + qo;
+    uint8_t* di = idx + (ob * L) * plane + p * PW + qo;
+    for (int64_t o = 0; o < nout; ++o) {
+      dst[o * plane] = mo[o];
+      di[o * plane] = static_cast<uint8_t>(ko[o]);
+    }
+  }
+}
+
+using PoolTileFn = void (*)(const RowsArgs<float>&, int64_t, int64_t, int64_t, int64_t, int64_t, float*, uint8_t*);
+
+static PoolTileFn pick_pool_tile_cv(int64_t pb) {
+  switch (pb) {
+    case 2: return conv_pool2_tile_cv<2>;
+    case 4: return conv_pool2_tile_cv<4>;
+    case 6: return conv_pool2_tile_cv<6>;
+    case 8: return conv_pool2_tile_cv<8>;
+    case 10: return conv_pool2_tile_cv<10>;
+    default: return conv_pool2_tile_cv<12>;
+  }
+}
+
+// One image (buffer already filled): rows of windows, split into near-equal tiles
+// of at most 6 windows (12 pixels, 24 accumulators).
+static bool fused_forward_cv_image(const ConvShape& s, const RowsArgs<float>& a, int64_t nob, float* out,
+                                   uint8_t* idx) {
+  const int64_t PH = s.OH / 2, PW = s.OW / 2;
+  const int64_t ntiles = (PW + 5) / 6, base = PW / ntiles, extra = PW % ntiles;
+  for (int64_t ob = 0; ob < nob; ++ob)
+    for (int64_t p = 0; p < PH; ++p)
+      for (int64_t t = 0, q0 = 0; t < ntiles; ++t) {
+        const int64_t nwin = base + (t < extra ? 1 : 0);
+        pick_pool_tile_cv(2 * nwin)(a, ob, p, 2 * q0, PH, PW, out, idx);
+        q0 += nwin;
+      }
+  return true;
+}
+#endif
+
+// Generic: no in-register pooling for this type / instruction set.
+template <class T>
+static bool fused_forward_cv(const ConvShape&, int64_t, const RowsArgs<T>&, int64_t, T*, uint8_t*) {
+  return false;
+}
+#if defined(__AVX512F__)
+template <>
+bool fused_forward_cv<float>(const ConvShape& s, int64_t P, const RowsArgs<float>& a, int64_t nob, float* out,
+                             uint8_t* idx) {
+  if (P != 2 || !use_channel_vectors<float>(s.O, s.OW)) return false;
+  return fused_forward_cv_image(s, a, nob, out, idx);
+}
+#endif
+
 template <class T>
 static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w, const T* b, T* out,
                           uint8_t* idx) {
@@ -493,6 +625,7 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
     for (int64_t e = 0; e < P * P; ++e) woff[e] = (e / P) * s.OW + e % P;
     for (int64_t n = n0; n < n1; ++n) {
       fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
+      if (fused_forward_cv<T>(s, P, a, pk.nob, out + n * s.O * PH * PW, idx + n * s.O * PH * PW)) continue;
       for (int64_t p = 0; p < PH; ++p) {
         rows(a, p * P, p * P + P, band, P * s.OW, s.OW);
         for (int64_t o = 0; o < s.O; ++o) {
@@ -681,6 +814,217 @@ static void expand_pool_grad(const ConvShape& s, int64_t P, const T* gout, const
       }
 }
 
+// ---- fused backward from the pooled gradient, without expanding it --------
+// After ReLU and a P×P max-pool, ∂L/∂y has at most one non-zero per window and
+// channel: g = gout[n,o,p,q] at y position (i, j) = (p·P + k/P, q·P + k%P),
+// k = idx[n,o,p,q] (none when k = 255). The dense backward multiplies the other
+// P² − 1 zeros too; these kernels visit only the non-zeros (P² = 4× fewer FMAs
+// at the course's pool 2). Both vectorise over a patch of C·KH·KW values.
+//
+// ∂L/∂w[o] += g · patch(i, j), patch(i, j)[c,kh,kw] = x_padded[c, i·sh + kh, j + kw]:
+// the patches of the pooled-covered y positions are gathered once per image
+// (im2col, C·KH·KW values per position, patches CS apart), then each channel o
+// sums its non-zeros in registers (NV vectors) and adds the total into the
+// block's partial (fixed order: deterministic). ∂L/∂b[o] += g likewise.
+// Only y positions inside pool windows get a patch.
+
+// Distance between two patches of the sparse ∂L/∂w: room for the chunked copies'
+// overrun (≤ 7 values past C·KK), a whole number of vectors.
+template <class T> static int64_t patch_stride(int64_t CKK) {
+  const int64_t L = Vec<T>::L;
+  return (CKK + 8 + L - 1) / L * L;
+}
+
+template <class T, int NV>
+static void gw_sparse_image(const ConvShape& s, int64_t P, const T* xbuf, const BufGeom& xg, const T* gout,
+                            const uint8_t* idx, T* xc, T* part) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  // fields in locals: the stores below could alias s and xg for the compiler
+  const int64_t C = s.C, KH = s.KH, KW = s.KW, O = s.O, sh = s.sh, R = xg.R, Wj = xg.Wj;
+  const int64_t PH = s.OH / P, PW = s.OW / P, OWc = PW * P, CKK = C * KH * KW, nw = O * CKK;
+  const int64_t CS = patch_stride<T>(CKK);
+  int64_t koff[15 * 15];  // window position k → its patch, relative to the window's first
+  for (int64_t k = 0; k < P * P; ++k) koff[k] = ((k / P) * OWc + k % P) * CS;
+  // Patch of y position (i, j) at xc + (i·OWc + j)·CS; stride sw = 1: tap kw at column
+  // j + kw. Rows are copied in whole chunks of 8 (plain loads and stores; masked ones
+  // stalled): the values written past a row are overwritten by the next row, or land
+  // in [C·KK, CS), whose lanes are never stored to the partial.
+  for (int64_t i = 0; i < PH * P; ++i)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KH; ++kh) {
+        const T* src = xbuf + (c * R + i * sh + kh) * Wj;
+        T* dst = xc + i * OWc * CS + (c * KH + kh) * KW;
+        if (KW <= 8) {
+          for (int64_t j = 0; j < OWc; ++j) std::memcpy(dst + j * CS, src + j, 8 * sizeof(T));
+        } else {
+          for (int64_t j = 0; j < OWc; ++j)
+            for (int64_t kw = 0; kw < KW; kw += 8) std::memcpy(dst + j * CS + kw, src + j + kw, 8 * sizeof(T));
+        }
+      }
+  for (int64_t o = 0; o < O; ++o) {
+    typename V::R acc[NV];
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) acc[v] = V::zero();
+    T gsum = 0;
+    const uint8_t* io = idx + o * PH * PW;
+    const T* go = gout + o * PH * PW;
+    for (int64_t p = 0; p < PH; ++p)
+      for (int64_t q = 0; q < PW; ++q) {
+        const uint8_t k = io[p * PW + q];
+        if (k == kPoolNoGrad) continue;
+        const T* col = xc + (p * P * OWc + q * P) * CS + koff[k];
+        const T gv = go[p * PW + q];
+        const typename V::R g = V::set1(gv);
+        gsum += gv;
+#pragma GCC unroll 32
+        for (int v = 0; v < NV; ++v) acc[v] = V::fma(g, V::loadu(col + v * L), acc[v]);
+      }
+    T* dst = part + o * CKK;
+#pragma GCC unroll 32
+    for (int v = 0; v < NV; ++v) {
+      const typename V::M m = V::mask(CKK - v * L);
+      if (CKK - v * L > 0) V::store(dst + v * L, m, V::add(V::loadz(m, dst + v * L), acc[v]));
+    }
+    part[nw + o] += gsum;
+  }
+}
+
+template <class T> using GwSparseFn = void (*)(const ConvShape&, int64_t, const T*, const BufGeom&, const T*,
+                                               const uint8_t*, T*, T*);
+
+// Vectors per patch (RP / L), or 0 when the sparse ∂L/∂w does not apply or would not
+// pay: its cost (patch row copies + one FMA per vector per non-zero) must be under
+// 0.6× the dense path's FMAs. conv2: 7,000 vs 15,000 per image, sparse (measured
+// 1.25× faster with ∂L/∂b); conv1: 17,600 vs 22,000, dense (sparse measured slower).
+template <class T> static int gw_sparse_vectors(const ConvShape& s, int64_t P) {
+  constexpr int64_t L = Vec<T>::L;
+  const int64_t CKK = s.C * s.KH * s.KW, nv = (CKK + L - 1) / L;
+  const int64_t PH = s.OH / P, PW = s.OW / P;
+  const double sparse = double(PH * P) * (PW * P) * s.C * s.KH * ((s.KW + 7) / 8) + double(s.O) * PH * PW * nv;
+  const double dense = double(s.O) * s.OH * s.OW * CKK / L;
+  // L ≥ 4: buffer rows have 2L ≥ 8 values of slack for the chunked patch copies
+  return s.sw == 1 && nv <= 16 && L >= 4 && sparse < 0.6 * dense ? static_cast<int>(nv) : 0;
+}
+
+template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
+  switch (nv) {
+    case 1: return gw_sparse_image<T, 1>;
+    case 2: return gw_sparse_image<T, 2>;
+    case 3: return gw_sparse_image<T, 3>;
+    case 4: return gw_sparse_image<T, 4>;
+    case 5: return gw_sparse_image<T, 5>;
+    case 6: return gw_sparse_image<T, 6>;
+    case 7: return gw_sparse_image<T, 7>;
+    case 8: return gw_sparse_image<T, 8>;
+    case 9: return gw_sparse_image<T, 9>;
+    case 10: return gw_sparse_image<T, 10>;
+    case 11: return gw_sparse_image<T, 11>;
+    case 12: return gw_sparse_image<T, 12>;
+    default: return gw_sparse_image<T, 16>;
+  }
+}
+
+// ∂L/∂x (stride 1, pool 2): the non-zeros of one window (p, q), all channels o,
+// reach only the region of RR = KH + 1 rows × (KW + 1) columns of x_padded at
+// (2p, 2q). The region is held in registers, channels-last (CP ≥ C channels per
+// column, each region row NVR vectors). The window's channels are first sorted
+// by their position k = 2r + s into buckets (branch-free), so that each bucket
+// adds g · w[o] into region rows r … r + KH − 1 (r a compile-time constant) from
+// a table holding w[o] shifted by s columns: Ws[s][o][kh][col][c] (2·O·KH rows,
+// 30 KB for conv2: stays in L1). The region is then added into a channels-last
+// padded ∂L/∂x of the image, finally cropped and transposed to (C, H, W).
+struct GxSparseGeom {
+  int64_t CP, rowlen, Hp, Wp;  // rowlen = (KW + 1)·CP
+};
+constexpr int64_t kGxSparseMaxO = 256;
+
+template <class T, int KHt, int NVR, int R0>
+static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const int16_t* list, int n, const T* ws,
+                             int64_t rowlen, const T* g0, int64_t gstride) {
+  using V = Vec<T>;
+  for (int t = 0; t < n; ++t) {
+    const int64_t o = list[t];
+    const typename V::R g = V::set1(g0[o * gstride]);
+    const T* wk = ws + o * KHt * rowlen;
+#pragma GCC unroll 32
+    for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+      for (int v = 0; v < NVR; ++v) acc[R0 + kh][v] = V::fma(g, V::loadu(wk + kh * rowlen + v * V::L), acc[R0 + kh][v]);
+  }
+}
+
+template <class T, int KHt, int NVR>
+static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T* ws, const T* gout,
+                            const uint8_t* idx, T* gxp, T* gx) {
+  using V = Vec<T>;
+  constexpr int L = V::L, RR = KHt + 1;
+  const int64_t O = s.O, PH = s.OH / 2, PW = s.OW / 2, CP = q_.CP, Wp = q_.Wp, rowlen = q_.rowlen;
+  const int64_t plane = PH * PW, wshift = O * KHt * rowlen;  // Ws[1] − Ws[0]
+  std::memset(gxp, 0, sizeof(T) * q_.Hp * Wp * CP);
+  int16_t list[5][kGxSparseMaxO];  // bucket k = 0…3, and 4 for "no gradient"
+  for (int64_t p = 0; p < PH; ++p)
+    for (int64_t q = 0; q < PW; ++q) {
+      int cnt[5] = {0, 0, 0, 0, 0};
+      const uint8_t* ik = idx + p * PW + q;
+      for (int64_t o = 0; o < O; ++o) {
+        const uint8_t k = ik[o * plane];
+        const int bk = k < 4 ? k : 4;
+        list[bk][cnt[bk]++] = static_cast<int16_t>(o);
+      }
+      typename V::R acc[RR][NVR];
+#pragma GCC unroll 32
+      for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
+      const T* g0 = gout + p * PW + q;
+      gx_bucket<T, KHt, NVR, 0>(acc, list[0], cnt[0], ws, rowlen, g0, plane);           // k = 0: r 0, s 0
+      gx_bucket<T, KHt, NVR, 0>(acc, list[1], cnt[1], ws + wshift, rowlen, g0, plane);  // k = 1: r 0, s 1
+      gx_bucket<T, KHt, NVR, 1>(acc, list[2], cnt[2], ws, rowlen, g0, plane);           // k = 2: r 1, s 0
+      gx_bucket<T, KHt, NVR, 1>(acc, list[3], cnt[3], ws + wshift, rowlen, g0, plane);  // k = 3: r 1, s 1
+#pragma GCC unroll 32
+      for (int r = 0; r < RR; ++r) {
+        T* dst = gxp + ((p * 2 + r) * Wp + q * 2) * CP;
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
+      }
+    }
+  for (int64_t c = 0; c < s.C; ++c)
+    for (int64_t h = 0; h < s.H; ++h)
+      for (int64_t v = 0; v < s.W; ++v) gx[(c * s.H + h) * s.W + v] = gxp[((h + s.ph) * Wp + v + s.pw) * CP + c];
+}
+
+template <class T> using GxSparseFn = void (*)(const ConvShape&, const GxSparseGeom&, const T*, const T*,
+                                               const uint8_t*, T*, T*);
+
+// The sparse ∂L/∂x applies to pool 2, stride 1, a 5-row kernel and a region row
+// of 3 vectors (conv2 with float AVX-512: 6 columns × 8 channels; 18 accumulators).
+template <class T> static GxSparseFn<T> pick_gx_sparse(const ConvShape& s, int64_t P, GxSparseGeom* q) {
+  constexpr int64_t L = Vec<T>::L;
+  if (P != 2 || s.sh != 1 || s.sw != 1 || L < 8 || s.O > kGxSparseMaxO) return nullptr;
+  const int64_t cols = s.KW + 1;
+  int64_t CP = s.C;
+  while ((cols * CP) % L != 0 && CP < s.C + L) ++CP;
+  // channel padding beyond 2× (conv1: 3 → 8) makes it slower than the dense path
+  if ((cols * CP) % L != 0 || CP > 2 * s.C) return nullptr;
+  *q = GxSparseGeom{CP, cols * CP, s.H + 2 * s.ph, s.W + 2 * s.pw};
+  if (s.KH == 5 && cols * CP / L == 3) return gx_sparse_image<T, 5, 3>;
+  return nullptr;
+}
+
+// Ws[sft][o][kh][col][c] = w[o][c][kh][col − sft] for 0 ≤ col − sft < KW, else 0.
+template <class T>
+static void build_gx_sparse_weights(const ConvShape& s, const GxSparseGeom& q, const T* w, T* ws) {
+  std::memset(ws, 0, sizeof(T) * 2 * s.O * s.KH * q.rowlen);
+  for (int64_t sft = 0; sft < 2; ++sft)
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw)
+            ws[((sft * s.O + o) * s.KH + kh) * q.rowlen + (kw + sft) * q.CP + c] =
+                w[((o * s.C + c) * s.KH + kh) * s.KW + kw];
+}
+
 // gy: ∂L/∂y (N, O, OH, OW), or with idx the pooled gradient (N, O, OH/P, OW/P).
 template <class T>
 static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_t P, const T* x, const T* w,
@@ -693,16 +1037,31 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const bool gw_cv = use_channel_vectors_gw<T>(s.O, s.OW);
   T* partial = want_w ? new T[nblocks * (nw + s.O) + 1]() : nullptr;
   const BufGeom xg = input_geom(s, Vec<T>::L);
+  // Fused block: ∂L/∂w, ∂L/∂b and ∂L/∂x straight from the pooled gradient where the
+  // sparse kernels apply (see above); the dense path expands it first.
+  const int gws_nv = idx && want_w ? gw_sparse_vectors<T>(s, P) : 0;
+  const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
+  GxSparseGeom gxq{};
+  const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
+  T* wfull = gx_sparse ? new T[2 * s.O * s.KH * gxq.rowlen] : nullptr;
+  if (gx_sparse) build_gx_sparse_weights(s, gxq, w, wfull);
+  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse));
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
-  Packed<T>* pk = gx ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
-  const RowsFn<T> rows = gx ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
+  const bool gx_dense = gx && !gx_sparse;
+  Packed<T>* pk = gx_dense ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
+  const RowsFn<T> rows = gx_dense ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
     T* xbufs = want_w ? new T[kBatchBlock * xg.size()] : nullptr;
-    T* gexp = idx ? new T[kBatchBlock * plane_y] : nullptr;
-    T* gbuf = gx ? new T[gg.size()] : nullptr;
-    T* gtrans = gw && gw_cv ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gbuf = gx_dense ? new T[gg.size()] : nullptr;
+    T* gtrans = gw && gw_cv && !gw_sparse ? new T[kBatchBlock * plane_y] : nullptr;
+    // patches of the sparse ∂L/∂w (zeroed once: lanes past C·KH·KW are read, never
+    // stored), padded channels-last ∂L/∂x of the sparse path
+    const int64_t npatch = (s.OH / P) * P * (s.OW / P) * P;
+    T* xcol = gw_sparse ? new T[npatch * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
+    T* gxp = gx_sparse ? new T[gxq.Hp * gxq.Wp * gxq.CP] : nullptr;
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
     const T* gtptr[kBatchBlock];
@@ -710,17 +1069,19 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       const int64_t n0 = blk * kBatchBlock, n1 = n0 + kBatchBlock < s.N ? n0 + kBatchBlock : s.N;
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t i = n - n0;
-        if (idx) {
+        if (need_gexp) {
           expand_pool_grad(s, P, gy + n * plane_gout, idx + n * plane_gout, gexp + i * plane_y);
           gptr[i] = gexp + i * plane_y;
         } else {
-          gptr[i] = gy + n * plane_y;
+          gptr[i] = idx ? nullptr : gy + n * plane_y;
         }
         if (want_w) {
           fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
           xptr[i] = xbufs + i * xg.size();
         }
-        if (gx) {
+        if (gx_sparse) {
+          gx_sparse(s, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
+        } else if (gx) {
           fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
           // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
           RowsArgs<T> a{gbuf, gg, s.KH, s.KW, 1, pk->wp, pk->bp, s.C, pk->nob, s.W,
@@ -730,6 +1091,11 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       }
       if (!want_w) continue;
       T* part = partial + blk * (nw + s.O);
+      if (gw_sparse) {  // ∂L/∂w and ∂L/∂b together (an unwanted one is computed and dropped)
+        for (int64_t n = n0; n < n1; ++n)
+          gw_sparse(s, P, xptr[n - n0], xg, gy + n * plane_gout, idx + n * plane_gout, xcol, part);
+        continue;
+      }
       if (gw && gw_cv) {
         for (int64_t i = 0; i < n1 - n0; ++i) {
           transpose_image(gptr[i], s.O, s.OH * s.OW, gtrans + i * plane_y);
@@ -768,6 +1134,8 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         }
       }
     }
+    delete[] gxp;
+    delete[] xcol;
     delete[] gtrans;
     delete[] gbuf;
     delete[] gexp;
@@ -786,6 +1154,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     }
   }
   delete pk;
+  delete[] wfull;
   delete[] partial;
 }
 

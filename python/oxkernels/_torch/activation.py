@@ -14,8 +14,11 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
+_CONTIGUOUS = torch.contiguous_format
+
+
 def _new(like: torch.Tensor) -> torch.Tensor:
-    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    return torch.empty_like(like, memory_format=_CONTIGUOUS)
 
 
 def _define(name: str, forward_kernel, backward_kernel):
@@ -52,20 +55,23 @@ def _define(name: str, forward_kernel, backward_kernel):
     forward_op.register_autograd(backward, setup_context=setup_context)
 
     class EagerFn(torch.autograd.Function):
-        """Same kernels without the custom-op dispatch (≈ 4 µs cheaper per call)."""
+        """Same kernels without the custom-op dispatch (≈ 4 µs cheaper per call).
+        Outputs come from empty_like (≈ 1 µs; torch.empty(shape, dtype=, device=)
+        is ≈ 3 µs); the kernels check contiguity, so a non-contiguous x is still
+        the clear error it was."""
 
         @staticmethod
         def forward(ctx, x):
-            out = _new(x)
-            forward_kernel(x, out, _stream(x))
+            out = torch.empty_like(x, memory_format=_CONTIGUOUS)
+            forward_kernel(x, out, _stream(x) if x.is_cuda else 0)
             ctx.save_for_backward(out)
             return out
 
         @staticmethod
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
-            out = _new(y)
-            backward_kernel(grad.contiguous(), y, out, _stream(y))
+            out = torch.empty_like(y)  # y is contiguous: so is out
+            backward_kernel(grad.contiguous(), y, out, _stream(y) if y.is_cuda else 0)
             return out
 
     EagerFn.__name__ = f"{name.capitalize()}Function"
@@ -76,19 +82,29 @@ relu_op, _ReluFn = _define("relu", _C.relu, _C.relu_backward)
 sigmoid_op, _SigmoidFn = _define("sigmoid", _C.sigmoid, _C.sigmoid_backward)
 
 
-def _apply(op, fn, kernel, x: torch.Tensor) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return op(x)
-    if x.requires_grad and torch.is_grad_enabled():
-        return fn.apply(x)
-    out = _new(x)  # no autograd needed: call the kernel directly
-    kernel(x, out, _stream(x))
-    return out
+# The eager entry points, written out per op (no shared helper: every Python
+# call and attribute lookup is ≈ 0.1 µs on a path whose kernels take ~10 µs).
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_relu_apply = _ReluFn.apply
+_sigmoid_apply = _SigmoidFn.apply
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
-    return _apply(relu_op, _ReluFn, _C.relu, x)
+    if _is_compiling():
+        return relu_op(x)
+    if x.requires_grad and _grad_enabled():
+        return _relu_apply(x)
+    out = torch.empty_like(x, memory_format=_CONTIGUOUS)  # no autograd needed: the kernel directly
+    _C.relu(x, out, _stream(x) if x.is_cuda else 0)
+    return out
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return _apply(sigmoid_op, _SigmoidFn, _C.sigmoid, x)
+    if _is_compiling():
+        return sigmoid_op(x)
+    if x.requires_grad and _grad_enabled():
+        return _sigmoid_apply(x)
+    out = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    _C.sigmoid(x, out, _stream(x) if x.is_cuda else 0)
+    return out

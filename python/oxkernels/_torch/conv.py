@@ -95,6 +95,12 @@ conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
 
 
 # ---- fused conv → ReLU → max-pool --------------------------------------------
+# What the forward saves: x, weight and the uint8 window position of each pooled
+# output (255: ReLU blocked the gradient) — 1 byte per pooled output. The
+# full-resolution conv output is never written (forward or backward): the
+# indices make ∂L/∂y exact without recomputing the convolution, and x, weight
+# are needed for ∂L/∂w and ∂L/∂x anyway. Saving y (4 bytes per conv output, 16×
+# the indices at pool 2) would only help a backward that recomputes the argmax.
 def fused_forward(x, weight, bias, stride, padding, pool):
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None

@@ -28,16 +28,16 @@ def _valid(x, kh, kw, sh, sw) -> bool:
 
 def _forward(x, kh, kw, sh, sw):
     if _valid(x, kh, kw, sh, sw):
-        out = torch.empty(_out_shape(x, kh, kw, sh, sw), dtype=x.dtype, device=x.device)
+        out = x.new_empty(_out_shape(x, kh, kw, sh, sw))
     else:  # the C++ checks name the problem
-        out = torch.empty(0, dtype=x.dtype, device=x.device)
-    _C.max_pool2d(x, out, kh, kw, sh, sw, _stream(x))
+        out = x.new_empty(0)
+    _C.max_pool2d(x, out, kh, kw, sh, sw, _stream(x) if x.is_cuda else 0)
     return out
 
 
 def _backward(grad, x, kh, kw, sh, sw):
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    _C.max_pool2d_backward(grad.contiguous(), x, out, kh, kw, sh, sw, _stream(x))
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _C.max_pool2d_backward(grad.contiguous(), x, out, kh, kw, sh, sw, _stream(x) if x.is_cuda else 0)
     return out
 
 
@@ -91,9 +91,14 @@ class _MaxPool2dFn(torch.autograd.Function):
         return _backward(grad, x, *ctx.geometry), None, None, None, None
 
 
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_apply = _MaxPool2dFn.apply
+
+
 def max_pool2d(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return max_pool2d_op(x, kh, kw, sh, sw)
-    if x.requires_grad and torch.is_grad_enabled():
-        return _MaxPool2dFn.apply(x, kh, kw, sh, sw)
+    if x.requires_grad and _grad_enabled():
+        return _apply(x, kh, kw, sh, sw)
     return _forward(x, kh, kw, sh, sw)
