@@ -8,10 +8,8 @@ dx = g·y·(1 − y); so only y is saved.
 import torch
 
 from .. import _C
+from ._glue import cuda_stream
 
-
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
 _CONTIGUOUS = torch.contiguous_format
@@ -28,7 +26,7 @@ def _define(name: str, forward_kernel, backward_kernel):
     @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
     def backward_op(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = _new(y)
-        backward_kernel(grad, y, out, _stream(y))
+        backward_kernel(grad, y, out, cuda_stream(y))
         return out
 
     @backward_op.register_fake
@@ -38,7 +36,7 @@ def _define(name: str, forward_kernel, backward_kernel):
     @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
     def forward_op(x: torch.Tensor) -> torch.Tensor:
         out = _new(x)
-        forward_kernel(x, out, _stream(x))
+        forward_kernel(x, out, cuda_stream(x))
         return out
 
     @forward_op.register_fake
@@ -63,7 +61,7 @@ def _define(name: str, forward_kernel, backward_kernel):
         @staticmethod
         def forward(ctx, x):
             out = torch.empty_like(x, memory_format=_CONTIGUOUS)
-            forward_kernel(x, out, _stream(x) if x.is_cuda else 0)
+            forward_kernel(x, out, cuda_stream(x))
             ctx.save_for_backward(out)
             return out
 
@@ -71,7 +69,7 @@ def _define(name: str, forward_kernel, backward_kernel):
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
             out = torch.empty_like(y)  # y is contiguous: so is out
-            backward_kernel(grad.contiguous(), y, out, _stream(y) if y.is_cuda else 0)
+            backward_kernel(grad.contiguous(), y, out, cuda_stream(y))
             return out
 
     EagerFn.__name__ = f"{name.capitalize()}Function"
@@ -96,7 +94,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and _grad_enabled():
         return _relu_apply(x)
     out = torch.empty_like(x, memory_format=_CONTIGUOUS)  # no autograd needed: the kernel directly
-    _C.relu(x, out, _stream(x) if x.is_cuda else 0)
+    _C.relu(x, out, cuda_stream(x))
     return out
 
 
@@ -106,5 +104,5 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and _grad_enabled():
         return _sigmoid_apply(x)
     out = torch.empty_like(x, memory_format=_CONTIGUOUS)
-    _C.sigmoid(x, out, _stream(x) if x.is_cuda else 0)
+    _C.sigmoid(x, out, cuda_stream(x))
     return out

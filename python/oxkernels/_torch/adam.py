@@ -6,7 +6,7 @@ from typing import List, Optional
 import torch
 
 from .. import _C
-from .._arrays import stream_of
+from ._glue import cuda_stream
 
 
 @torch.library.custom_op("oxkernels::adam_step_",
@@ -16,7 +16,7 @@ def adam_step_(params: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: 
                beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool,
                maximize: bool, grad_scale: Optional[float]) -> None:
     # grads are listed as mutated: with grad_scale the unscaled grads are written back.
-    stream = stream_of(params[0]) if params else 0
+    stream = cuda_stream(params[0]) if params else 0
     _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, lr, beta1, beta2, eps,
                  weight_decay, decoupled, amsgrad, maximize, grad_scale, stream)
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from .._arrays import stream_of
+from ._glue import cuda_stream
 
 
 def _out_hw(x, weight, stride, padding):
@@ -40,7 +40,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     bias = bias.contiguous() if bias is not None else None
     oh, ow = _out_hw(x, weight, stride, padding)
     y = x.new_empty((x.shape[0], weight.shape[0], max(oh, 0), max(ow, 0)))
-    _C.conv2d(x, weight, bias, stride[0], stride[1], padding[0], padding[1], y, stream_of(x))
+    _C.conv2d(x, weight, bias, stride[0], stride[1], padding[0], padding[1], y, cuda_stream(x))
     return y
 
 
@@ -60,7 +60,7 @@ def conv2d_grads(grad_out, x, weight, stride, padding, needs):
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_backward(grad_out, x, weight, stride[0], stride[1], padding[0], padding[1],
-                       _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), stream_of(x))
+                       _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), cuda_stream(x))
     return gx, gw, gb
 
 
@@ -109,7 +109,7 @@ def fused_forward(x, weight, bias, stride, padding, pool):
     out = x.new_empty(shape)
     idx = torch.empty(shape, dtype=torch.uint8, device=x.device)
     _C.conv2d_relu_maxpool2d(x, weight, bias, stride[0], stride[1], padding[0], padding[1], pool, out, idx,
-                             stream_of(x))
+                             cuda_stream(x))
     return out, idx
 
 
@@ -131,7 +131,7 @@ def fused_grads(grad_out, indices, x, weight, stride, padding, pool, needs):
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices.contiguous(), x, weight, stride[0], stride[1], padding[0],
                                       padding[1], pool, _or_none(gx, needs[0]), _or_none(gw, needs[1]),
-                                      _or_none(gb, needs[2]), stream_of(x))
+                                      _or_none(gb, needs[2]), cuda_stream(x))
     return gx, gw, gb
 
 

@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._lean import lean_apply
-from .._arrays import stream_of
+from ._glue import cuda_stream, lean_apply
 
 Tensor = torch.Tensor
 
@@ -21,7 +20,7 @@ def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str)
     x = x.contiguous()
     out = torch.empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1), dtype=x.dtype,
                       device=x.device)
-    _C.linear(x, weight.contiguous(), bias, out, _act(activation), stream_of(x))
+    _C.linear(x, weight.contiguous(), bias, out, _act(activation), cuda_stream(x))
     return out
 
 
@@ -30,7 +29,7 @@ def _backward(grad_out, x, weight, out, activation, need_x, need_weight, need_bi
     dx = torch.empty_like(x) if need_x else None
     dw = torch.empty_like(weight) if need_weight else None
     db = torch.empty(weight.shape[0], dtype=x.dtype, device=x.device) if need_bias else None
-    _C.linear_backward(grad_out, x, weight, out, _act(activation), dx, dw, db, stream_of(x))
+    _C.linear_backward(grad_out, x, weight, out, _act(activation), dx, dw, db, cuda_stream(x))
     return dx, dw, db
 
 
@@ -83,9 +82,6 @@ def _op_backward(ctx, grad_out):
 linear_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
-def _cuda_stream(x: Tensor) -> int:
-    return torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
-
 
 class _LinearFunction(torch.autograd.Function):
     """Eager fast path: same kernels as the custom ops, less dispatch. Per call it does only
@@ -97,7 +93,7 @@ class _LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, act):
         x, weight = x.contiguous(), weight.contiguous()  # no-ops (returning self) when contiguous
         out = x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1))
-        _C.linear(x, weight, bias, out, act, _cuda_stream(x))
+        _C.linear(x, weight, bias, out, act, cuda_stream(x))
         ctx.save_for_backward(x, weight, out if act is not None else None)
         ctx.act = act
         ctx.has_bias = bias is not None
@@ -110,7 +106,7 @@ class _LinearFunction(torch.autograd.Function):
         dx = torch.empty_like(x) if need_x else None
         dw = torch.empty_like(weight) if need_weight else None
         db = weight.new_empty(weight.shape[:1]) if need_bias and ctx.has_bias else None
-        _C.linear_backward(grad_out.contiguous(), x, weight, out, ctx.act, dx, dw, db, _cuda_stream(x))
+        _C.linear_backward(grad_out.contiguous(), x, weight, out, ctx.act, dx, dw, db, cuda_stream(x))
         return dx, dw, db, None
 
 

@@ -5,7 +5,7 @@ backward is the fused gradient kernel linreg_grad.
 import torch
 
 from .. import _C
-from .._arrays import stream_of
+from ._glue import cuda_stream
 from ..ops.linreg import cuda_workspace
 
 
@@ -17,7 +17,7 @@ def _batch(theta):
 def linreg_loss(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     out = torch.empty(theta.shape[:-1], dtype=X.dtype, device=X.device)
     n = X.shape[0] if X.dim() == 2 else 0
-    _C.linreg_loss(X, y, theta, out, stream_of(X), cuda_workspace(X, n, _batch(theta)))
+    _C.linreg_loss(X, y, theta, out, cuda_stream(X), cuda_workspace(X, n, _batch(theta)))
     return out
 
 
@@ -30,7 +30,7 @@ def _(X, y, theta):
 def linreg_grad(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     out = torch.empty(theta.shape, dtype=X.dtype, device=X.device)
     n = X.shape[0] if X.dim() == 2 else 0
-    _C.linreg_grad(X, y, theta, None, out, stream_of(X), cuda_workspace(X, n, _batch(theta)))
+    _C.linreg_grad(X, y, theta, None, out, cuda_stream(X), cuda_workspace(X, n, _batch(theta)))
     return out
 
 

@@ -12,13 +12,10 @@ the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as a
 import torch
 
 from .. import _C
-from ._lean import lean_apply
+from ._glue import cuda_stream, lean_apply
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
-
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
 def _workspace(logits: torch.Tensor):
@@ -36,14 +33,14 @@ def _loss_shape(logits, reduction):
 def _ce_forward(logits, target, reduction, label_smoothing, ignore_index):
     out = torch.empty(_loss_shape(logits, reduction), dtype=logits.dtype, device=logits.device)
     _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
-                     _stream(logits))
+                     cuda_stream(logits))
     return out
 
 
 def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index):
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _C.cross_entropy_backward(grad.contiguous(), logits, target, out, reduction, label_smoothing, ignore_index,
-                              _workspace(logits), _stream(logits))
+                              _workspace(logits), cuda_stream(logits))
     return out
 
 
@@ -94,7 +91,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
         if logits.is_cuda:
             _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
-                             _stream(logits))
+                             cuda_stream(logits))
             grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
         else:
             grad = torch.empty_like(logits)  # a non-contiguous logits is reported by the kernel's checks
@@ -133,7 +130,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
     @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
     def backward_op(grad: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-        backward_kernel(grad, y, dim, out, _stream(y))
+        backward_kernel(grad, y, dim, out, cuda_stream(y))
         return out
 
     @backward_op.register_fake
@@ -143,7 +140,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
     @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
     def forward_op(x: torch.Tensor, dim: int) -> torch.Tensor:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        forward_kernel(x, dim, out, _stream(x))
+        forward_kernel(x, dim, out, cuda_stream(x))
         return out
 
     @forward_op.register_fake
@@ -166,7 +163,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
         @staticmethod
         def forward(ctx, x, dim):
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-            forward_kernel(x, dim, out, _stream(x))
+            forward_kernel(x, dim, out, cuda_stream(x))
             ctx.dim = dim
             ctx.save_for_backward(out)
             return out
@@ -175,7 +172,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
             out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-            backward_kernel(grad.contiguous(), y, ctx.dim, out, _stream(y))
+            backward_kernel(grad.contiguous(), y, ctx.dim, out, cuda_stream(y))
             return out, None
 
     def apply(x, dim):
@@ -184,7 +181,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
         if x.requires_grad and torch.is_grad_enabled():
             return EagerFn.apply(x, dim)
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        forward_kernel(x, dim, out, _stream(x))
+        forward_kernel(x, dim, out, cuda_stream(x))
         return out
 
     return forward_op, apply

@@ -11,10 +11,8 @@ and re-reading an index tensor.
 import torch
 
 from .. import _C
+from ._glue import cuda_stream
 
-
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
 def _out_shape(x, kh, kw, sh, sw):
@@ -31,13 +29,13 @@ def _forward(x, kh, kw, sh, sw):
         out = x.new_empty(_out_shape(x, kh, kw, sh, sw))
     else:  # the C++ checks name the problem
         out = x.new_empty(0)
-    _C.max_pool2d(x, out, kh, kw, sh, sw, _stream(x) if x.is_cuda else 0)
+    _C.max_pool2d(x, out, kh, kw, sh, sw, cuda_stream(x))
     return out
 
 
 def _backward(grad, x, kh, kw, sh, sw):
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _C.max_pool2d_backward(grad.contiguous(), x, out, kh, kw, sh, sw, _stream(x) if x.is_cuda else 0)
+    _C.max_pool2d_backward(grad.contiguous(), x, out, kh, kw, sh, sw, cuda_stream(x))
     return out
 
 

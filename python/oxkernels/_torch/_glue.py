@@ -1,4 +1,8 @@
-"""lean_apply(Function): Function.apply without its Python wrapper where that is safe.
+"""Per-call glue shared by the eager torch paths, kept lean (these run once per op call).
+
+cuda_stream(t): the handle of torch's current CUDA stream for a CUDA tensor, 0 otherwise.
+
+lean_apply(Function): Function.apply without its Python wrapper where that is safe.
 
 autograd.Function.apply's Python layer binds default arguments for setup_context and
 unwraps functorch wrappers; our Functions need neither outside functorch transforms
@@ -6,6 +10,12 @@ unwraps functorch wrappers; our Functions need neither outside functorch transfo
 layer's forward+backward. Inside a transform, and on a torch without these internals,
 the public apply runs."""
 import torch
+
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
