@@ -146,8 +146,12 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     """One pass over `batches`; returns (mean training loss, seconds). on_step(step) is called
     after every step (tests use it to interrupt). The loss is summed on the device and read
     back every 50 steps for the progress bar, so the GPU is not synchronised per step.
-    With a FusedTrainer, each step is its one native call (same batches, same result)."""
+    With a trainer (FusedTrainer, CudaGraphTrainer), each step is its one call; a FusedTrainer
+    runs the whole epoch in one native call (fit_epoch: the same batches and the same result,
+    without Python between the steps) unless on_step must run between them."""
     model.train()
+    if on_step is None and hasattr(trainer, "fit_epoch"):
+        return _native_epoch(trainer, batches, progress)
     device = batches.inputs.device
     total = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
@@ -173,6 +177,26 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
             on_step(step)
     mean_loss = (total / max(seen, 1)).item()  # also synchronises the device
     return mean_loss, time.perf_counter() - start
+
+
+def _native_epoch(trainer, batches, progress):
+    """trainer.fit_epoch over the epoch DeviceBatches would draw: the same samples, order
+    (seed + epoch) and normalisation, from the uint8 images."""
+    n, ds = batches.num_samples, batches.dataset
+    start = time.perf_counter()
+    losses = trainer.fit_epoch(ds.images[:n], ds.labels[:n], batches.batch_size,
+                               shuffle_seed=batches.seed + batches.epoch if batches.shuffle else None,
+                               mean=ds.mean, std=ds.std)
+    seconds = time.perf_counter() - start
+    # Per-step mean losses weighted by their batch sizes (all full but maybe the last).
+    sizes = torch.full((len(losses),), batches.batch_size, dtype=torch.float64)
+    if len(losses):
+        sizes[-1] = n - batches.batch_size * (len(losses) - 1)
+    mean_loss = float((losses.double() * sizes).sum() / max(n, 1))
+    if progress is not None:
+        progress.update(n)
+        progress.postfix(f"loss {mean_loss:.4f}")
+    return mean_loss, seconds
 
 
 def evaluate(model, batches, num_classes=10):
