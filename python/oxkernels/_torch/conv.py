@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream
+from ._glue import cuda_stream, lean_apply
 
 
 def _out_hw(x, weight, stride, padding):
@@ -210,14 +210,18 @@ class FusedFunction(torch.autograd.Function):
         return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None, None
 
 
+_conv_apply = lean_apply(Conv2dFunction)
+_fused_apply = lean_apply(FusedFunction)
+
+
 def eager_conv2d(x, weight, bias, stride, padding):
     """torch.ops.oxkernels.conv2d semantics: the custom op while compiling, else the fast path."""
     if torch.compiler.is_compiling():
         return torch.ops.oxkernels.conv2d(x, weight, bias, stride, padding)
-    return Conv2dFunction.apply(x, weight, bias, stride, padding)
+    return _conv_apply(x, weight, bias, stride, padding)
 
 
 def eager_conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool):
     if torch.compiler.is_compiling():
         return torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool)
-    return FusedFunction.apply(x, weight, bias, stride, padding, pool)
+    return _fused_apply(x, weight, bias, stride, padding, pool)

@@ -11,7 +11,7 @@ and re-reading an index tensor.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream
+from ._glue import cuda_stream, lean_apply
 
 
 
@@ -91,7 +91,7 @@ class _MaxPool2dFn(torch.autograd.Function):
 
 _is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
-_apply = _MaxPool2dFn.apply
+_apply = lean_apply(_MaxPool2dFn)
 
 
 def max_pool2d(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
