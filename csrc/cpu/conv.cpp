@@ -638,21 +638,26 @@ template <> bool k5_applies<float>(const ConvShape& s, int64_t P) {
 }
 
 // buf[c][h][64]: even columns at [0, 16), odd at [32, 48), zeros elsewhere.
-static void k5_split(const float* x, int64_t C, int64_t H, int64_t W, float* buf) {
+// Returns whether every value is finite.
+static bool k5_split(const float* x, int64_t C, int64_t H, int64_t W, float* buf) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const __mmask16 mlo = static_cast<__mmask16>(W >= 16 ? 0xFFFFu : (1u << W) - 1u);
   const __mmask16 mhi = static_cast<__mmask16>(W <= 16 ? 0u : (1u << (W - 16)) - 1u);
   const __m512 zero = _mm512_setzero_ps();
+  __mmask16 bad = 0;
   for (int64_t r = 0; r < C * H; ++r) {
     const float* src = x + r * W;
     float* dst = buf + r * kK5Row;
     const __m512 lo = _mm512_maskz_loadu_ps(mlo, src), hi = _mm512_maskz_loadu_ps(mhi, src + 16);
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(lo, lo), zero, _CMP_NEQ_UQ) |
+           _mm512_cmp_ps_mask(_mm512_sub_ps(hi, hi), zero, _CMP_NEQ_UQ);
     _mm512_storeu_ps(dst, _mm512_permutex2var_ps(lo, even, hi));
     _mm512_storeu_ps(dst + 16, zero);
     _mm512_storeu_ps(dst + 32, _mm512_permutex2var_ps(lo, odd, hi));
     _mm512_storeu_ps(dst + 48, zero);
   }
+  return bad == 0;
 }
 
 // Pooled row p of channels o0 … o0 + 2 (wp: [C][5][5][3] of this channel triple, bias3: 3).
@@ -765,17 +770,88 @@ static void k5_forward(const ConvShape& s, const float* x, const float* w, const
 // ∂L/∂w, ∂L/∂b of a block of images into part ([O][C][5][5] then [O]), fixed order.
 // xb: the block's split images (C·H·64 floats each); gbuf: room for one image's
 // G[p][Opad][r·2 + s][16] per image of the block.
+// Finite images (the usual case): the products with the three zero positions of a
+// window are exact zeros, so a window needs one product, not four: the input vector
+// of its chosen position is selected per lane (row bit, column bit of the index:
+// three blends) and multiplied by the gradient (zero where the ReLU blocked it).
+// A block with an inf or NaN in x takes the four-product form (0·inf = NaN, as torch).
+static void k5_gw_tile_sel(const float* xb, int64_t xsz, const float* gbuf, int64_t gsz, int64_t nimg, int64_t H,
+                           int64_t PH, int64_t Op, int64_t o0, int64_t c, int kh, __m512 (&acc)[3][5]) {  // acc[0, 2) used
+  for (int64_t i = 0; i < nimg; ++i) {
+    const float* rows = xb + i * xsz + (c * H + kh) * kK5Row;
+    const float* G = gbuf + i * gsz + o0 * 64;
+    for (int64_t p = 0; p < PH; ++p) {
+      const float* gp = G + p * Op * 64;
+      const float* r0 = rows + 2 * p * kK5Row;
+      const float* r1 = r0 + kK5Row;
+      __m512 X0[6], X1[6];
+#pragma GCC unroll 6
+      for (int t = 0; t < 6; ++t) {
+        X0[t] = _mm512_loadu_ps(r0 + (t & 1) * 32 + (t >> 1));
+        X1[t] = _mm512_loadu_ps(r1 + (t & 1) * 32 + (t >> 1));
+      }
+#pragma GCC unroll 2
+      for (int o = 0; o < 2; ++o) {
+        const float* go = gp + o * 64;
+        const __m512 gv = _mm512_loadu_ps(go);
+        uint32_t bits[2];
+        std::memcpy(bits, go + 16, sizeof bits);
+        const __mmask16 ms = static_cast<__mmask16>(bits[0]), mr = static_cast<__mmask16>(bits[1]);
+#pragma GCC unroll 5
+        for (int kw = 0; kw < 5; ++kw) {
+          const __m512 y0 = _mm512_mask_mov_ps(X0[kw], ms, X0[kw + 1]);
+          const __m512 y1 = _mm512_mask_mov_ps(X1[kw], ms, X1[kw + 1]);
+          acc[o][kw] = _mm512_fmadd_ps(gv, _mm512_mask_mov_ps(y0, mr, y1), acc[o][kw]);
+        }
+      }
+    }
+  }
+}
+
+static void k5_gw_tile_dense(const float* xb, int64_t xsz, const float* gbuf, int64_t gsz, int64_t nimg, int64_t H,
+                             int64_t PH, int64_t Op, int64_t o0, int64_t c, int kh, __m512 (&acc)[3][5]) {
+  for (int64_t i = 0; i < nimg; ++i) {
+    const float* rows = xb + i * xsz + (c * H + kh) * kK5Row;
+    const float* G = gbuf + i * gsz + o0 * 64;
+    for (int64_t p = 0; p < PH; ++p) {
+      const float* gp = G + p * Op * 64;
+#pragma GCC unroll 2
+      for (int r = 0; r < 2; ++r) {
+        const float* row = rows + (2 * p + r) * kK5Row;
+        __m512 X[6];
+#pragma GCC unroll 6
+        for (int t = 0; t < 6; ++t) X[t] = _mm512_loadu_ps(row + (t & 1) * 32 + (t >> 1));
+#pragma GCC unroll 2
+        for (int sft = 0; sft < 2; ++sft)
+#pragma GCC unroll 3
+          for (int o = 0; o < 3; ++o) {
+            const __m512 gv = _mm512_loadu_ps(gp + o * 64 + (2 * r + sft) * 16);
+#pragma GCC unroll 5
+            for (int kw = 0; kw < 5; ++kw) acc[o][kw] = _mm512_fmadd_ps(gv, X[sft + kw], acc[o][kw]);
+          }
+      }
+    }
+  }
+}
+
+// ∂L/∂w, ∂L/∂b of a block of images into part ([O][C][5][5] then [O]), fixed order.
+// xb: room for the block's split images (C·H·64 floats each); gbuf: for each image,
+// G[p][Op][64]: the window gradients, either at their four positions (G[..][2r + s]
+// = g where the index is 2r + s, else 0) or, when x is finite, once (zeros where the
+// index is 255) followed by the column-bit and row-bit masks.
 static void k5_gw_block(const ConvShape& s, const float* x, const float* gout, const uint8_t* idx, int64_t n0,
                         int64_t n1, float* xb, float* gbuf, float* part) {
   const int64_t C = s.C, O = s.O, H = s.H, PH = s.OH / 2, PW = s.OW / 2, plane = PH * PW;
-  const int64_t Op = (O + 2) / 3 * 3, xsz = C * H * kK5Row, gsz = PH * Op * 4 * 16, nw = O * C * 25;
+  const int64_t Op = (O + 5) / 6 * 6, xsz = C * H * kK5Row, gsz = PH * Op * 64, nw = O * C * 25;
   const __mmask16 m = static_cast<__mmask16>((1u << PW) - 1u);
   const int64_t nimg = n1 - n0;
+  bool finite = true;
+  for (int64_t i = 0; i < nimg; ++i) finite &= k5_split(x + (n0 + i) * C * H * s.W, C, H, s.W, xb + i * xsz);
   __m512 bacc[kK5MaxO];
   for (int64_t o = 0; o < O; ++o) bacc[o] = _mm512_setzero_ps();
+  const __m512i none = _mm512_set1_epi32(kPoolNoGrad);
   for (int64_t i = 0; i < nimg; ++i) {
     const int64_t n = n0 + i;
-    k5_split(x + n * C * H * s.W, C, H, s.W, xb + i * xsz);
     float* G = gbuf + i * gsz;
     for (int64_t p = 0; p < PH; ++p)
       for (int64_t o = 0; o < Op; ++o) {
@@ -787,14 +863,23 @@ static void k5_gw_block(const ConvShape& s, const float* x, const float* gout, c
         const int64_t e = (n * O + o) * plane + p * PW;
         const __m512 g = _mm512_maskz_loadu_ps(m, gout + e);
         const __m512i k = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_maskz_loadu_epi8(m, idx + e));
-        for (int kk = 0; kk < 4; ++kk)
-          _mm512_storeu_ps(gp + 16 * kk,
-                           _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(kk)), g));
-        bacc[o] = _mm512_add_ps(bacc[o], _mm512_maskz_mov_ps(_mm512_cmpneq_epi32_mask(k, _mm512_set1_epi32(kPoolNoGrad)), g));
+        const __m512 gpass = _mm512_maskz_mov_ps(_mm512_cmpneq_epi32_mask(k, none), g);
+        bacc[o] = _mm512_add_ps(bacc[o], gpass);
+        if (finite) {
+          _mm512_storeu_ps(gp, gpass);
+          const uint32_t bits[2] = {_mm512_test_epi32_mask(k, _mm512_set1_epi32(1)),
+                                    _mm512_test_epi32_mask(k, _mm512_set1_epi32(2))};
+          std::memcpy(gp + 16, bits, sizeof bits);
+        } else {
+          for (int kk = 0; kk < 4; ++kk)
+            _mm512_storeu_ps(gp + 16 * kk,
+                             _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(k, _mm512_set1_epi32(kk)), g));
+        }
       }
   }
   for (int64_t o = 0; o < O; ++o) part[nw + o] += Vec<float>::sum(bacc[o]);
-  for (int64_t ot = 0; ot < Op / 3; ++ot)
+  const int OT = finite ? 2 : 3;
+  for (int64_t o0 = 0; o0 < O; o0 += OT)
     for (int64_t c = 0; c < C; ++c)
       for (int kh = 0; kh < 5; ++kh) {
         __m512 acc[3][5];
@@ -802,32 +887,12 @@ static void k5_gw_block(const ConvShape& s, const float* x, const float* gout, c
         for (int o = 0; o < 3; ++o)
 #pragma GCC unroll 5
           for (int kw = 0; kw < 5; ++kw) acc[o][kw] = _mm512_setzero_ps();
-        for (int64_t i = 0; i < nimg; ++i) {
-          const float* rows = xb + i * xsz + (c * H + kh) * kK5Row;
-          const float* G = gbuf + i * gsz + ot * 3 * 64;
-          for (int64_t p = 0; p < PH; ++p) {
-            const float* gp = G + p * Op * 64;
-#pragma GCC unroll 2
-            for (int r = 0; r < 2; ++r) {
-              const float* row = rows + (2 * p + r) * kK5Row;
-              __m512 X[6];
-#pragma GCC unroll 6
-              for (int t = 0; t < 6; ++t) X[t] = _mm512_loadu_ps(row + (t & 1) * 32 + (t >> 1));
-#pragma GCC unroll 2
-              for (int sft = 0; sft < 2; ++sft)
-#pragma GCC unroll 3
-                for (int o = 0; o < 3; ++o) {
-                  const __m512 gv = _mm512_loadu_ps(gp + o * 64 + (2 * r + sft) * 16);
-#pragma GCC unroll 5
-                  for (int kw = 0; kw < 5; ++kw) acc[o][kw] = _mm512_fmadd_ps(gv, X[sft + kw], acc[o][kw]);
-                }
-            }
-          }
-        }
-        for (int o = 0; o < 3; ++o) {
-          if (ot * 3 + o >= O) break;
-          for (int kw = 0; kw < 5; ++kw) part[((ot * 3 + o) * C + c) * 25 + kh * 5 + kw] += Vec<float>::sum(acc[o][kw]);
-        }
+        if (finite)
+          k5_gw_tile_sel(xb, xsz, gbuf, gsz, nimg, H, PH, Op, o0, c, kh, acc);
+        else
+          k5_gw_tile_dense(xb, xsz, gbuf, gsz, nimg, H, PH, Op, o0, c, kh, acc);
+        for (int o = 0; o < OT && o0 + o < O; ++o)
+          for (int kw = 0; kw < 5; ++kw) part[((o0 + o) * C + c) * 25 + kh * 5 + kw] += Vec<float>::sum(acc[o][kw]);
       }
 }
 #endif
@@ -1301,7 +1366,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
     T* xbufs = want_w && !k5w ? new T[kBatchBlock * xg.size()] : nullptr;
-    const int64_t k5x = s.C * s.H * kK5Row, k5g = (s.OH / 2) * ((s.O + 2) / 3 * 3) * 64;
+    const int64_t k5x = s.C * s.H * kK5Row, k5g = (s.OH / 2) * ((s.O + 5) / 6 * 6) * 64;
     T* k5buf = k5w ? static_cast<T*>(::operator new(sizeof(T) * kBatchBlock * (k5x + k5g), std::align_val_t(64)))
                    : nullptr;
     T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
