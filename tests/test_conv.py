@@ -221,6 +221,18 @@ def test_fused_conv1_like_inf_and_nan_input_match_torch(rng):
     assert np.array_equal(np.isnan(out), np.isnan(ref.detach().numpy()))
     assert np.array_equal(np.isnan(gw), np.isnan(gw_ref.numpy()))
     assert np.array_equal(np.isnan(gb), np.isnan(gb_ref.numpy()))
+    # the forward's minimal filtering mixes inputs (inf − inf): images and weights that
+    # are not all finite take the direct sums, whose infs and NaNs are torch's
+    x2, w2 = x.copy(), w.copy()
+    x2[1, 2, 7, 9] = -np.inf
+    w2[4, 1, 2, 3] = np.inf
+    for xx, ww in ((x, w), (x2, w), (x2, w2)):
+        out = ops.conv2d_relu_maxpool2d(xx, ww, b)
+        ref = F.max_pool2d(F.relu(F.conv2d(*(torch.tensor(a, dtype=torch.float64) for a in (xx, ww, b)))), 2)
+        ref = ref.numpy()
+        assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(np.isinf(out), np.isinf(ref))
+        fin = np.isfinite(ref)
+        assert np.allclose(out[fin], ref[fin], rtol=1e-4, atol=1e-4)
 
 
 def test_fused_conv1_like_is_deterministic_across_thread_counts(rng):

@@ -660,38 +660,10 @@ static bool k5_split(const float* x, int64_t C, int64_t H, int64_t W, float* buf
   return bad == 0;
 }
 
-// Pooled row p of channels o0 … o0 + 2 (wp: [C][5][5][3] of this channel triple, bias3: 3).
-static void k5_fwd_tile(const float* xb, int64_t C, int64_t H, const float* wp, const float* bias3, int64_t p,
-                        int64_t PW, int nout, float* out, uint8_t* idx, int64_t plane) {
-  __m512 acc[3][2][2];
-#pragma GCC unroll 3
-  for (int o = 0; o < 3; ++o) {
-    const __m512 bv = _mm512_set1_ps(bias3[o]);
-    acc[o][0][0] = acc[o][0][1] = acc[o][1][0] = acc[o][1][1] = bv;
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const float* rows = xb + (c * H + 2 * p) * kK5Row;
-    const float* wc = wp + c * 75;
-#pragma GCC unroll 5
-    for (int kh = 0; kh < 5; ++kh) {
-      __m512 X0[6], X1[6];
-#pragma GCC unroll 6
-      for (int t = 0; t < 6; ++t) {
-        X0[t] = _mm512_loadu_ps(rows + kh * kK5Row + (t & 1) * 32 + (t >> 1));
-        X1[t] = _mm512_loadu_ps(rows + (kh + 1) * kK5Row + (t & 1) * 32 + (t >> 1));
-      }
-#pragma GCC unroll 5
-      for (int kw = 0; kw < 5; ++kw)
-#pragma GCC unroll 3
-        for (int o = 0; o < 3; ++o) {
-          const __m512 wv = _mm512_set1_ps(wc[(kh * 5 + kw) * 3 + o]);
-          acc[o][0][0] = _mm512_fmadd_ps(wv, X0[kw], acc[o][0][0]);
-          acc[o][0][1] = _mm512_fmadd_ps(wv, X0[kw + 1], acc[o][0][1]);
-          acc[o][1][0] = _mm512_fmadd_ps(wv, X1[kw], acc[o][1][0]);
-          acc[o][1][1] = _mm512_fmadd_ps(wv, X1[kw + 1], acc[o][1][1]);
-        }
-    }
-  }
+// Pools the tile acc[o][row][parity] (3 channels, window q in lane q) with
+// pool2_row's rule and stores pooled row p of the first nout channels.
+static void k5_pool(const __m512 (&acc)[3][2][2], int64_t p, int64_t PW, int nout, float* out, uint8_t* idx,
+                    int64_t plane) {
   const __m512 zero = _mm512_setzero_ps();
   auto max16 = [](__m512 x, __m512 y) { return _mm512_maskz_max_ps(0xFFFF, x, y); };
   const __mmask16 m = static_cast<__mmask16>((1u << PW) - 1u);
@@ -725,23 +697,144 @@ static void k5_fwd_tile(const float* xb, int64_t C, int64_t H, const float* wp, 
   }
 }
 
+// Pooled row p of channels o0 … o0 + 2 (wp: [C][5][5][3] of this channel triple, bias3: 3).
+static void k5_fwd_tile(const float* xb, int64_t C, int64_t H, const float* wp, const float* bias3, int64_t p,
+                        int64_t PW, int nout, float* out, uint8_t* idx, int64_t plane) {
+  __m512 acc[3][2][2];
+#pragma GCC unroll 3
+  for (int o = 0; o < 3; ++o) {
+    const __m512 bv = _mm512_set1_ps(bias3[o]);
+    acc[o][0][0] = acc[o][0][1] = acc[o][1][0] = acc[o][1][1] = bv;
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const float* rows = xb + (c * H + 2 * p) * kK5Row;
+    const float* wc = wp + c * 75;
+#pragma GCC unroll 5
+    for (int kh = 0; kh < 5; ++kh) {
+      __m512 X0[6], X1[6];
+#pragma GCC unroll 6
+      for (int t = 0; t < 6; ++t) {
+        X0[t] = _mm512_loadu_ps(rows + kh * kK5Row + (t & 1) * 32 + (t >> 1));
+        X1[t] = _mm512_loadu_ps(rows + (kh + 1) * kK5Row + (t & 1) * 32 + (t >> 1));
+      }
+#pragma GCC unroll 5
+      for (int kw = 0; kw < 5; ++kw)
+#pragma GCC unroll 3
+        for (int o = 0; o < 3; ++o) {
+          const __m512 wv = _mm512_set1_ps(wc[(kh * 5 + kw) * 3 + o]);
+          acc[o][0][0] = _mm512_fmadd_ps(wv, X0[kw], acc[o][0][0]);
+          acc[o][0][1] = _mm512_fmadd_ps(wv, X0[kw + 1], acc[o][0][1]);
+          acc[o][1][0] = _mm512_fmadd_ps(wv, X1[kw], acc[o][1][0]);
+          acc[o][1][1] = _mm512_fmadd_ps(wv, X1[kw + 1], acc[o][1][1]);
+        }
+    }
+  }
+  k5_pool(acc, p, PW, nout, out, idx, plane);
+}
+
+
+// Minimal filtering (Winograd F(2,3) + F(2,2)) along the row, for images and weights
+// that are all finite (inf − inf in the transforms would give NaN where the direct
+// sum gives ±inf; such images take k5_fwd_tile). With d_t = x[2q + t] (t = 0 … 5),
+// the even and odd conv columns of window q are
+//   y0 = A + C + D,  y1 = B + C − D,  where, summed over (c, kh),
+//   A = (d0 − d2)·w0 + (d3 − d4)·w3          B = (d1 − d3)·(−w2) + (d5 − d4)·w4
+//   C = (d1 + d2)·(w0 + w1 + w2)/2 + d4·(w3 + w4)   D = (d2 − d1)·(w0 − w1 + w2)/2
+// 7 products per (channel, row, c, kh) instead of 10. k5_transform stores the seven
+// input vectors T0 … T6 of every row (112 floats); the weights are packed as
+// [ot][c][kh][j][3] (K5Packed::wt).
+constexpr int kK5T = 7;
+constexpr int kK5Acc[kK5T] = {0, 2, 3, 1, 0, 2, 1};  // T_j feeds A, B, C or D (0 … 3)
+
+static void k5_transform(const float* buf, int64_t rows, float* tb) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = buf + r * kK5Row;
+    __m512 d[6];
+#pragma GCC unroll 6
+    for (int t = 0; t < 6; ++t) d[t] = _mm512_loadu_ps(src + (t & 1) * 32 + (t >> 1));
+    float* dst = tb + r * kK5T * 16;
+    _mm512_storeu_ps(dst + 0, _mm512_sub_ps(d[0], d[2]));
+    _mm512_storeu_ps(dst + 16, _mm512_add_ps(d[1], d[2]));
+    _mm512_storeu_ps(dst + 32, _mm512_sub_ps(d[2], d[1]));
+    _mm512_storeu_ps(dst + 48, _mm512_sub_ps(d[1], d[3]));
+    _mm512_storeu_ps(dst + 64, _mm512_sub_ps(d[3], d[4]));
+    _mm512_storeu_ps(dst + 80, d[4]);
+    _mm512_storeu_ps(dst + 96, _mm512_sub_ps(d[5], d[4]));
+  }
+}
+
+static void k5_fwd_tile_mf(const float* tb, int64_t C, int64_t H, const float* wt, const float* bias3, int64_t p,
+                           int64_t PW, int nout, float* out, uint8_t* idx, int64_t plane) {
+  __m512 a[3][2][4];  // [o][row][A, B, C, D]
+#pragma GCC unroll 3
+  for (int o = 0; o < 3; ++o)
+#pragma GCC unroll 2
+    for (int r = 0; r < 2; ++r) {
+      a[o][r][0] = a[o][r][1] = a[o][r][3] = _mm512_setzero_ps();
+      a[o][r][2] = _mm512_set1_ps(bias3[o]);
+    }
+  for (int64_t c = 0; c < C; ++c) {
+    const float* rows = tb + (c * H + 2 * p) * kK5T * 16;
+    const float* wc = wt + c * 5 * kK5T * 3;
+#pragma GCC unroll 5
+    for (int kh = 0; kh < 5; ++kh)
+#pragma GCC unroll 7
+      for (int j = 0; j < kK5T; ++j) {
+        const __m512 t0 = _mm512_loadu_ps(rows + (kh * kK5T + j) * 16);
+        const __m512 t1 = _mm512_loadu_ps(rows + ((kh + 1) * kK5T + j) * 16);
+#pragma GCC unroll 3
+        for (int o = 0; o < 3; ++o) {
+          const __m512 wv = _mm512_set1_ps(wc[(kh * kK5T + j) * 3 + o]);
+          a[o][0][kK5Acc[j]] = _mm512_fmadd_ps(wv, t0, a[o][0][kK5Acc[j]]);
+          a[o][1][kK5Acc[j]] = _mm512_fmadd_ps(wv, t1, a[o][1][kK5Acc[j]]);
+        }
+      }
+  }
+  __m512 acc[3][2][2];
+#pragma GCC unroll 3
+  for (int o = 0; o < 3; ++o)
+#pragma GCC unroll 2
+    for (int r = 0; r < 2; ++r) {
+      const __m512 cd = _mm512_add_ps(a[o][r][2], a[o][r][3]), cmd = _mm512_sub_ps(a[o][r][2], a[o][r][3]);
+      acc[o][r][0] = _mm512_add_ps(a[o][r][0], cd);
+      acc[o][r][1] = _mm512_add_ps(a[o][r][1], cmd);
+    }
+  k5_pool(acc, p, PW, nout, out, idx, plane);
+}
+
 // Weights [ot][c][kh][kw][3] and bias [ot][3], channels zero-padded to a multiple of 3.
 struct K5Packed {
   int64_t not_ = 0;
   float* wp = nullptr;
+  float* wt = nullptr;  // minimal-filtering weights [ot][c][kh][j][3]
   float* bp = nullptr;
+  bool finite = true;   // every weight finite (else no minimal filtering)
   K5Packed(const float* w, const float* b, int64_t O, int64_t C) {
     not_ = (O + 2) / 3;
     wp = new float[not_ * C * 75]();
+    wt = new float[not_ * C * 5 * kK5T * 3]();
     bp = new float[not_ * 3]();
     for (int64_t o = 0; o < O; ++o) {
       if (b) bp[o] = b[o];
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t e = 0; e < 25; ++e) wp[(((o / 3) * C + c) * 25 + e) * 3 + o % 3] = w[(o * C + c) * 25 + e];
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t e = 0; e < 25; ++e) {
+          const float v = w[(o * C + c) * 25 + e];
+          finite &= std::isfinite(v);
+          wp[(((o / 3) * C + c) * 25 + e) * 3 + o % 3] = v;
+        }
+        for (int64_t kh = 0; kh < 5; ++kh) {
+          const float* g = w + ((o * C + c) * 5 + kh) * 5;
+          const double t[kK5T] = {g[0], (double(g[0]) + g[1] + g[2]) / 2, (double(g[0]) - g[1] + g[2]) / 2,
+                                  -double(g[2]), g[3], double(g[3]) + g[4], g[4]};
+          for (int j = 0; j < kK5T; ++j)
+            wt[((((o / 3) * C + c) * 5 + kh) * kK5T + j) * 3 + o % 3] = static_cast<float>(t[j]);
+        }
+      }
     }
   }
   ~K5Packed() {
     delete[] wp;
+    delete[] wt;
     delete[] bp;
   }
   K5Packed(const K5Packed&) = delete;
@@ -753,14 +846,21 @@ static void k5_forward(const ConvShape& s, const float* x, const float* w, const
   const int64_t PH = s.OH / 2, PW = s.OW / 2, plane = PH * PW, C = s.C, O = s.O;
   K5Packed pk(w, b, O, C);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
-    float* buf = static_cast<float*>(::operator new(sizeof(float) * C * s.H * kK5Row, std::align_val_t(64)));
+    float* buf = static_cast<float*>(
+        ::operator new(sizeof(float) * C * s.H * (kK5Row + kK5T * 16), std::align_val_t(64)));
+    float* tb = buf + C * s.H * kK5Row;
     for (int64_t n = n0; n < n1; ++n) {
-      k5_split(x + n * C * s.H * s.W, C, s.H, s.W, buf);
+      const bool mf = k5_split(x + n * C * s.H * s.W, C, s.H, s.W, buf) && pk.finite;
+      if (mf) k5_transform(buf, C * s.H, tb);
       for (int64_t p = 0; p < PH; ++p)
         for (int64_t ot = 0; ot < pk.not_; ++ot) {
           const int nout = static_cast<int>(O - ot * 3 < 3 ? O - ot * 3 : 3);
           const int64_t e = (n * O + ot * 3) * plane;
-          k5_fwd_tile(buf, C, s.H, pk.wp + ot * C * 75, pk.bp + ot * 3, p, PW, nout, out + e, idx + e, plane);
+          if (mf)
+            k5_fwd_tile_mf(tb, C, s.H, pk.wt + ot * C * 5 * kK5T * 3, pk.bp + ot * 3, p, PW, nout, out + e, idx + e,
+                           plane);
+          else
+            k5_fwd_tile(buf, C, s.H, pk.wp + ot * C * 75, pk.bp + ot * 3, p, PW, nout, out + e, idx + e, plane);
         }
     }
     ::operator delete(buf, std::align_val_t(64));
