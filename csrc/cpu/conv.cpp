@@ -740,18 +740,31 @@ static void k5_fwd_tile(const float* xb, int64_t C, int64_t H, const float* wp, 
 //   y0 = A + C + D,  y1 = B + C − D,  where, summed over (c, kh),
 //   A = (d0 − d2)·w0 + (d3 − d4)·w3          B = (d1 − d3)·(−w2) + (d5 − d4)·w4
 //   C = (d1 + d2)·(w0 + w1 + w2)/2 + d4·(w3 + w4)   D = (d2 − d1)·(w0 − w1 + w2)/2
-// 7 products per (channel, row, c, kh) instead of 10. k5_transform stores the seven
-// input vectors T0 … T6 of every row (112 floats); the weights are packed as
+// 7 products per (channel, row, c, kh) instead of 10. k5_split_transform stores the
+// seven input vectors T0 … T6 of every row (112 floats); the weights are packed as
 // [ot][c][kh][j][3] (K5Packed::wt).
 constexpr int kK5T = 7;
 constexpr int kK5Acc[kK5T] = {0, 2, 3, 1, 0, 2, 1};  // T_j feeds A, B, C or D (0 … 3)
 
-static void k5_transform(const float* buf, int64_t rows, float* tb) {
+// The transformed rows straight from the image (no split buffer): d_t = x[2q + t] is one
+// two-source permute of the row's two vectors (lanes past the row: ignored, never
+// pooled). Returns whether every value is finite (else nothing useful is written).
+static bool k5_split_transform(const float* x, int64_t rows, int64_t W, float* tb) {
+  const __mmask16 mlo = static_cast<__mmask16>(W >= 16 ? 0xFFFFu : (1u << W) - 1u);
+  const __mmask16 mhi = static_cast<__mmask16>(W <= 16 ? 0u : (1u << (W - 16)) - 1u);
+  const __m512i i0 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __m512i it[6];
+  for (int t = 0; t < 6; ++t) it[t] = _mm512_and_si512(_mm512_add_epi32(i0, _mm512_set1_epi32(t)), _mm512_set1_epi32(31));
+  const __m512 zero = _mm512_setzero_ps();
+  __mmask16 bad = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const float* src = buf + r * kK5Row;
+    const float* src = x + r * W;
+    const __m512 lo = _mm512_maskz_loadu_ps(mlo, src), hi = _mm512_maskz_loadu_ps(mhi, src + 16);
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(lo, lo), zero, _CMP_NEQ_UQ) |
+           _mm512_cmp_ps_mask(_mm512_sub_ps(hi, hi), zero, _CMP_NEQ_UQ);
     __m512 d[6];
 #pragma GCC unroll 6
-    for (int t = 0; t < 6; ++t) d[t] = _mm512_loadu_ps(src + (t & 1) * 32 + (t >> 1));
+    for (int t = 0; t < 6; ++t) d[t] = _mm512_permutex2var_ps(lo, it[t], hi);
     float* dst = tb + r * kK5T * 16;
     _mm512_storeu_ps(dst + 0, _mm512_sub_ps(d[0], d[2]));
     _mm512_storeu_ps(dst + 16, _mm512_add_ps(d[1], d[2]));
@@ -761,6 +774,7 @@ static void k5_transform(const float* buf, int64_t rows, float* tb) {
     _mm512_storeu_ps(dst + 80, d[4]);
     _mm512_storeu_ps(dst + 96, _mm512_sub_ps(d[5], d[4]));
   }
+  return bad == 0;
 }
 
 static void k5_fwd_tile_mf(const float* tb, int64_t C, int64_t H, const float* wt, const float* bias3, int64_t p,
@@ -850,8 +864,9 @@ static void k5_forward(const ConvShape& s, const float* x, const float* w, const
         ::operator new(sizeof(float) * C * s.H * (kK5Row + kK5T * 16), std::align_val_t(64)));
     float* tb = buf + C * s.H * kK5Row;
     for (int64_t n = n0; n < n1; ++n) {
-      const bool mf = k5_split(x + n * C * s.H * s.W, C, s.H, s.W, buf) && pk.finite;
-      if (mf) k5_transform(buf, C * s.H, tb);
+      const float* xn = x + n * C * s.H * s.W;
+      const bool mf = pk.finite && k5_split_transform(xn, C * s.H, s.W, tb);
+      if (!mf) k5_split(xn, C, s.H, s.W, buf);
       for (int64_t p = 0; p < PH; ++p)
         for (int64_t ot = 0; ot < pk.not_; ++ot) {
           const int nout = static_cast<int>(O - ot * 3 < 3 ? O - ot * 3 : 3);
