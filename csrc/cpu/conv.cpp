@@ -882,9 +882,6 @@ static void k5_forward(const ConvShape& s, const float* x, const float* w, const
   });
 }
 
-// ∂L/∂w, ∂L/∂b of a block of images into part ([O][C][5][5] then [O]), fixed order.
-// xb: the block's split images (C·H·64 floats each); gbuf: room for one image's
-// G[p][Opad][r·2 + s][16] per image of the block.
 // Finite images (the usual case): the products with the three zero positions of a
 // window are exact zeros, so a window needs one product, not four: the input vector
 // of its chosen position is selected per lane (row bit, column bit of the index:
