@@ -22,6 +22,11 @@
 // only the one non-zero per window and channel (see "fused backward from the
 // pooled gradient" below); elsewhere ∂L/∂y is expanded and the dense path runs.
 //
+// conv1-like layers (5×5, stride 1, no padding, pool 2, rows of at most 32 pixels,
+// few channels) have their own float AVX-512 kernels (k5_*: column-parity split
+// rows, pooling in registers, minimal filtering in the forward, one product per
+// window in ∂L/∂w).
+//
 // Layers whose channel count is a multiple of the lane count and whose output
 // rows are narrow (conv2: 16 channels, 10-pixel rows) use channel-vectorised
 // tiles instead (one vector = L output channels of one pixel), for forward and
