@@ -177,6 +177,82 @@ def test_fused_backward_sparse_edges(rng, case, pool, dtype):
         assert rel_err(got[which], refs[which]) < TOL[dtype]
 
 
+# conv1-like fused layers (5×5, stride 1, no padding, pool 2, even conv output, rows
+# of at most 32 pixels, channels not a multiple of 16) take the parity-split kernels
+# (k5_* in csrc/cpu/conv.cpp, float AVX-512) for the forward and ∂L/∂w, ∂L/∂b; other
+# shapes and float64 the general path. Odd batches (block tails), channel counts not a
+# multiple of 3 (padded tiles), the narrowest rows (8 conv columns), every gradient alone.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(1, 3, 32, 32, 6, 5, 1, 0), (3, 3, 32, 32, 6, 5, 1, 0),
+                                  (17, 3, 32, 32, 6, 5, 1, 0), (3, 1, 20, 24, 4, 5, 1, 0),
+                                  (2, 2, 16, 30, 7, 5, 1, 0), (2, 5, 12, 12, 1, 5, 1, 0),
+                                  (9, 3, 10, 32, 8, 5, 1, 0)],
+                         ids=["conv1-N1", "conv1-N3", "conv1-N17", "C1O4", "C2O7W30", "C5O1W12", "O8N9"])
+def test_fused_conv1_like_layers(rng, case, dtype):
+    x, w, b, s, p = make(rng, case, dtype)
+    b -= 1.0  # some windows with every y ≤ 0: index 255, no gradient
+    y_ref, g, refs = reference(x, w, b, s, p, pool=2)
+    oh, ow = out_hw(x, w, s, p)
+    out = poison(np.empty((x.shape[0], w.shape[0], oh // 2, ow // 2), dtype))
+    idx = np.full(out.shape, 77, np.uint8)
+    _C.conv2d_relu_maxpool2d(x, w, b, *s, *p, 2, out, idx)
+    assert rel_err(out, y_ref) < TOL[dtype]
+    assert np.any(idx == 255) and np.all((idx < 4) | (idx == 255))
+    for needs in ([True] * 3, [False, True, True], [False, True, False], [False, False, True]):
+        got = [poison(np.empty_like(a)) if n else None for a, n in zip((x, w, b), needs)]
+        _C.conv2d_relu_maxpool2d_backward(g.astype(dtype), idx, x, w, *s, *p, 2, *got)
+        for a, ref in zip(got, refs):
+            if a is not None:
+                assert rel_err(a, ref) < TOL[dtype]
+
+
+def test_fused_conv1_like_inf_and_nan_input_match_torch(rng):
+    # ∂L/∂w multiplies every window position by its (mostly zero) gradient, as torch
+    # does: an inf in x gives NaN where torch has NaN; a NaN in x poisons its windows.
+    x, w, b, s, p = make(rng, (3, 3, 32, 32, 6, 5, 1, 0), np.float32)
+    x[1, 2, 7, 9] = np.inf
+    x[2, 0, 20, 3] = np.nan
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    _, gw, gb = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2, needs=(False, True, True))
+    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    ref = F.max_pool2d(F.relu(F.conv2d(xt, wt, bt)), 2)
+    gw_ref, gb_ref = torch.autograd.grad(ref, (wt, bt), torch.tensor(g, dtype=torch.float64))
+    assert np.array_equal(np.isnan(out), np.isnan(ref.detach().numpy()))
+    assert np.array_equal(np.isnan(gw), np.isnan(gw_ref.numpy()))
+    assert np.array_equal(np.isnan(gb), np.isnan(gb_ref.numpy()))
+    # the forward's minimal filtering mixes inputs (inf − inf): images and weights that
+    # are not all finite take the direct sums, whose infs and NaNs are torch's
+    x2, w2 = x.copy(), w.copy()
+    x2[1, 2, 7, 9] = -np.inf
+    w2[4, 1, 2, 3] = np.inf
+    for xx, ww in ((x, w), (x2, w), (x2, w2)):
+        out = ops.conv2d_relu_maxpool2d(xx, ww, b)
+        ref = F.max_pool2d(F.relu(F.conv2d(*(torch.tensor(a, dtype=torch.float64) for a in (xx, ww, b)))), 2)
+        ref = ref.numpy()
+        assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(np.isinf(out), np.isinf(ref))
+        fin = np.isfinite(ref)
+        assert np.allclose(out[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
+def test_fused_conv1_like_is_deterministic_across_thread_counts(rng):
+    x, w, b, s, p = make(rng, (19, 3, 32, 32, 6, 5, 1, 0), np.float32)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    before = oxkernels.get_num_threads()
+    try:
+        res = []
+        for nt in (1, 2, 3):
+            oxkernels.set_num_threads(nt)
+            res.append((*ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True),
+                        *ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2, needs=(False, True, True))[1:]))
+    finally:
+        oxkernels.set_num_threads(before)
+    for other in res[1:]:
+        for a, c in zip(res[0], other):
+            assert np.array_equal(a, c)
+
+
 def test_fused_backward_is_deterministic_across_thread_counts(rng):
     x, w, b, s, p = make(rng, (19, 6, 14, 14, 16, 5, 1, 1), np.float32)
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
