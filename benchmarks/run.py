@@ -70,7 +70,10 @@ def run_suite(path: Path, device: str, max_time: float) -> list:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "pytest", str(path), "--benchmark-only", "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={out}", f"--benchmark-max-time={max_time}", "--benchmark-min-rounds=5"]
+               f"--benchmark-json={out}", f"--benchmark-max-time={max_time}", "--benchmark-min-rounds=5",
+               # Warm up before calibrating: a slow first call (lazy allocations, sleeping
+               # threads) otherwise makes pytest-benchmark plan 5 single-call rounds.
+               "--benchmark-warmup=on", "--benchmark-warmup-iterations=20"]
         if device != "all":
             cmd += ["-k", device]
         print("$", " ".join(cmd), flush=True)
