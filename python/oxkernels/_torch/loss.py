@@ -88,12 +88,11 @@ class _CrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
-        out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
         if logits.is_cuda:
-            _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
-                             cuda_stream(logits))
+            out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
             grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
         else:
+            out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
             grad = torch.empty_like(logits)  # a non-contiguous logits is reported by the kernel's checks
             _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, None, 0, grad)
         ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
