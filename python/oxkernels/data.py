@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "MNIST", "CIFAR10", "SyntheticDataset", "DeviceBatches", "load_dataset", "data_root",
+    "MNIST", "CIFAR10", "SyntheticDataset", "DeviceBatches", "epoch_order", "normalisation",
+    "load_dataset", "data_root",
     "DatasetNotFoundError", "ChecksumError", "DownloadError",
     "MNIST_MIRRORS", "CIFAR10_MIRRORS",
 ]
@@ -475,6 +476,26 @@ def load_dataset(name: str, train=True, synthetic=False, **kwargs) -> _Dataset:
 
 # ---------------------------------------------------------------------------- batches on the device
 
+def epoch_order(n: int, seed):
+    """An epoch's sample order: torch.randperm(n) drawn from torch.Generator().manual_seed(seed),
+    or None for seed None (no shuffle). DeviceBatches and the fused trainers use this one draw."""
+    import torch
+
+    if seed is None:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def normalisation(mean, std):
+    """float32 (scale, shift) per channel for x = pixel · scale − shift, the float32 form of
+    x = (pixel / 255 − mean) / std: scale = 1 / (255 std), shift = mean / std."""
+    import torch
+
+    std = torch.tensor(std, dtype=torch.float32)
+    mean = torch.tensor(mean, dtype=torch.float32)
+    return 1.0 / (255.0 * std), mean / std
+
+
 @dataclass
 class DeviceBatches:
     """Normalised float32 batches from a data set held whole on `device`.
@@ -516,22 +537,35 @@ class DeviceBatches:
             raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size, got rank {self.rank} "
                              f"of world_size {self.world_size}")
         n = len(self.dataset) if self.limit is None else min(int(self.limit), len(self.dataset))
+        self.labels = torch.as_tensor(self.dataset.labels_np[:n]).to(self.device)
+        self._inputs = None
+        self.epoch = 0
+
+    @property
+    def inputs(self):
+        """The normalised float32 images on the device, made on first use (a fused trainer's
+        native epoch reads the uint8 images instead and never needs them)."""
+        if self._inputs is None:
+            self._materialise()
+        return self._inputs
+
+    def _materialise(self):
+        import torch
+
+        n = len(self.labels)
         pixels = self.dataset.images_np[:n]
-        c = pixels.shape[1]
-        std = torch.tensor(self.dataset.std, dtype=torch.float32).view(1, c, 1, 1)
-        mean = torch.tensor(self.dataset.mean, dtype=torch.float32).view(1, c, 1, 1)
-        scale, shift = (1.0 / (255.0 * std)).to(self.device), (mean / std).to(self.device)
-        self.inputs = torch.empty(pixels.shape, dtype=torch.float32, device=self.device)
+        scale, shift = (t.view(1, -1, 1, 1).to(self.device) for t in normalisation(self.dataset.mean,
+                                                                                    self.dataset.std))
+        inputs = torch.empty(pixels.shape, dtype=torch.float32, device=self.device)
         chunk = 8192  # bounded temporaries while converting
         for start in range(0, n, chunk):
             u8 = torch.as_tensor(pixels[start:start + chunk]).to(self.device)
-            self.inputs[start:start + chunk] = u8.float().mul_(scale).sub_(shift)
-        self.labels = torch.as_tensor(self.dataset.labels_np[:n]).to(self.device)
+            inputs[start:start + chunk] = u8.float().mul_(scale).sub_(shift)
         if self.shuffle or self.world_size > 1:
-            self._inputs_epoch = torch.empty((self.num_samples, *self.inputs.shape[1:]),
-                                             dtype=self.inputs.dtype, device=self.device)
+            self._inputs_epoch = torch.empty((self.num_samples, *inputs.shape[1:]), dtype=inputs.dtype,
+                                             device=self.device)
             self._labels_epoch = torch.empty(self.num_samples, dtype=self.labels.dtype, device=self.device)
-        self.epoch = 0
+        self._inputs = inputs
 
     def __len__(self):
         return -(-self.num_samples // self.batch_size)
@@ -544,14 +578,15 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @property
+    def shuffle_seed(self):
+        """This epoch's epoch_order seed: seed + epoch, or None without shuffle."""
+        return self.seed + self.epoch if self.shuffle else None
+
     def order(self):
         """This epoch's permutation (on the device), or None without shuffle."""
-        import torch
-
-        if not self.shuffle:
-            return None
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(len(self.labels), generator=g).to(self.device)
+        perm = epoch_order(len(self.labels), self.shuffle_seed)
+        return None if perm is None else perm.to(self.device)
 
     def shard(self, order):
         """This rank's part of an epoch order (see the class docstring): a 1-D index tensor."""

@@ -107,11 +107,11 @@ def _layer_plan(model):
 
 
 def shuffle_order(n, seed):
-    """The epoch's sample order: torch.randperm(n) from torch.Generator().manual_seed(seed)
-    (as oxkernels.data.DeviceBatches draws it), or 0 … n−1 when seed is None."""
-    if seed is None:
-        return torch.arange(n, dtype=torch.int64)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    """The epoch's sample order (oxkernels.data.epoch_order), or 0 … n−1 when seed is None."""
+    from .data import epoch_order
+
+    order = epoch_order(n, seed)
+    return torch.arange(n, dtype=torch.int64) if order is None else order
 
 
 def _epoch_inputs(who, images_u8, labels, batch_size, mean, std):
@@ -133,10 +133,7 @@ def _epoch_inputs(who, images_u8, labels, batch_size, mean, std):
         if default is None:
             raise ValueError(f"{who}: no default mean/std for {channels} channels")
         mean, std = default.mean, default.std
-    # The same float32 constants as DeviceBatches: x = pixel · (1 / (255 std)) − mean / std.
-    std_t = torch.tensor(std, dtype=torch.float32)
-    mean_t = torch.tensor(mean, dtype=torch.float32)
-    scale, shift = (1.0 / (255.0 * std_t)).contiguous(), (mean_t / std_t).contiguous()
+    scale, shift = data.normalisation(mean, std)  # DeviceBatches' constants
     return images.contiguous(), labels.contiguous(), batch_size, scale, shift
 
 

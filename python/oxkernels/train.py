@@ -179,20 +179,25 @@ def train_epoch(model, loss_fn, optimizer, batches, *, progress=None, on_step=No
     return mean_loss, time.perf_counter() - start
 
 
+def epoch_mean_loss(step_losses, batch_size: int, n: int) -> float:
+    """The epoch's mean training loss from its per-step mean losses: Σ_s loss_s · rows_s / n, the
+    batches all batch_size rows but maybe the last, summed in step order in float64 (as the
+    step loop sums them)."""
+    total = 0.0
+    for step, loss in enumerate(step_losses):
+        total += loss * min(batch_size, n - step * batch_size)
+    return total / max(n, 1)
+
+
 def _native_epoch(trainer, batches, progress):
     """trainer.fit_epoch over the epoch DeviceBatches would draw: the same samples, order
     (seed + epoch) and normalisation, from the uint8 images."""
     n, ds = batches.num_samples, batches.dataset
     start = time.perf_counter()
     losses = trainer.fit_epoch(ds.images[:n], ds.labels[:n], batches.batch_size,
-                               shuffle_seed=batches.seed + batches.epoch if batches.shuffle else None,
-                               mean=ds.mean, std=ds.std)
+                               shuffle_seed=batches.shuffle_seed, mean=ds.mean, std=ds.std)
     seconds = time.perf_counter() - start
-    # Per-step mean losses weighted by their batch sizes (all full but maybe the last).
-    sizes = torch.full((len(losses),), batches.batch_size, dtype=torch.float64)
-    if len(losses):
-        sizes[-1] = n - batches.batch_size * (len(losses) - 1)
-    mean_loss = float((losses.double() * sizes).sum() / max(n, 1))
+    mean_loss = epoch_mean_loss(losses.tolist(), batches.batch_size, n)
     if progress is not None:
         progress.update(n)
         progress.postfix(f"loss {mean_loss:.4f}")

@@ -117,7 +117,7 @@ def _run_group(base, trials, data_root, log):
     as fit() would train each: same initial weights, batches and epochs; the last epoch's train
     loss summed as train_epoch sums it; test accuracy by train.evaluate."""
     from .fused import ParallelTrainer
-    from .train import TEST_BATCH, build, evaluate, load_split
+    from .train import TEST_BATCH, build, epoch_mean_loss, evaluate, load_split
 
     cfgs = [dataclasses.replace(base, **overrides).resolved() for _, overrides in trials]
     first = cfgs[0]
@@ -134,16 +134,10 @@ def _run_group(base, trials, data_root, log):
     train_set, test_set = load_split(first.dataset, True, data_root), load_split(first.dataset, False, data_root)
     n = len(train_set) if first.limit is None else min(int(first.limit), len(train_set))
     images, labels = train_set.images_np[:n], train_set.labels_np[:n]
-    sizes = [min(first.batch_size, n - s) for s in range(0, n, first.batch_size)]
     train_loss = [math.nan] * len(cfgs)
     for epoch in range(first.epochs):
         losses = trainer.fit_epoch(images, labels, first.batch_size, shuffle_seed=[c.seed + epoch for c in cfgs])
-        for k, row in enumerate(losses.tolist()):
-            # train_epoch: Σ_steps float(loss_s) · rows_s in float64, over the samples seen.
-            total = 0.0
-            for loss, rows in zip(row, sizes):
-                total += loss * rows
-            train_loss[k] = total / max(n, 1)
+        train_loss = [epoch_mean_loss(row, first.batch_size, n) for row in losses.tolist()]
     from .data import DeviceBatches
 
     test_batches = DeviceBatches(test_set, TEST_BATCH, "cpu", limit=first.test_limit)
