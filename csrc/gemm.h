@@ -21,6 +21,8 @@
 
 namespace ox {
 
+// Below this many multiply-adds (M·N·K) one thread is faster than waking a second one.
+constexpr double kGemmThreadingWork = double(1 << 19);
 
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;

@@ -448,15 +448,13 @@ template <class S> static void epilogue_only(const GemmArgs& g) {
     }
 }
 
-// Below this many multiply-adds one thread is faster than waking the pool.
-constexpr int64_t kThreadingWork = int64_t(1) << 19;
-
 template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
   constexpr int MR = P::MR, NR = P::NV * V::W;
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) return epilogue_only<typename V::S>(g);
   int64_t threads = g.one_thread ? 1 : num_threads();
-  if (static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) < kThreadingWork) threads = 1;
+  if (static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) < kGemmThreadingWork)
+    threads = 1;
   const int64_t m_tiles = (g.M + MR - 1) / MR, n_tiles = (g.N + NR - 1) / NR;
   if (threads <= 1 || (m_tiles < 2 && n_tiles < 2)) return gemm_block<V, P>(g, 0, g.M, 0, g.N);
   // Split the dimension with more tiles into `threads` aligned ranges.

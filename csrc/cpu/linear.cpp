@@ -157,10 +157,6 @@ void linear_cpu(const View& x, const View& w, const View* bias, Activation act, 
   gemm_cpu(linear_forward_gemm(x, w, bias, act, y), x.dtype);
 }
 
-// Below this many multiply-adds per product, the backward's two products run one after the
-// other in the calling thread (waking a worker costs more than the product).
-constexpr double kPairThreadingWork = double(1 << 19);  // as gemm.cpp's kThreadingWork
-
 void linear_backward_cpu(const View& dy, const View& x, const View& w, const View* y, Activation act,
                          const View* dx, const View* dw, const View* db) {
   const int64_t N = w.shape[0], K = w.shape[1], R = rows_of(dy);
@@ -185,7 +181,7 @@ void linear_backward_cpu(const View& dy, const View& x, const View& w, const Vie
   // wake-up for the backward instead of one per product, no split of small products into
   // thin slices). The products sum in the same order either way (gemm.h), so the results do
   // not depend on the thread count.
-  pair = dx && (dw || db) && num_threads() >= 2 && double(R) * double(N) * double(K) >= kPairThreadingWork;
+  pair = dx && (dw || db) && num_threads() >= 2 && double(R) * double(N) * double(K) >= kGemmThreadingWork;
   if (pair) {
     parallel_for(2, 1, [&](int64_t b, int64_t e) {
       for (int64_t job = b; job < e; ++job) job == 0 ? grad_x() : grad_w_b();
