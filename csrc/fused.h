@@ -59,7 +59,7 @@ struct FusedMlp {
   View h[kFusedMaxLayers];   // (B, N_l) outputs of each layer (the last one holds the logits)
   View dh[kFusedMaxLayers];  // (B, N_l) gradients of each output
   View x, target;            // (B, K_0) float32 ((B, C, H, W) with convs) and (B,) int64: the epoch's batch buffers
-  View one;                  // () float32 holding 1: d loss / d loss
+  View one;                  // () float32: the template of the loss view (shape, dtype, device)
   bool amsgrad = false;
 };
 

@@ -272,12 +272,12 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
     linear_cpu(*input, L.w, &L.b, L.act, h[l]);
     input = &h[l];
   }
-  // Loss and its gradient w.r.t. the logits (d loss / d loss = 1, as loss.backward() seeds it).
+  // Loss and, in the same pass, its gradient w.r.t. the logits for d loss / d loss = 1 (as
+  // loss.backward() seeds it).
   View loss_view = net.one;
   loss_view.data = loss;
-  cross_entropy_forward_cpu(h[n - 1], target, kMeanCrossEntropy, loss_view);
   View dh = first_rows(net.dh[n - 1], R);
-  cross_entropy_backward_cpu(net.one, h[n - 1], target, kMeanCrossEntropy, dh);
+  cross_entropy_forward_cpu(h[n - 1], target, kMeanCrossEntropy, loss_view, &dh);
   // Backward: dz_l = dh_l ⊙ act'_l(h_l); dh_{l−1} = dz_l W_l, dW_l = dz_lᵀ h_{l−1}, db_l = Σ_rows dz_l.
   for (int l = n - 1; l >= 0; --l) {
     const FusedLayer& L = net.layer[l];
