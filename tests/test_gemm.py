@@ -73,6 +73,22 @@ def test_gemm_epilogue_bias_activation_alpha_beta(isa, rng, activation):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("m,n,k", [(37, 40, 100), (8, 33, 64), (20, 7, 5), (64, 64, 784), (3, 100, 120)])
+def test_gemm_operands_read_in_place_or_packed_give_the_same_bits(isa, rng, m, n, k):
+    # Row-major operands may be read in place (gemm.cpp: direct A / direct B); the same values
+    # in column-major order are always packed first. Same k order either way: equal bits.
+    a, b = operands(rng, m, n, k, False, False)
+    results = []
+    for a_in, b_in in [(a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
+                       (np.asfortranarray(a), np.asfortranarray(b))]:
+        out = poison(np.empty((m, n), np.float32))
+        _C.gemm(a_in, b_in, out)
+        results.append(out)
+    assert rel_err(results[0], reference(a, b, False, False)) < 1e-5
+    for out in results[1:]:
+        assert np.array_equal(out, results[0])
+
+
 def test_gemm_large_blocks_and_threads_are_deterministic(rng, tmp_path):
     # One thread (in a fresh process: resizing the pool in-process is avoided) and the
     # default pool give bitwise the same result: each element sums in one fixed k order.

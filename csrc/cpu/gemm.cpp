@@ -330,11 +330,19 @@ struct Epilogue {
   Activation act;
 };
 
-// C[0:rows, 0:cols] (row stride c_rs) ← epilogue(Σ_k pa[k·MR + i] · pb[k·NR + j]).
-template <class V, int MR, int NV>
+// Where the micro-kernel reads its operands: from the packed panels (pa[k·MR + i],
+// pb[k·NR + j]), or straight from A and B when packing would cost more than it saves:
+// DirectA reads A'[i, k] = A[i·a_rs + k] (row-major A, no prologue), DirectB reads
+// B[k, j] = B[k·b_rs + j] (row-major B), with masked loads past `cols`.
+struct Operands {
+  int64_t a_rs = 0, b_rs = 0;
+};
+
+// C[0:rows, 0:cols] (row stride c_rs) ← epilogue(Σ_k A'[i, k] · B[k, j]), k in increasing order.
+template <class V, int MR, int NV, bool DirectA = false, bool DirectB = false>
 static void tile(int64_t kc, const typename V::S* __restrict pa, const typename V::S* __restrict pb,
                  typename V::S* C, int64_t c_rs, int rows, int cols, const typename V::S* bias,
-                 const Epilogue& ep) {
+                 const Epilogue& ep, const Operands& direct = {}) {
   using S = typename V::S;
   using R = typename V::R;
   constexpr int W = V::W, NR = NV * W;
@@ -343,18 +351,28 @@ static void tile(int64_t kc, const typename V::S* __restrict pa, const typename 
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  const S* a_row[MR];  // DirectA: rows past `rows` re-read row 0; their sums are never stored
+  if constexpr (DirectA)
+    for (int i = 0; i < MR; ++i) a_row[i] = pa + (i < rows ? i : 0) * direct.a_rs;
+  int b_lanes[NV];  // DirectB: valid lanes of each register (0 … W)
+  if constexpr (DirectB)
+    for (int v = 0; v < NV; ++v) b_lanes[v] = cols - v * W >= W ? W : cols - v * W > 0 ? cols - v * W : 0;
+  const bool b_full = !DirectB || cols == NR;
   for (int64_t k = 0; k < kc; ++k) {
     R b[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = V::load(pb + v * W);
+    for (int v = 0; v < NV; ++v)
+      b[v] = b_full ? V::load(pb + v * W) : V::loadn(pb + v * W, b_lanes[v]);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
-      const R a = V::set1(pa[i]);
+      R a;
+      if constexpr (DirectA) a = V::set1(a_row[i][k]);
+      else a = V::set1(pa[i]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(a, b[v], acc[i][v]);
     }
-    pa += MR;
-    pb += NR;
+    if constexpr (!DirectA) pa += MR;
+    if constexpr (DirectB) pb += direct.b_rs; else pb += NR;
   }
   const R alpha = V::set1(static_cast<S>(ep.alpha)), beta = V::set1(static_cast<S>(ep.beta));
   const bool scale = ep.alpha != 1.0, read_c = !ep.first || ep.beta != 0.0;
@@ -412,22 +430,43 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
   S* pa = scratch<S>(0, static_cast<int64_t>(P::MC + MR) * P::KC);
   S* pb = scratch<S>(1, static_cast<int64_t>(P::NC + NR) * P::KC);
   if (!pa || !pb) throw std::bad_alloc();
+  // Packing copies an operand so that the micro-kernel re-reads it from a compact panel. An
+  // operand the kernel reads only once or twice, or whose panel stays in L1 anyway, costs
+  // less read in place: A when row-major, without a prologue, and this thread's C at most two
+  // column tiles wide (each A element is then read at most twice); B when row-major and its
+  // kc × NR panel fits half of L1. Both read the same values in the same k order as the packed
+  // path, so the results do not change.
+  constexpr bool kVector = V::W > 1;
+  const bool direct_a = kVector && g.a_cs == 1 && !aux && n1 - n0 <= 2 * NR;
+  const Operands direct{g.a_rs, g.b_rs};
   for (int64_t jc = n0; jc < n1; jc += P::NC) {
     const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
     for (int64_t pc = 0; pc < K; pc += kc_step) {
       const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
-      pack_b(B + pc * g.b_rs + jc * g.b_cs, g.b_rs, g.b_cs, kc, nc, NR, pb);
+      const bool direct_b = kVector && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
+      const S* b_block = B + pc * g.b_rs + jc * g.b_cs;
+      if (!direct_b) pack_b(b_block, g.b_rs, g.b_cs, kc, nc, NR, pb);
       const Epilogue ep{g.alpha, g.beta, pc == 0, pc + kc == K, g.act};
       for (int64_t ic = m0; ic < m1; ic += P::MC) {
         const int64_t mc = m1 - ic < P::MC ? m1 - ic : P::MC;
         const int64_t a_off = ic * g.a_rs + pc * g.a_cs;
-        pack_a(A + a_off, g.a_rs, g.a_cs, aux ? aux + a_off : nullptr, g.aux_grad, mc, kc, MR, pa);
+        if (!direct_a) pack_a(A + a_off, g.a_rs, g.a_cs, aux ? aux + a_off : nullptr, g.aux_grad, mc, kc, MR, pa);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int cols = static_cast<int>(nc - jr < NR ? nc - jr : NR);
+          const S* b_tile = direct_b ? b_block + jr : pb + jr * kc;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int rows = static_cast<int>(mc - ir < MR ? mc - ir : MR);
-            tile<V, MR, P::NV>(kc, pa + ir * kc, pb + jr * kc, C + (ic + ir) * g.c_rs + jc + jr, g.c_rs, rows,
-                               cols, bias ? bias + jc + jr : nullptr, ep);
+            const S* a_tile = direct_a ? A + a_off + ir * g.a_rs : pa + ir * kc;
+            S* c_tile = C + (ic + ir) * g.c_rs + jc + jr;
+            const S* bias_tile = bias ? bias + jc + jr : nullptr;
+            if (direct_a && direct_b)
+              tile<V, MR, P::NV, true, true>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
+            else if (direct_a)
+              tile<V, MR, P::NV, true, false>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
+            else if (direct_b)
+              tile<V, MR, P::NV, false, true>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
+            else
+              tile<V, MR, P::NV>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep);
           }
         }
       }
