@@ -51,6 +51,16 @@ View as_matrix(const View& v, int64_t rows, int64_t features) {
   return r;
 }
 
+// Rows [r0, r1) of a contiguous view (dim 0), as a view of their own.
+View row_range(const View& v, int64_t r0, int64_t r1) {
+  View r = v;
+  int64_t row = 1;
+  for (int i = 1; i < v.ndim; ++i) row *= v.shape[i];
+  r.data = static_cast<char*>(v.data) + r0 * row * dtype_size(v.dtype);
+  r.shape[0] = r1 - r0;
+  return r;
+}
+
 int64_t per_sample(const View& v) {
   int64_t n = 1;
   for (int i = 1; i < v.ndim; ++i) n *= v.shape[i];
@@ -139,14 +149,16 @@ void sgd_update(const View& param, const View& grad, const View& buffer, const S
   });
 }
 
-void apply_update(const FusedMlp& net, const FusedUpdate& update) {
+// Every tensor's update but those of the weights in `skip` (layers whose weight update runs
+// inside owner_split_backward).
+void apply_update(const FusedMlp& net, const FusedUpdate& update, const bool* skip) {
   if (update.sgd) {
     for (int c = 0; c < net.convs; ++c) {
       sgd_update(net.conv[c].w.p, net.conv[c].w.g, net.conv[c].w.m, *update.sgd);
       sgd_update(net.conv[c].b.p, net.conv[c].b.g, net.conv[c].b.m, *update.sgd);
     }
     for (int l = 0; l < net.layers; ++l) {
-      sgd_update(net.layer[l].w, net.layer[l].gw, net.layer[l].m_w, *update.sgd);
+      if (!skip[l]) sgd_update(net.layer[l].w, net.layer[l].gw, net.layer[l].m_w, *update.sgd);
       sgd_update(net.layer[l].b, net.layer[l].gb, net.layer[l].m_b, *update.sgd);
     }
     return;
@@ -159,13 +171,88 @@ void apply_update(const FusedMlp& net, const FusedUpdate& update) {
   }
   for (int l = 0; l < net.layers; ++l) {
     const FusedLayer& L = net.layer[l];
-    tensors[count++] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
+    if (!skip[l]) tensors[count++] = adam_tensor(L.w, L.gw, L.m_w, L.v_w, L.vmax_w, net.amsgrad, bump_step(L.step_w));
     tensors[count++] = adam_tensor(L.b, L.gb, L.m_b, L.v_b, L.vmax_b, net.amsgrad, bump_step(L.step_b));
   }
   adam_step_cpu(tensors, count, DType::f32, *update.adam, nullptr);
 }
 
 constexpr CrossEntropy kMeanCrossEntropy{Reduction::mean, 0.0, -100};
+
+// ---- the big layer, split by owner ---------------------------------------------------------
+// The MLP's first layer holds almost all its weights (784·64 of 52,650). The forward product,
+// the weight gradient and the update each stream all of W, dW and the Adam state (≈ 1 MB per
+// step); run as three separately threaded passes, each splits the work its own way, so a thread
+// mostly reads rows another core wrote last. Here each thread owns a fixed range of W's rows
+// (output features) for the whole step and from step to step: it computes those columns of
+// h, those rows of dW, and updates those rows, so they stay in its own L2. Each element is
+// computed exactly as in the unsplit products (gemm.h: the summation order depends on K
+// alone) and the update is element-wise, so the bits are the same.
+constexpr int kMaxOwners = 64;
+struct OwnerSplit {
+  int parts = 0;
+  int64_t bound[kMaxOwners + 1] = {};
+};
+
+// Row ranges of W (N rows) for the pool's threads, multiples of the product's column tile;
+// parts = 0 when one thread, or the layer too small to be worth a split, would do.
+OwnerSplit owner_split(int64_t N, int64_t K, int64_t R) {
+  OwnerSplit split;
+  int mr = 0, nr = 0;
+  gemm_cpu_tile(&mr, &nr);
+  const int64_t tiles = (N + nr - 1) / nr;
+  int64_t parts = num_threads();
+  if (parts > tiles) parts = tiles;
+  if (parts > kMaxOwners) parts = kMaxOwners;
+  if (parts < 2 || double(N) * double(K) * double(R) < kGemmThreadingWork) return split;
+  const int64_t per = (tiles + parts - 1) / parts;
+  split.parts = static_cast<int>((tiles + per - 1) / per);
+  for (int p = 0; p <= split.parts; ++p) split.bound[p] = p * per * nr < N ? p * per * nr : N;
+  return split;
+}
+
+// h = act(x Wᵀ + b), thread p computing columns bound[p] … bound[p+1] of h.
+void owner_split_forward(const OwnerSplit& split, const View& x, const FusedLayer& L, const View& h) {
+  const int64_t N = L.w.shape[0];
+  parallel_for(split.parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t f0 = split.bound[p], f1 = split.bound[p + 1];
+      const View bias = row_range(L.b, f0, f1);
+      GemmArgs g = linear_forward_gemm(x, row_range(L.w, f0, f1), &bias, L.act, h);
+      g.C = h.ptr<float>() + f0;
+      g.c_rs = N;
+      g.one_thread = true;
+      gemm_cpu(g, DType::f32);
+    }
+  });
+}
+
+// dW = dzᵀ x (dz = dh ⊙ act'(h)) and the update of W, thread p taking rows bound[p] … bound[p+1].
+void owner_split_backward(const OwnerSplit& split, const View& dh, const View& x, const FusedLayer& L,
+                          const View& h, const FusedUpdate& update, bool amsgrad) {
+  const int64_t N = L.w.shape[0], K = L.w.shape[1];
+  const double step = update.adam ? bump_step(L.step_w) : 0;
+  parallel_for(split.parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t f0 = split.bound[p], f1 = split.bound[p + 1];
+      const View w = row_range(L.w, f0, f1), gw = row_range(L.gw, f0, f1), m = row_range(L.m_w, f0, f1);
+      GemmArgs g = linear_grad_w_gemm(dh, x, &h, L.act, gw);
+      g.A = dh.ptr<float>() + f0;
+      g.a_cs = N;
+      if (g.aux) g.aux = h.ptr<float>() + f0;
+      g.one_thread = true;
+      gemm_cpu(g, DType::f32);
+      if (update.sgd) {
+        sgd_update(w, gw, m, *update.sgd);  // nested: runs in this thread
+        continue;
+      }
+      const View vmax = amsgrad ? row_range(L.vmax_w, f0, f1) : View{};
+      const AdamTensor t = adam_tensor(w, gw, m, row_range(L.v_w, f0, f1), vmax, amsgrad, step);
+      adam_step_cpu(&t, 1, DType::f32, *update.adam, nullptr);
+    }
+  });
+  (void)K;
+}
 
 }  // namespace
 
@@ -266,10 +353,12 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
   }
   // Forward: h_l = act_l(h_{l−1} W_lᵀ + b_l).
   const View* input = &mlp_in;
+  const OwnerSplit split = net.convs == 0 ? owner_split(net.layer[0].w.shape[0], mlp_in.shape[1], R) : OwnerSplit{};
   for (int l = 0; l < n; ++l) {
     const FusedLayer& L = net.layer[l];
     h[l] = first_rows(net.h[l], R);
-    linear_cpu(*input, L.w, &L.b, L.act, h[l]);
+    if (l == 0 && split.parts) owner_split_forward(split, *input, L, h[l]);
+    else linear_cpu(*input, L.w, &L.b, L.act, h[l]);
     input = &h[l];
   }
   // Loss and, in the same pass, its gradient w.r.t. the logits for d loss / d loss = 1 (as
@@ -278,6 +367,7 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
   loss_view.data = loss;
   View dh = first_rows(net.dh[n - 1], R);
   cross_entropy_forward_cpu(h[n - 1], target, kMeanCrossEntropy, loss_view, &dh);
+  bool updated[kFusedMaxLayers] = {};  // weights already updated by owner_split_backward
   // Backward: dz_l = dh_l ⊙ act'_l(h_l); dh_{l−1} = dz_l W_l, dW_l = dz_lᵀ h_{l−1}, db_l = Σ_rows dz_l.
   for (int l = n - 1; l >= 0; --l) {
     const FusedLayer& L = net.layer[l];
@@ -286,7 +376,13 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
     if (l > 0) dprev = first_rows(net.dh[l - 1], R);
     else if (net.convs > 0) dprev = as_matrix(net.conv[net.convs - 1].dout, R, mlp_in.shape[1]);
     const bool want_dx = l > 0 || net.convs > 0;
-    linear_backward_cpu(dh, in, L.w, &h[l], L.act, want_dx ? &dprev : nullptr, &L.gw, &L.gb);
+    if (l == 0 && split.parts) {  // dx is not needed: conv-free
+      linear_backward_cpu(dh, in, L.w, &h[l], L.act, nullptr, nullptr, &L.gb);
+      owner_split_backward(split, dh, in, L, h[l], update, net.amsgrad);
+      updated[0] = true;
+    } else {
+      linear_backward_cpu(dh, in, L.w, &h[l], L.act, want_dx ? &dprev : nullptr, &L.gw, &L.gb);
+    }
     dh = dprev;
   }
   // Conv blocks backward: the gradient of block c's output is dout_c; the input gradient only for c > 0.
@@ -299,7 +395,7 @@ void fused_mlp_step_cpu(const FusedMlp& net, const View& x_batch, const View& ta
                                        c > 0 ? &gin : nullptr, &cv.w.g, &cv.b.g);
   }
   // Adam over every weight and bias (each step count incremented first), or SGD.
-  apply_update(net, update);
+  apply_update(net, update, updated);
 }
 
 void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& labels, const View& order,
