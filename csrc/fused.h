@@ -13,6 +13,8 @@
 // as (R, C, H, W), the MLP's input is the last block's output flattened) run forward before
 // layer 0 and backward after it, through conv2d_relu_maxpool2d_{forward,backward}_cpu.
 // Then one Adam step over every W_l, b_l with each tensor's step count incremented first.
+// (Without conv blocks, layer 0's forward, weight gradient and update run split by rows of
+// W_0, each thread owning one range throughout: see owner_split in cpu/fused.cpp.)
 //
 // Every buffer is memory Python owns (torch tensors), handed over once as Views.
 #pragma once

@@ -230,7 +230,7 @@ void owner_split_forward(const OwnerSplit& split, const View& x, const FusedLaye
 // dW = dzᵀ x (dz = dh ⊙ act'(h)) and the update of W, thread p taking rows bound[p] … bound[p+1].
 void owner_split_backward(const OwnerSplit& split, const View& dh, const View& x, const FusedLayer& L,
                           const View& h, const FusedUpdate& update, bool amsgrad) {
-  const int64_t N = L.w.shape[0], K = L.w.shape[1];
+  const int64_t N = L.w.shape[0];
   const double step = update.adam ? bump_step(L.step_w) : 0;
   parallel_for(split.parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -251,7 +251,6 @@ void owner_split_backward(const OwnerSplit& split, const View& dh, const View& x
       adam_step_cpu(&t, 1, DType::f32, *update.adam, nullptr);
     }
   });
-  (void)K;
 }
 
 }  // namespace
