@@ -62,24 +62,44 @@ bool load_numpy(py::handle src, View& v) {
   return true;
 }
 
-bool load_torch(py::handle src, View& v) {
-  py::tuple shape = src.attr("shape");
+// Attribute names of torch.Tensor, interned once (set_torch_types): a lookup by a
+// ready-made str skips building one from a C string on every call.
+struct TorchNames {
+  PyObject *shape, *stride, *dtype, *is_cuda, *is_cpu, *get_device, *data_ptr;
+};
+TorchNames g_names;
+
+// New reference to src.<name>, or a Python error as an exception.
+py::object attr(PyObject* src, PyObject* name) {
+  PyObject* r = PyObject_GetAttr(src, name);
+  if (!r) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
+}
+py::object call(PyObject* src, PyObject* name) {
+  PyObject* r = PyObject_CallMethodNoArgs(src, name);
+  if (!r) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
+}
+
+bool load_torch(py::handle handle, View& v) {
+  PyObject* src = handle.ptr();
+  const py::object shape = attr(src, g_names.shape);  // torch.Size: a tuple
   const auto ndim = static_cast<int>(PyTuple_GET_SIZE(shape.ptr()));
   if (ndim > kMaxRank) throw py::value_error("tensors of more than 8 dimensions are not supported");
-  py::tuple strides = src.attr("stride")();
-  py::object dtype = src.attr("dtype");
+  const py::object strides = call(src, g_names.stride);
+  const py::object dtype = attr(src, g_names.dtype);
   PyObject* code = PyDict_GetItem(g_torch_dtypes->ptr(), dtype.ptr());  // borrowed
   v.dtype = code ? static_cast<DType>(PyLong_AsLong(code)) : DType::unsupported;
   if (v.dtype == DType::unsupported) set_source_dtype(v, py::str(dtype).cast<std::string>());
   // x.device.type costs ~0.3 µs; is_cuda / is_cpu / get_device() are attribute reads.
-  if (PyObject_IsTrue(src.attr("is_cuda").ptr()) == 1) {
+  if (attr(src, g_names.is_cuda).ptr() == Py_True) {
     v.device = Device::cuda;
-    v.device_index = static_cast<int>(PyLong_AsLong(src.attr("get_device")().ptr()));
+    v.device_index = static_cast<int>(PyLong_AsLong(call(src, g_names.get_device).ptr()));
   } else {
-    v.device = PyObject_IsTrue(src.attr("is_cpu").ptr()) == 1 ? Device::cpu : Device::unsupported;
+    v.device = attr(src, g_names.is_cpu).ptr() == Py_True ? Device::cpu : Device::unsupported;
     v.device_index = 0;
   }
-  v.data = PyLong_AsVoidPtr(src.attr("data_ptr")().ptr());
+  v.data = PyLong_AsVoidPtr(call(src, g_names.data_ptr).ptr());
   v.ndim = ndim;
   v.writable = true;
   for (int i = 0; i < ndim; ++i) {
@@ -138,6 +158,10 @@ void set_torch_types(py::handle tensor_type, py::dict dtype_map) {
   Py_XINCREF(tensor_type.ptr());
   g_torch_tensor_type = tensor_type.ptr();
   g_torch_dtypes = new py::dict(dtype_map);  // lives for the process
+  g_names = {PyUnicode_InternFromString("shape"),    PyUnicode_InternFromString("stride"),
+             PyUnicode_InternFromString("dtype"),    PyUnicode_InternFromString("is_cuda"),
+             PyUnicode_InternFromString("is_cpu"),   PyUnicode_InternFromString("get_device"),
+             PyUnicode_InternFromString("data_ptr")};
 }
 
 bool load_view(py::handle src, View& out, py::object& keep_alive) {
