@@ -157,6 +157,27 @@ template <> struct Vec<double> : ScalarVec<double> {};
 
 constexpr int64_t kBatchBlock = 8;  // images per backward block (fixed: determinism)
 
+// Scratch of n values, 64-byte aligned: tables and patches read by whole-vector
+// loads at multiples of 64 bytes then never straddle two cache lines (a split
+// load costs two). Empty when n ≤ 0; zero-filled on request.
+template <class T> class Scratch {
+ public:
+  explicit Scratch(int64_t n, bool zero = false) {
+    if (n <= 0) return;
+    p_ = static_cast<T*>(::operator new(sizeof(T) * n, std::align_val_t(64)));
+    if (zero) std::memset(p_, 0, sizeof(T) * n);
+  }
+  ~Scratch() {
+    if (p_) ::operator delete(p_, std::align_val_t(64));
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
 // ---- padded, phase-split image buffers ------------------------------------
 // Layout of a buffer: [C][R rows][sw phases][Wj], column j·sw + q at [q][j].
 struct BufGeom {
@@ -367,16 +388,18 @@ static int pick_ob(int64_t O) {
 // A packed kernel for conv_rows. flip_transpose: w is (Cin, Oout, KH, KW) and the
 // packed kernel is w[ci][oo][KH−1−kh][KW−1−kw] (for ∂L/∂x).
 template <class T> struct Packed {
+  Scratch<T> wbuf, bbuf;
   T* wp = nullptr;
   T* bp = nullptr;
   int ob = 1;
   int64_t nob = 0;
   Packed(const T* w, const T* b, int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, bool flip_transpose,
-         int64_t OW) {
-    ob = use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
+         int64_t OW)
+      : wbuf(weights_size(Oout, Cin, KH, KW, OW), true), bbuf(block_channels(Oout, OW) + 1, true) {
+    ob = block_of(Oout, OW);
     nob = (Oout + ob - 1) / ob;
-    wp = new T[nob * ob * Cin * KH * KW + 1]();
-    bp = new T[nob * ob + 1]();
+    wp = wbuf.get();
+    bp = bbuf.get();
     for (int64_t oo = 0; oo < Oout; ++oo) {
       if (b) bp[oo] = b[oo];
       for (int64_t ci = 0; ci < Cin; ++ci)
@@ -388,12 +411,20 @@ template <class T> struct Packed {
           }
     }
   }
-  ~Packed() {
-    delete[] wp;
-    delete[] bp;
-  }
   Packed(const Packed&) = delete;
   Packed& operator=(const Packed&) = delete;
+
+ private:
+  static int block_of(int64_t Oout, int64_t OW) {
+    return use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
+  }
+  static int64_t block_channels(int64_t Oout, int64_t OW) {
+    const int64_t b = block_of(Oout, OW);
+    return (Oout + b - 1) / b * b;
+  }
+  static int64_t weights_size(int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, int64_t OW) {
+    return block_channels(Oout, OW) * Cin * KH * KW + 1;
+  }
 };
 
 template <class T> static RowsFn<T> pick_rows(const Packed<T>& pk, int64_t Oout, int64_t OW) {
@@ -1611,13 +1642,13 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
   GxSparseGeom gxq{};
   const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
-  T* wfull = gx_sparse ? new T[2 * s.O * s.KH * gxq.rowlen] : nullptr;
+  Scratch<T> wfull_buf(gx_sparse ? 2 * s.O * s.KH * gxq.rowlen : 0);
+  T* wfull = wfull_buf.get();
   if (gx_sparse) build_gx_sparse_weights(s, gxq, w, wfull);
   GxScatterGeom gxs{};
   const GxScatterFn<T> gx_scatter = gx && !gx_sparse ? pick_gx_scatter<T>(s, &gxs) : nullptr;
-  // 64-byte aligned: every FMA of the scatter loads a weight vector
-  T* wscat = gx_scatter ? static_cast<T*>(::operator new(sizeof(T) * s.O * s.KH * gxs.rowvec, std::align_val_t(64)))
-                        : nullptr;
+  Scratch<T> wscat_buf(gx_scatter ? s.O * s.KH * gxs.rowvec : 0);
+  T* wscat = wscat_buf.get();
   if (gx_scatter) build_gx_scatter_weights(s, gxs, w, wscat);
   const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !k5w));
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
@@ -1637,9 +1668,10 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     // patches of the sparse ∂L/∂w (zeroed once: lanes past C·KH·KW are read, never
     // stored), padded channels-last ∂L/∂x of the sparse path
     const int64_t npatch = (s.OH / P) * P * (s.OW / P) * P;
-    T* xcol = gw_sparse ? new T[npatch * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
-    T* gxp = gx_sparse ? new T[gxq.Hp * gxq.Wp * gxq.CP] : nullptr;
-    T* gxscat = gx_scatter ? new T[gxs.size()] : nullptr;
+    Scratch<T> xcol_buf(gw_sparse ? npatch * patch_stride<T>(s.C * s.KH * s.KW) : 0, true);
+    Scratch<T> gxp_buf(gx_sparse ? gxq.Hp * gxq.Wp * gxq.CP : 0);
+    Scratch<T> gxscat_buf(gx_scatter ? gxs.size() : 0);
+    T *xcol = xcol_buf.get(), *gxp = gxp_buf.get(), *gxscat = gxscat_buf.get();
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
     const T* gtptr[kBatchBlock];
@@ -1719,9 +1751,6 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       }
     }
     if (k5buf) ::operator delete(k5buf, std::align_val_t(64));
-    delete[] gxp;
-    delete[] gxscat;
-    delete[] xcol;
     delete[] gtrans;
     delete[] gbuf;
     delete[] gexp;
@@ -1740,8 +1769,6 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     }
   }
   delete pk;
-  delete[] wfull;
-  if (wscat) ::operator delete(wscat, std::align_val_t(64));
   delete[] partial;
 }
 
