@@ -157,6 +157,12 @@ template <> struct Vec<double> : ScalarVec<double> {};
 
 constexpr int64_t kBatchBlock = 8;  // images per backward block (fixed: determinism)
 
+#if defined(__AVX512F__)
+constexpr int kVecRegs = 32;  // vector registers: bounds register-tile sizes
+#else
+constexpr int kVecRegs = 16;
+#endif
+
 // Scratch of n values, 64-byte aligned: tables and patches read by whole-vector
 // loads at multiples of 64 bytes then never straddle two cache lines (a split
 // load costs two). Empty when n ≤ 0; zero-filled on request.
@@ -1383,6 +1389,107 @@ template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
   }
 }
 
+// Channels-last variant (few input channels, stride 1 along the width): with x
+// stored channels-last and padded, xcl[r][col][c], the KW·C values of one patch
+// row (c, kh, all kw) are contiguous: xcl[(i·sh + kh)·Wp + j][0 … KW·C). A patch
+// is then KH rows of NVR vectors loaded in place (lanes past KW·C read the next
+// column and are dropped), so no patch is copied: the image is transposed once
+// (C·H·W values) instead of C·KH chunk copies per y position, and its 5 KB (conv2)
+// stay in L1 where the copied patches (64 KB) did not. Per channel o the non-zeros
+// are summed in registers (KH·NVR vectors), then added into the block's
+// channels-last sum acc[o][kh][kw·C + c]; at the block's end that is written to the
+// partial in the (O, C, KH, KW) order. Order per element: windows (p, q) row-major
+// within an image, images in order.
+struct GwClGeom {
+  int64_t Hp, Wp, C, rowvec;  // rowvec = NVR·L
+  int64_t size() const { return Hp * Wp * C + rowvec; }  // + one patch row of overrun
+};
+
+template <class T, int KHt, int NVR>
+static void gw_sparse_cl_block(const ConvShape& s, int64_t P, const GwClGeom& q, const T* x, const T* gout,
+                               const uint8_t* idx, int64_t n0, int64_t n1, T* xcl, T* acc_cl, T* part) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t C = s.C, H = s.H, W = s.W, KW = s.KW, O = s.O, Wp = q.Wp, rowlen = Wp * C, rowvec = q.rowvec;
+  const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, nw = O * C * KHt * KW;
+  int64_t koff[15 * 15];  // window position k → offset of its y position's patch from the window's first
+  for (int64_t k = 0; k < P * P; ++k) koff[k] = (k / P) * s.sh * rowlen + (k % P) * C;
+  std::memset(acc_cl, 0, sizeof(T) * O * KHt * rowvec);
+  for (int64_t n = n0; n < n1; ++n) {
+    std::memset(xcl, 0, sizeof(T) * q.size());
+    const T* xn = x + n * C * H * W;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h) {
+        T* d = xcl + ((h + s.ph) * Wp + s.pw) * C + c;
+        const T* src = xn + (c * H + h) * W;
+        for (int64_t v = 0; v < W; ++v) d[v * C] = src[v];
+      }
+    const T* gn = gout + n * O * plane;
+    const uint8_t* in = idx + n * O * plane;
+    for (int64_t o = 0; o < O; ++o) {
+      typename V::R acc[KHt][NVR];
+#pragma GCC unroll 32
+      for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) acc[kh][v] = V::zero();
+      T gsum = 0;
+      const uint8_t* io = in + o * plane;
+      const T* go = gn + o * plane;
+      for (int64_t p = 0; p < PH; ++p)
+        for (int64_t qq = 0; qq < PW; ++qq) {
+          const uint8_t k = io[p * PW + qq];
+          if (k == kPoolNoGrad) continue;
+          const T* patch = xcl + p * P * s.sh * rowlen + qq * P * C + koff[k];
+          const T gv = go[p * PW + qq];
+          const typename V::R g = V::set1(gv);
+          gsum += gv;
+#pragma GCC unroll 32
+          for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+            for (int v = 0; v < NVR; ++v) acc[kh][v] = V::fma(g, V::loadu(patch + kh * rowlen + v * L), acc[kh][v]);
+        }
+      T* a = acc_cl + o * KHt * rowvec;
+#pragma GCC unroll 32
+      for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) {
+          T* d = a + kh * rowvec + v * L;
+          V::store(d, V::mask(L), V::add(V::loadu(d), acc[kh][v]));
+        }
+      part[nw + o] += gsum;
+    }
+  }
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KHt; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          part[((o * C + c) * KHt + kh) * KW + kw] = acc_cl[(o * KHt + kh) * rowvec + kw * C + c];
+}
+
+template <class T> using GwClFn = void (*)(const ConvShape&, int64_t, const GwClGeom&, const T*, const T*,
+                                           const uint8_t*, int64_t, int64_t, T*, T*, T*);
+
+// The channels-last variant applies with stride 1 along the width, patch rows that
+// fill their vectors well (KW·C ≥ 3/4 of NVR·L) and KH·NVR accumulators that fit
+// the register file (conv2, float AVX-512: 5 rows × 2 vectors).
+template <class T> static GwClFn<T> pick_gw_sparse_cl(const ConvShape& s, GwClGeom* q) {
+  constexpr int64_t L = Vec<T>::L;
+  if (L < 8 || s.sw != 1) return nullptr;
+  const int64_t row = s.KW * s.C, nvr = (row + L - 1) / L;
+  if (row * 4 < nvr * L * 3 || s.KH * nvr + 3 > kVecRegs) return nullptr;
+  *q = GwClGeom{s.H + 2 * s.ph, s.W + 2 * s.pw, s.C, nvr * L};
+  switch (s.KH * 10 + nvr) {
+    case 31: return gw_sparse_cl_block<T, 3, 1>;
+    case 32: return gw_sparse_cl_block<T, 3, 2>;
+    case 33: return gw_sparse_cl_block<T, 3, 3>;
+    case 51: return gw_sparse_cl_block<T, 5, 1>;
+    case 52: return gw_sparse_cl_block<T, 5, 2>;
+    case 53: return gw_sparse_cl_block<T, 5, 3>;
+    case 54: return gw_sparse_cl_block<T, 5, 4>;
+    default: return nullptr;
+  }
+}
+
 // ∂L/∂x (stride 1, pool 2): the non-zeros of one window (p, q), all channels o,
 // reach only the region of RR = KH + 1 rows × (KW + 1) columns of x_padded at
 // (2p, 2q). The region is held in registers, channels-last (CP ≥ C channels per
@@ -1538,11 +1645,6 @@ static void gx_scatter_tile(const ConvShape& s, const GxScatterGeom& q, const T*
 
 // Accumulator registers of a tile of PR positions.
 constexpr int gx_scatter_regs(int KHt, int NVR, int PR) { return (PR - 1 + KHt) * NVR + PR + 2; }
-#if defined(__AVX512F__)
-constexpr int kVecRegs = 32;
-#else
-constexpr int kVecRegs = 16;
-#endif
 
 template <class T, int KHt, int NVR, int PR>
 static void gx_scatter_tile_pr(const ConvShape& s, const GxScatterGeom& q, const T* wt, const T* ge, T* dst) {
@@ -1639,7 +1741,9 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   // conv1-like layers: ∂L/∂w and ∂L/∂b by the parity-split kernel (k5_gw_block)
   const bool k5w = idx && want_w && k5_applies<T>(s, P);
   const int gws_nv = idx && want_w && !k5w ? gw_sparse_vectors<T>(s, P) : 0;
-  const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
+  GwClGeom gwq{};
+  const GwClFn<T> gw_cl = gws_nv ? pick_gw_sparse_cl<T>(s, &gwq) : nullptr;
+  const GwSparseFn<T> gw_sparse = gws_nv && !gw_cl ? pick_gw_sparse<T>(gws_nv) : nullptr;
   GxSparseGeom gxq{};
   const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
   Scratch<T> wfull_buf(gx_sparse ? 2 * s.O * s.KH * gxq.rowlen : 0);
@@ -1650,7 +1754,8 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   Scratch<T> wscat_buf(gx_scatter ? s.O * s.KH * gxs.rowvec : 0);
   T* wscat = wscat_buf.get();
   if (gx_scatter) build_gx_scatter_weights(s, gxs, w, wscat);
-  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !k5w));
+  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !gw_cl && !k5w));
+  const bool fill_x = want_w && !k5w && !gw_cl;  // padded, phase-split x for the ∂L/∂w paths
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
   const bool gx_dense = gx && !gx_sparse && !gx_scatter;
@@ -1658,19 +1763,21 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const RowsFn<T> rows = gx_dense ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
-    T* xbufs = want_w && !k5w ? new T[kBatchBlock * xg.size()] : nullptr;
+    T* xbufs = fill_x ? new T[kBatchBlock * xg.size()] : nullptr;
     const int64_t k5x = s.C * s.H * kK5Row, k5g = (s.OH / 2) * ((s.O + 5) / 6 * 6) * 64;
     T* k5buf = k5w ? static_cast<T*>(::operator new(sizeof(T) * kBatchBlock * (k5x + k5g), std::align_val_t(64)))
                    : nullptr;
     T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
     T* gbuf = gx_dense ? new T[gg.size()] : nullptr;
-    T* gtrans = gw && gw_cv && !gw_sparse ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gtrans = gw && gw_cv && !gw_sparse && !gw_cl ? new T[kBatchBlock * plane_y] : nullptr;
     // patches of the sparse ∂L/∂w (zeroed once: lanes past C·KH·KW are read, never
     // stored), padded channels-last ∂L/∂x of the sparse path
     const int64_t npatch = (s.OH / P) * P * (s.OW / P) * P;
     Scratch<T> xcol_buf(gw_sparse ? npatch * patch_stride<T>(s.C * s.KH * s.KW) : 0, true);
     Scratch<T> gxp_buf(gx_sparse ? gxq.Hp * gxq.Wp * gxq.CP : 0);
     Scratch<T> gxscat_buf(gx_scatter ? gxs.size() : 0);
+    // channels-last x and the block's channels-last ∂L/∂w sum of the gw_cl path
+    Scratch<T> xcl_buf(gw_cl ? gwq.size() : 0), acc_cl_buf(gw_cl ? s.O * s.KH * gwq.rowvec : 0);
     T *xcol = xcol_buf.get(), *gxp = gxp_buf.get(), *gxscat = gxscat_buf.get();
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
@@ -1685,7 +1792,7 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         } else {
           gptr[i] = idx ? nullptr : gy + n * plane_y;
         }
-        if (want_w && !k5w) {
+        if (fill_x) {
           fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
           xptr[i] = xbufs + i * xg.size();
         }
@@ -1705,6 +1812,10 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       T* part = partial + blk * (nw + s.O);
       if (k5w) {
         k5_gw<T>(s, x, gy, idx, n0, n1, k5buf, k5buf + kBatchBlock * k5x, part);
+        continue;
+      }
+      if (gw_cl) {  // ∂L/∂w and ∂L/∂b together, as below
+        gw_cl(s, P, gwq, x, gy, idx, n0, n1, xcl_buf.get(), acc_cl_buf.get(), part);
         continue;
       }
       if (gw_sparse) {  // ∂L/∂w and ∂L/∂b together (an unwanted one is computed and dropped)
