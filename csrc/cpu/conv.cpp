@@ -184,6 +184,42 @@ template <class T> class Scratch {
   T* p_ = nullptr;
 };
 
+// ---- channels-last ↔ (C, H, W) ----------------------------------------------
+// dst[c][h][v] = src[((h + pt)·Wp + v + pl)·CS + c]: crop a padded channels-last
+// image (CS values per pixel) to (C, H, W).
+template <class T>
+static void from_channels_last(const T* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t Wp,
+                               int64_t CS, T* dst) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* s = src + ((h + pt) * Wp + pl) * CS + c;
+      T* d = dst + (c * H + h) * W;
+      for (int64_t v = 0; v < W; ++v) d[v] = s[v * CS];
+    }
+}
+#if defined(__AVX512F__)
+// float, AVX-512: whole rows by 16-lane gathers (strided loads one lane each would
+// take a load and a store per value; conv2's 6-channel pixels defeat shuffles).
+template <>
+void from_channels_last<float>(const float* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl,
+                               int64_t Wp, int64_t CS, float* dst) {
+  if (W > 16) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t v = 0; v < W; ++v) dst[(c * H + h) * W + v] = src[((h + pt) * Wp + v + pl) * CS + c];
+    return;
+  }
+  const __mmask16 m = static_cast<__mmask16>((1u << W) - 1u);
+  const __m512i vi = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32(static_cast<int>(CS)));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* s = src + ((h + pt) * Wp + pl) * CS + c;
+      _mm512_mask_storeu_ps(dst + (c * H + h) * W, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, vi, s, 4));
+    }
+}
+#endif
+
 // ---- padded, phase-split image buffers ------------------------------------
 // Layout of a buffer: [C][R rows][sw phases][Wj], column j·sw + q at [q][j].
 struct BufGeom {
@@ -1494,24 +1530,26 @@ template <class T> static GwClFn<T> pick_gw_sparse_cl(const ConvShape& s, GwClGe
 // reach only the region of RR = KH + 1 rows × (KW + 1) columns of x_padded at
 // (2p, 2q). The region is held in registers, channels-last (CP ≥ C channels per
 // column, each region row NVR vectors). The window's channels are first sorted
-// by their position k = 2r + s into buckets (branch-free), so that each bucket
-// adds g · w[o] into region rows r … r + KH − 1 (r a compile-time constant) from
-// a table holding w[o] shifted by s columns: Ws[s][o][kh][col][c] (2·O·KH rows,
-// 30 KB for conv2: stays in L1). The region is then added into a channels-last
-// padded ∂L/∂x of the image, finally cropped and transposed to (C, H, W).
+// by the row r of their position k = 2r + s into two buckets (branch-free: both
+// lists are written, one count advances), each entry holding g and the offset of
+// w[o] shifted by s columns in the table Ws[s][o][kh][col][c] (2·O·KH rows, 30 KB
+// for conv2: stays in L1); each bucket then adds g · Ws into region rows
+// r … r + KH − 1 (r a compile-time constant). Two buckets rather than one per
+// position: half the loop exits, which the varying counts make unpredictable.
+// The region is then added into a channels-last padded ∂L/∂x of the image,
+// finally cropped and transposed to (C, H, W).
 struct GxSparseGeom {
   int64_t CP, rowlen, Hp, Wp;  // rowlen = (KW + 1)·CP
 };
 constexpr int64_t kGxSparseMaxO = 256;
 
 template <class T, int KHt, int NVR, int R0>
-static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const int16_t* list, int n, const T* ws,
-                             int64_t rowlen, const T* g0, int64_t gstride) {
+static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const T* gs, const int32_t* offs, int n,
+                             const T* ws, int64_t rowlen) {
   using V = Vec<T>;
   for (int t = 0; t < n; ++t) {
-    const int64_t o = list[t];
-    const typename V::R g = V::set1(g0[o * gstride]);
-    const T* wk = ws + o * KHt * rowlen;
+    const typename V::R g = V::set1(gs[t]);
+    const T* wk = ws + offs[t];
 #pragma GCC unroll 32
     for (int kh = 0; kh < KHt; ++kh)
 #pragma GCC unroll 32
@@ -1525,28 +1563,36 @@ static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T*
   using V = Vec<T>;
   constexpr int L = V::L, RR = KHt + 1;
   const int64_t O = s.O, PH = s.OH / 2, PW = s.OW / 2, CP = q_.CP, Wp = q_.Wp, rowlen = q_.rowlen;
-  const int64_t plane = PH * PW, wshift = O * KHt * rowlen;  // Ws[1] − Ws[0]
+  const int64_t plane = PH * PW;
+  // table offset of w[o] shifted by s = k % 2, for k = 0 … 3
+  const int32_t wshift = static_cast<int32_t>(O * KHt * rowlen), wo = static_cast<int32_t>(KHt * rowlen);
   std::memset(gxp, 0, sizeof(T) * q_.Hp * Wp * CP);
-  int16_t list[5][kGxSparseMaxO];  // bucket k = 0…3, and 4 for "no gradient"
+  // bucket r = 0, 1: g and table offset of each channel whose window position is in row r
+  T gs[2][kGxSparseMaxO];
+  int32_t offs[2][kGxSparseMaxO];
   for (int64_t p = 0; p < PH; ++p)
     for (int64_t q = 0; q < PW; ++q) {
-      int cnt[5] = {0, 0, 0, 0, 0};
+      int n0 = 0, n1 = 0;
       const uint8_t* ik = idx + p * PW + q;
+      const T* g0 = gout + p * PW + q;
       for (int64_t o = 0; o < O; ++o) {
         const uint8_t k = ik[o * plane];
-        const int bk = k < 4 ? k : 4;
-        list[bk][cnt[bk]++] = static_cast<int16_t>(o);
+        const T g = g0[o * plane];
+        const int32_t off = static_cast<int32_t>(o) * wo + (k & 1) * wshift;
+        gs[0][n0] = g;
+        offs[0][n0] = off;
+        gs[1][n1] = g;
+        offs[1][n1] = off;
+        n0 += k < 2;
+        n1 += (k == 2) | (k == 3);
       }
       typename V::R acc[RR][NVR];
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r)
 #pragma GCC unroll 32
         for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
-      const T* g0 = gout + p * PW + q;
-      gx_bucket<T, KHt, NVR, 0>(acc, list[0], cnt[0], ws, rowlen, g0, plane);           // k = 0: r 0, s 0
-      gx_bucket<T, KHt, NVR, 0>(acc, list[1], cnt[1], ws + wshift, rowlen, g0, plane);  // k = 1: r 0, s 1
-      gx_bucket<T, KHt, NVR, 1>(acc, list[2], cnt[2], ws, rowlen, g0, plane);           // k = 2: r 1, s 0
-      gx_bucket<T, KHt, NVR, 1>(acc, list[3], cnt[3], ws + wshift, rowlen, g0, plane);  // k = 3: r 1, s 1
+      gx_bucket<T, KHt, NVR, 0>(acc, gs[0], offs[0], n0, ws, rowlen);  // k = 0, 1: region rows 0 … KH − 1
+      gx_bucket<T, KHt, NVR, 1>(acc, gs[1], offs[1], n1, ws, rowlen);  // k = 2, 3: rows 1 … KH
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r) {
         T* dst = gxp + ((p * 2 + r) * Wp + q * 2) * CP;
@@ -1554,9 +1600,7 @@ static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T*
         for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
       }
     }
-  for (int64_t c = 0; c < s.C; ++c)
-    for (int64_t h = 0; h < s.H; ++h)
-      for (int64_t v = 0; v < s.W; ++v) gx[(c * s.H + h) * s.W + v] = gxp[((h + s.ph) * Wp + v + s.pw) * CP + c];
+  from_channels_last(gxp, s.C, s.H, s.W, s.ph, s.pw, Wp, CP, gx);
 }
 
 template <class T> using GxSparseFn = void (*)(const ConvShape&, const GxSparseGeom&, const T*, const T*,
