@@ -14,13 +14,18 @@
 // the block's partial (register tiles of OBW channels × KWB taps, reduced over
 // the block's images and pixels), and computes ∂L/∂x as a stride-1 convolution
 // of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
-// forward tile kernel. Block partials are summed in block order at the end.
+// forward tile kernel; where the input has few channels (conv2: 6) ∂L/∂x is
+// instead scattered from ∂L/∂y through the kernel into a channels-last buffer
+// (see "dense ∂L/∂x by scattering"), which multiplies no zeros. Block partials
+// are summed in block order at the end.
 //
 // The fused block's backward starts from the pooled gradient and the saved
 // window positions. Where it pays (conv2: pool 2, stride 1, 16 channels) it never
 // builds the full-resolution ∂L/∂y, which is ≥ 3/4 zeros: sparse kernels visit
 // only the one non-zero per window and channel (see "fused backward from the
-// pooled gradient" below); elsewhere ∂L/∂y is expanded and the dense path runs.
+// pooled gradient" below; for few input channels ∂L/∂w reads its patches in place
+// from a channels-last copy of x); elsewhere ∂L/∂y is expanded and the dense path
+// runs.
 //
 // conv1-like layers (5×5, stride 1, no padding, pool 2, rows of at most 32 pixels,
 // few channels) have their own float AVX-512 kernels (k5_*: column-parity split
@@ -1687,7 +1692,8 @@ static void gx_scatter_tile(const ConvShape& s, const GxScatterGeom& q, const T*
     }
 }
 
-// Accumulator registers of a tile of PR positions.
+// Vector registers a tile of PR positions needs: accumulators, PR broadcasts of g,
+// one weight vector and one spare.
 constexpr int gx_scatter_regs(int KHt, int NVR, int PR) { return (PR - 1 + KHt) * NVR + PR + 2; }
 
 template <class T, int KHt, int NVR, int PR>
@@ -1731,7 +1737,7 @@ template <class T> using GxScatterFn = void (*)(const ConvShape&, const GxScatte
                                                 T*);
 
 // The scatter applies when a region row fills its vectors well (KW·C ≥ 3/4 of
-// NVR·L), its KH·NVR accumulators fit the register file with room to spare, and
+// NVR·L), a one-position tile's KH·NVR accumulators fit the register file, and
 // it multiplies fewer vectors than the dense path (the flipped convolution: H rows
 // × ⌈W/L⌉ vectors × KH·KW taps × O input channels × C outputs, C rounded up to its
 // channel block; the scatter adds a read-modify-write per region vector).
