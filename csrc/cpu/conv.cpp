@@ -14,13 +14,18 @@
 // the block's partial (register tiles of OBW channels × KWB taps, reduced over
 // the block's images and pixels), and computes ∂L/∂x as a stride-1 convolution
 // of the dilated, padded ∂L/∂y with the flipped, transposed kernel, reusing the
-// forward tile kernel. Block partials are summed in block order at the end.
+// forward tile kernel; where the input has few channels (conv2: 6) ∂L/∂x is
+// instead scattered from ∂L/∂y through the kernel into a channels-last buffer
+// (see "dense ∂L/∂x by scattering"), which multiplies no zeros. Block partials
+// are summed in block order at the end.
 //
 // The fused block's backward starts from the pooled gradient and the saved
 // window positions. Where it pays (conv2: pool 2, stride 1, 16 channels) it never
 // builds the full-resolution ∂L/∂y, which is ≥ 3/4 zeros: sparse kernels visit
 // only the one non-zero per window and channel (see "fused backward from the
-// pooled gradient" below); elsewhere ∂L/∂y is expanded and the dense path runs.
+// pooled gradient" below; for few input channels ∂L/∂w reads its patches in place
+// from a channels-last copy of x); elsewhere ∂L/∂y is expanded and the dense path
+// runs.
 //
 // conv1-like layers (5×5, stride 1, no padding, pool 2, rows of at most 32 pixels,
 // few channels) have their own float AVX-512 kernels (k5_*: column-parity split
@@ -156,6 +161,69 @@ template <> struct Vec<double> : ScalarVec<double> {};
 #endif
 
 constexpr int64_t kBatchBlock = 8;  // images per backward block (fixed: determinism)
+
+#if defined(__AVX512F__)
+constexpr int kVecRegs = 32;  // vector registers: bounds register-tile sizes
+#else
+constexpr int kVecRegs = 16;
+#endif
+
+// Scratch of n values, 64-byte aligned: tables and patches read by whole-vector
+// loads at multiples of 64 bytes then never straddle two cache lines (a split
+// load costs two). Empty when n ≤ 0; zero-filled on request.
+template <class T> class Scratch {
+ public:
+  explicit Scratch(int64_t n, bool zero = false) {
+    if (n <= 0) return;
+    p_ = static_cast<T*>(::operator new(sizeof(T) * n, std::align_val_t(64)));
+    if (zero) std::memset(p_, 0, sizeof(T) * n);
+  }
+  ~Scratch() {
+    if (p_) ::operator delete(p_, std::align_val_t(64));
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// ---- channels-last ↔ (C, H, W) ----------------------------------------------
+// dst[c][h][v] = src[((h + pt)·Wp + v + pl)·CS + c]: crop a padded channels-last
+// image (CS values per pixel) to (C, H, W).
+template <class T>
+static void from_channels_last(const T* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t Wp,
+                               int64_t CS, T* dst) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* s = src + ((h + pt) * Wp + pl) * CS + c;
+      T* d = dst + (c * H + h) * W;
+      for (int64_t v = 0; v < W; ++v) d[v] = s[v * CS];
+    }
+}
+#if defined(__AVX512F__)
+// float, AVX-512: whole rows by 16-lane gathers (strided loads one lane each would
+// take a load and a store per value; conv2's 6-channel pixels defeat shuffles).
+template <>
+void from_channels_last<float>(const float* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl,
+                               int64_t Wp, int64_t CS, float* dst) {
+  if (W > 16) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t v = 0; v < W; ++v) dst[(c * H + h) * W + v] = src[((h + pt) * Wp + v + pl) * CS + c];
+    return;
+  }
+  const __mmask16 m = static_cast<__mmask16>((1u << W) - 1u);
+  const __m512i vi = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32(static_cast<int>(CS)));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* s = src + ((h + pt) * Wp + pl) * CS + c;
+      _mm512_mask_storeu_ps(dst + (c * H + h) * W, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, vi, s, 4));
+    }
+}
+#endif
 
 // ---- padded, phase-split image buffers ------------------------------------
 // Layout of a buffer: [C][R rows][sw phases][Wj], column j·sw + q at [q][j].
@@ -367,16 +435,18 @@ static int pick_ob(int64_t O) {
 // A packed kernel for conv_rows. flip_transpose: w is (Cin, Oout, KH, KW) and the
 // packed kernel is w[ci][oo][KH−1−kh][KW−1−kw] (for ∂L/∂x).
 template <class T> struct Packed {
+  Scratch<T> wbuf, bbuf;
   T* wp = nullptr;
   T* bp = nullptr;
   int ob = 1;
   int64_t nob = 0;
   Packed(const T* w, const T* b, int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, bool flip_transpose,
-         int64_t OW) {
-    ob = use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
+         int64_t OW)
+      : wbuf(weights_size(Oout, Cin, KH, KW, OW), true), bbuf(block_channels(Oout, OW) + 1, true) {
+    ob = block_of(Oout, OW);
     nob = (Oout + ob - 1) / ob;
-    wp = new T[nob * ob * Cin * KH * KW + 1]();
-    bp = new T[nob * ob + 1]();
+    wp = wbuf.get();
+    bp = bbuf.get();
     for (int64_t oo = 0; oo < Oout; ++oo) {
       if (b) bp[oo] = b[oo];
       for (int64_t ci = 0; ci < Cin; ++ci)
@@ -388,12 +458,20 @@ template <class T> struct Packed {
           }
     }
   }
-  ~Packed() {
-    delete[] wp;
-    delete[] bp;
-  }
   Packed(const Packed&) = delete;
   Packed& operator=(const Packed&) = delete;
+
+ private:
+  static int block_of(int64_t Oout, int64_t OW) {
+    return use_channel_vectors<T>(Oout, OW) ? Vec<T>::L : pick_ob(Oout);
+  }
+  static int64_t block_channels(int64_t Oout, int64_t OW) {
+    const int64_t b = block_of(Oout, OW);
+    return (Oout + b - 1) / b * b;
+  }
+  static int64_t weights_size(int64_t Oout, int64_t Cin, int64_t KH, int64_t KW, int64_t OW) {
+    return block_channels(Oout, OW) * Cin * KH * KW + 1;
+  }
 };
 
 template <class T> static RowsFn<T> pick_rows(const Packed<T>& pk, int64_t Oout, int64_t OW) {
@@ -1352,28 +1430,131 @@ template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
   }
 }
 
+// Channels-last variant (few input channels, stride 1 along the width): with x
+// stored channels-last and padded, xcl[r][col][c], the KW·C values of one patch
+// row (c, kh, all kw) are contiguous: xcl[(i·sh + kh)·Wp + j][0 … KW·C). A patch
+// is then KH rows of NVR vectors loaded in place (lanes past KW·C read the next
+// column and are dropped), so no patch is copied: the image is transposed once
+// (C·H·W values) instead of C·KH chunk copies per y position, and its 5 KB (conv2)
+// stay in L1 where the copied patches (64 KB) did not. Per channel o the non-zeros
+// are summed in registers (KH·NVR vectors), then added into the block's
+// channels-last sum acc[o][kh][kw·C + c]; at the block's end that is written to the
+// partial in the (O, C, KH, KW) order. Order per element: windows (p, q) row-major
+// within an image, images in order.
+struct GwClGeom {
+  int64_t Hp, Wp, C, rowvec;  // rowvec = NVR·L
+  int64_t size() const { return Hp * Wp * C + rowvec; }  // + one patch row of overrun
+};
+
+template <class T, int KHt, int NVR>
+static void gw_sparse_cl_block(const ConvShape& s, int64_t P, const GwClGeom& q, const T* x, const T* gout,
+                               const uint8_t* idx, int64_t n0, int64_t n1, T* xcl, T* acc_cl, T* part) {
+  using V = Vec<T>;
+  constexpr int L = V::L;
+  const int64_t C = s.C, H = s.H, W = s.W, KW = s.KW, O = s.O, Wp = q.Wp, rowlen = Wp * C, rowvec = q.rowvec;
+  const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, nw = O * C * KHt * KW;
+  int64_t koff[15 * 15];  // window position k → offset of its y position's patch from the window's first
+  for (int64_t k = 0; k < P * P; ++k) koff[k] = (k / P) * s.sh * rowlen + (k % P) * C;
+  std::memset(acc_cl, 0, sizeof(T) * O * KHt * rowvec);
+  for (int64_t n = n0; n < n1; ++n) {
+    std::memset(xcl, 0, sizeof(T) * q.size());
+    const T* xn = x + n * C * H * W;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h) {
+        T* d = xcl + ((h + s.ph) * Wp + s.pw) * C + c;
+        const T* src = xn + (c * H + h) * W;
+        for (int64_t v = 0; v < W; ++v) d[v * C] = src[v];
+      }
+    const T* gn = gout + n * O * plane;
+    const uint8_t* in = idx + n * O * plane;
+    for (int64_t o = 0; o < O; ++o) {
+      typename V::R acc[KHt][NVR];
+#pragma GCC unroll 32
+      for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) acc[kh][v] = V::zero();
+      T gsum = 0;
+      const uint8_t* io = in + o * plane;
+      const T* go = gn + o * plane;
+      for (int64_t p = 0; p < PH; ++p)
+        for (int64_t qq = 0; qq < PW; ++qq) {
+          const uint8_t k = io[p * PW + qq];
+          if (k == kPoolNoGrad) continue;
+          const T* patch = xcl + p * P * s.sh * rowlen + qq * P * C + koff[k];
+          const T gv = go[p * PW + qq];
+          const typename V::R g = V::set1(gv);
+          gsum += gv;
+#pragma GCC unroll 32
+          for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+            for (int v = 0; v < NVR; ++v) acc[kh][v] = V::fma(g, V::loadu(patch + kh * rowlen + v * L), acc[kh][v]);
+        }
+      T* a = acc_cl + o * KHt * rowvec;
+#pragma GCC unroll 32
+      for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+        for (int v = 0; v < NVR; ++v) {
+          T* d = a + kh * rowvec + v * L;
+          V::store(d, V::mask(L), V::add(V::loadu(d), acc[kh][v]));
+        }
+      part[nw + o] += gsum;
+    }
+  }
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t kh = 0; kh < KHt; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          part[((o * C + c) * KHt + kh) * KW + kw] = acc_cl[(o * KHt + kh) * rowvec + kw * C + c];
+}
+
+template <class T> using GwClFn = void (*)(const ConvShape&, int64_t, const GwClGeom&, const T*, const T*,
+                                           const uint8_t*, int64_t, int64_t, T*, T*, T*);
+
+// The channels-last variant applies with stride 1 along the width, patch rows that
+// fill their vectors well (KW·C ≥ 3/4 of NVR·L) and KH·NVR accumulators that fit
+// the register file (conv2, float AVX-512: 5 rows × 2 vectors).
+template <class T> static GwClFn<T> pick_gw_sparse_cl(const ConvShape& s, GwClGeom* q) {
+  constexpr int64_t L = Vec<T>::L;
+  if (L < 8 || s.sw != 1) return nullptr;
+  const int64_t row = s.KW * s.C, nvr = (row + L - 1) / L;
+  if (row * 4 < nvr * L * 3 || s.KH * nvr + 3 > kVecRegs) return nullptr;
+  *q = GwClGeom{s.H + 2 * s.ph, s.W + 2 * s.pw, s.C, nvr * L};
+  switch (s.KH * 10 + nvr) {
+    case 31: return gw_sparse_cl_block<T, 3, 1>;
+    case 32: return gw_sparse_cl_block<T, 3, 2>;
+    case 33: return gw_sparse_cl_block<T, 3, 3>;
+    case 51: return gw_sparse_cl_block<T, 5, 1>;
+    case 52: return gw_sparse_cl_block<T, 5, 2>;
+    case 53: return gw_sparse_cl_block<T, 5, 3>;
+    case 54: return gw_sparse_cl_block<T, 5, 4>;
+    default: return nullptr;
+  }
+}
+
 // ∂L/∂x (stride 1, pool 2): the non-zeros of one window (p, q), all channels o,
 // reach only the region of RR = KH + 1 rows × (KW + 1) columns of x_padded at
 // (2p, 2q). The region is held in registers, channels-last (CP ≥ C channels per
 // column, each region row NVR vectors). The window's channels are first sorted
-// by their position k = 2r + s into buckets (branch-free), so that each bucket
-// adds g · w[o] into region rows r … r + KH − 1 (r a compile-time constant) from
-// a table holding w[o] shifted by s columns: Ws[s][o][kh][col][c] (2·O·KH rows,
-// 30 KB for conv2: stays in L1). The region is then added into a channels-last
-// padded ∂L/∂x of the image, finally cropped and transposed to (C, H, W).
+// by the row r of their position k = 2r + s into two buckets (branch-free: both
+// lists are written, one count advances), each entry holding g and the offset of
+// w[o] shifted by s columns in the table Ws[s][o][kh][col][c] (2·O·KH rows, 30 KB
+// for conv2: stays in L1); each bucket then adds g · Ws into region rows
+// r … r + KH − 1 (r a compile-time constant). Two buckets rather than one per
+// position: half the loop exits, which the varying counts make unpredictable.
+// The region is then added into a channels-last padded ∂L/∂x of the image,
+// finally cropped and transposed to (C, H, W).
 struct GxSparseGeom {
   int64_t CP, rowlen, Hp, Wp;  // rowlen = (KW + 1)·CP
 };
 constexpr int64_t kGxSparseMaxO = 256;
 
 template <class T, int KHt, int NVR, int R0>
-static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const int16_t* list, int n, const T* ws,
-                             int64_t rowlen, const T* g0, int64_t gstride) {
+static inline void gx_bucket(typename Vec<T>::R (&acc)[KHt + 1][NVR], const T* gs, const int32_t* offs, int n,
+                             const T* ws, int64_t rowlen) {
   using V = Vec<T>;
   for (int t = 0; t < n; ++t) {
-    const int64_t o = list[t];
-    const typename V::R g = V::set1(g0[o * gstride]);
-    const T* wk = ws + o * KHt * rowlen;
+    const typename V::R g = V::set1(gs[t]);
+    const T* wk = ws + offs[t];
 #pragma GCC unroll 32
     for (int kh = 0; kh < KHt; ++kh)
 #pragma GCC unroll 32
@@ -1387,28 +1568,36 @@ static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T*
   using V = Vec<T>;
   constexpr int L = V::L, RR = KHt + 1;
   const int64_t O = s.O, PH = s.OH / 2, PW = s.OW / 2, CP = q_.CP, Wp = q_.Wp, rowlen = q_.rowlen;
-  const int64_t plane = PH * PW, wshift = O * KHt * rowlen;  // Ws[1] − Ws[0]
+  const int64_t plane = PH * PW;
+  // table offset of w[o] shifted by s = k % 2, for k = 0 … 3
+  const int32_t wshift = static_cast<int32_t>(O * KHt * rowlen), wo = static_cast<int32_t>(KHt * rowlen);
   std::memset(gxp, 0, sizeof(T) * q_.Hp * Wp * CP);
-  int16_t list[5][kGxSparseMaxO];  // bucket k = 0…3, and 4 for "no gradient"
+  // bucket r = 0, 1: g and table offset of each channel whose window position is in row r
+  T gs[2][kGxSparseMaxO];
+  int32_t offs[2][kGxSparseMaxO];
   for (int64_t p = 0; p < PH; ++p)
     for (int64_t q = 0; q < PW; ++q) {
-      int cnt[5] = {0, 0, 0, 0, 0};
+      int n0 = 0, n1 = 0;
       const uint8_t* ik = idx + p * PW + q;
+      const T* g0 = gout + p * PW + q;
       for (int64_t o = 0; o < O; ++o) {
         const uint8_t k = ik[o * plane];
-        const int bk = k < 4 ? k : 4;
-        list[bk][cnt[bk]++] = static_cast<int16_t>(o);
+        const T g = g0[o * plane];
+        const int32_t off = static_cast<int32_t>(o) * wo + (k & 1) * wshift;
+        gs[0][n0] = g;
+        offs[0][n0] = off;
+        gs[1][n1] = g;
+        offs[1][n1] = off;
+        n0 += k < 2;
+        n1 += (k == 2) | (k == 3);
       }
       typename V::R acc[RR][NVR];
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r)
 #pragma GCC unroll 32
         for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
-      const T* g0 = gout + p * PW + q;
-      gx_bucket<T, KHt, NVR, 0>(acc, list[0], cnt[0], ws, rowlen, g0, plane);           // k = 0: r 0, s 0
-      gx_bucket<T, KHt, NVR, 0>(acc, list[1], cnt[1], ws + wshift, rowlen, g0, plane);  // k = 1: r 0, s 1
-      gx_bucket<T, KHt, NVR, 1>(acc, list[2], cnt[2], ws, rowlen, g0, plane);           // k = 2: r 1, s 0
-      gx_bucket<T, KHt, NVR, 1>(acc, list[3], cnt[3], ws + wshift, rowlen, g0, plane);  // k = 3: r 1, s 1
+      gx_bucket<T, KHt, NVR, 0>(acc, gs[0], offs[0], n0, ws, rowlen);  // k = 0, 1: region rows 0 … KH − 1
+      gx_bucket<T, KHt, NVR, 1>(acc, gs[1], offs[1], n1, ws, rowlen);  // k = 2, 3: rows 1 … KH
 #pragma GCC unroll 32
       for (int r = 0; r < RR; ++r) {
         T* dst = gxp + ((p * 2 + r) * Wp + q * 2) * CP;
@@ -1416,9 +1605,7 @@ static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T*
         for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
       }
     }
-  for (int64_t c = 0; c < s.C; ++c)
-    for (int64_t h = 0; h < s.H; ++h)
-      for (int64_t v = 0; v < s.W; ++v) gx[(c * s.H + h) * s.W + v] = gxp[((h + s.ph) * Wp + v + s.pw) * CP + c];
+  from_channels_last(gxp, s.C, s.H, s.W, s.ph, s.pw, Wp, CP, gx);
 }
 
 template <class T> using GxSparseFn = void (*)(const ConvShape&, const GxSparseGeom&, const T*, const T*,
@@ -1452,6 +1639,141 @@ static void build_gx_sparse_weights(const ConvShape& s, const GxSparseGeom& q, c
                 w[((o * s.C + c) * s.KH + kh) * s.KW + kw];
 }
 
+// ---- dense ∂L/∂x by scattering ∂L/∂y through the kernel (few input channels) ----
+// ∂L/∂x_padded[c, i·sh + kh, j·sw + kw] += Σ_o g[o,i,j] · w[o,c,kh,kw] for every y
+// position (i, j): the KH rows × KW columns × C channels region of x_padded at
+// (i·sh, j·sw). Channels-last, a region row is KW·C contiguous values (NVR vectors,
+// lanes past KW·C multiply zeros of the weight table). A tile takes PR positions
+// of one y column (i0 … i0 + PR − 1, j), whose regions cover (PR − 1)·sh + KH rows:
+// those stay in registers while o runs, each weight vector w[o, :, kh, :] loaded
+// once for the PR positions (one 64-byte load per FMA would bound the loop), then
+// they are added into the padded channels-last ∂L/∂x of the image, finally cropped
+// and transposed to (C, H, W). Every multiply-add is useful, unlike the flipped
+// convolution over the dilated, padded ∂L/∂y (conv2: 16,000 FMAs per image against
+// 24,000 there, whose 14-pixel rows and zero border taps waste lanes).
+// Order per element: tiles in a fixed order, channels o in order within a tile.
+struct GxScatterGeom {
+  int64_t Hp, Wp, C, rowvec;  // rowvec = NVR·L, the weight table's row length
+  int64_t size() const { return Hp * Wp * C + rowvec; }  // + one region row of overrun
+};
+
+// ge: g at the tile's first position; dst: its region in the padded ∂L/∂x. PR > 1
+// needs stride 1 along the height (position p's region starts p rows lower).
+template <class T, int KHt, int NVR, int PR>
+static void gx_scatter_tile(const ConvShape& s, const GxScatterGeom& q, const T* wt, const T* ge, T* dst) {
+  using V = Vec<T>;
+  constexpr int L = V::L, RR = PR - 1 + KHt;
+  const int64_t O = s.O, OW = s.OW, plane = s.OH * OW, rowlen = q.Wp * q.C;
+  typename V::R acc[RR][NVR];
+#pragma GCC unroll 32
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < NVR; ++v) acc[r][v] = V::zero();
+  for (int64_t o = 0; o < O; ++o) {
+    typename V::R gv[PR];
+#pragma GCC unroll 32
+    for (int p = 0; p < PR; ++p) gv[p] = V::set1(ge[o * plane + p * OW]);
+    const T* wo = wt + o * KHt * NVR * L;
+#pragma GCC unroll 32
+    for (int kh = 0; kh < KHt; ++kh)
+#pragma GCC unroll 32
+      for (int v = 0; v < NVR; ++v) {
+        const typename V::R wv = V::loadu(wo + (kh * NVR + v) * L);
+#pragma GCC unroll 32
+        for (int p = 0; p < PR; ++p) acc[p + kh][v] = V::fma(gv[p], wv, acc[p + kh][v]);
+      }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 32
+    for (int v = 0; v < NVR; ++v) {
+      T* d = dst + r * rowlen + v * L;
+      V::store(d, V::mask(L), V::add(V::loadu(d), acc[r][v]));
+    }
+}
+
+// Vector registers a tile of PR positions needs: accumulators, PR broadcasts of g,
+// one weight vector and one spare.
+constexpr int gx_scatter_regs(int KHt, int NVR, int PR) { return (PR - 1 + KHt) * NVR + PR + 2; }
+
+template <class T, int KHt, int NVR, int PR>
+static void gx_scatter_tile_pr(const ConvShape& s, const GxScatterGeom& q, const T* wt, const T* ge, T* dst) {
+  if constexpr (gx_scatter_regs(KHt, NVR, PR) <= kVecRegs) gx_scatter_tile<T, KHt, NVR, PR>(s, q, wt, ge, dst);
+}
+
+template <class T, int KHt, int NVR>
+static void gx_scatter_image(const ConvShape& s, const GxScatterGeom& q, const T* wt, const T* g, T* gxp, T* gx) {
+  int64_t prmax = 1;  // shared tile rows need stride 1 along the height
+  if (s.sh == 1)
+    while (prmax < 5 && gx_scatter_regs(KHt, NVR, static_cast<int>(prmax) + 1) <= kVecRegs) ++prmax;
+  const int64_t C = q.C, Wp = q.Wp;
+  std::memset(gxp, 0, sizeof(T) * q.size());
+  // columns of y split into near-equal tiles of at most prmax positions
+  const int64_t ntiles = (s.OH + prmax - 1) / prmax, base = s.OH / ntiles, extra = s.OH % ntiles;
+  for (int64_t t = 0, i0 = 0; t < ntiles; ++t) {
+    const int64_t pr = base + (t < extra ? 1 : 0);
+    for (int64_t j = 0; j < s.OW; ++j) {
+      const T* ge = g + i0 * s.OW + j;
+      T* dst = gxp + (i0 * s.sh * Wp + j * s.sw) * C;
+      switch (pr) {
+        case 1: gx_scatter_tile_pr<T, KHt, NVR, 1>(s, q, wt, ge, dst); break;
+        case 2: gx_scatter_tile_pr<T, KHt, NVR, 2>(s, q, wt, ge, dst); break;
+        case 3: gx_scatter_tile_pr<T, KHt, NVR, 3>(s, q, wt, ge, dst); break;
+        case 4: gx_scatter_tile_pr<T, KHt, NVR, 4>(s, q, wt, ge, dst); break;
+        default: gx_scatter_tile_pr<T, KHt, NVR, 5>(s, q, wt, ge, dst); break;
+      }
+    }
+    i0 += pr;
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t h = 0; h < s.H; ++h) {
+      const T* src = gxp + ((h + s.ph) * Wp + s.pw) * C + c;
+      T* d = gx + (c * s.H + h) * s.W;
+      for (int64_t v = 0; v < s.W; ++v) d[v] = src[v * C];
+    }
+}
+
+template <class T> using GxScatterFn = void (*)(const ConvShape&, const GxScatterGeom&, const T*, const T*, T*,
+                                                T*);
+
+// The scatter applies when a region row fills its vectors well (KW·C ≥ 3/4 of
+// NVR·L), a one-position tile's KH·NVR accumulators fit the register file, and
+// it multiplies fewer vectors than the dense path (the flipped convolution: H rows
+// × ⌈W/L⌉ vectors × KH·KW taps × O input channels × C outputs, C rounded up to its
+// channel block; the scatter adds a read-modify-write per region vector).
+template <class T> static GxScatterFn<T> pick_gx_scatter(const ConvShape& s, GxScatterGeom* q) {
+  constexpr int64_t L = Vec<T>::L;
+  if (L < 8) return nullptr;
+  const int64_t row = s.KW * s.C, nvr = (row + L - 1) / L;
+  if (row * 4 < nvr * L * 3 || gx_scatter_regs(int(s.KH), int(nvr), 1) > kVecRegs) return nullptr;
+  const int64_t ob = pick_ob(s.C), cpad = (s.C + ob - 1) / ob * ob;
+  const double dense = double(s.H) * ((s.W + L - 1) / L) * s.KH * s.KW * s.O * cpad;
+  const double scatter = double(s.OH) * s.OW * s.KH * nvr * (s.O + 3);
+  if (scatter > 0.8 * dense) return nullptr;
+  *q = GxScatterGeom{s.H + 2 * s.ph, s.W + 2 * s.pw, s.C, nvr * L};
+  switch (s.KH * 10 + nvr) {
+    case 31: return gx_scatter_image<T, 3, 1>;
+    case 32: return gx_scatter_image<T, 3, 2>;
+    case 33: return gx_scatter_image<T, 3, 3>;
+    case 51: return gx_scatter_image<T, 5, 1>;
+    case 52: return gx_scatter_image<T, 5, 2>;
+    case 53: return gx_scatter_image<T, 5, 3>;
+    case 54: return gx_scatter_image<T, 5, 4>;
+    default: return nullptr;
+  }
+}
+
+// wt[o][kh][kw·C + c] = w[o][c][kh][kw], rows of q.rowvec values, zero past KW·C.
+template <class T> static void build_gx_scatter_weights(const ConvShape& s, const GxScatterGeom& q, const T* w,
+                                                        T* wt) {
+  std::memset(wt, 0, sizeof(T) * s.O * s.KH * q.rowvec);
+  for (int64_t o = 0; o < s.O; ++o)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t kh = 0; kh < s.KH; ++kh)
+        for (int64_t kw = 0; kw < s.KW; ++kw)
+          wt[(o * s.KH + kh) * q.rowvec + kw * s.C + c] = w[((o * s.C + c) * s.KH + kh) * s.KW + kw];
+}
+
 // gy: ∂L/∂y (N, O, OH, OW), or with idx the pooled gradient (N, O, OH/P, OW/P).
 template <class T>
 static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_t P, const T* x, const T* w,
@@ -1469,31 +1791,44 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   // conv1-like layers: ∂L/∂w and ∂L/∂b by the parity-split kernel (k5_gw_block)
   const bool k5w = idx && want_w && k5_applies<T>(s, P);
   const int gws_nv = idx && want_w && !k5w ? gw_sparse_vectors<T>(s, P) : 0;
-  const GwSparseFn<T> gw_sparse = gws_nv ? pick_gw_sparse<T>(gws_nv) : nullptr;
+  GwClGeom gwq{};
+  const GwClFn<T> gw_cl = gws_nv ? pick_gw_sparse_cl<T>(s, &gwq) : nullptr;
+  const GwSparseFn<T> gw_sparse = gws_nv && !gw_cl ? pick_gw_sparse<T>(gws_nv) : nullptr;
   GxSparseGeom gxq{};
   const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
-  T* wfull = gx_sparse ? new T[2 * s.O * s.KH * gxq.rowlen] : nullptr;
+  Scratch<T> wfull_buf(gx_sparse ? 2 * s.O * s.KH * gxq.rowlen : 0);
+  T* wfull = wfull_buf.get();
   if (gx_sparse) build_gx_sparse_weights(s, gxq, w, wfull);
-  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !k5w));
+  GxScatterGeom gxs{};
+  const GxScatterFn<T> gx_scatter = gx && !gx_sparse ? pick_gx_scatter<T>(s, &gxs) : nullptr;
+  Scratch<T> wscat_buf(gx_scatter ? s.O * s.KH * gxs.rowvec : 0);
+  T* wscat = wscat_buf.get();
+  if (gx_scatter) build_gx_scatter_weights(s, gxs, w, wscat);
+  const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !gw_cl && !k5w));
+  const bool fill_x = want_w && !k5w && !gw_cl;  // padded, phase-split x for the ∂L/∂w paths
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
-  const bool gx_dense = gx && !gx_sparse;
+  const bool gx_dense = gx && !gx_sparse && !gx_scatter;
   Packed<T>* pk = gx_dense ? new Packed<T>(w, nullptr, s.C, s.O, s.KH, s.KW, true, s.W) : nullptr;
   const RowsFn<T> rows = gx_dense ? pick_rows<T>(*pk, s.C, s.W) : nullptr;
 
   parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) {
-    T* xbufs = want_w && !k5w ? new T[kBatchBlock * xg.size()] : nullptr;
+    T* xbufs = fill_x ? new T[kBatchBlock * xg.size()] : nullptr;
     const int64_t k5x = s.C * s.H * kK5Row, k5g = (s.OH / 2) * ((s.O + 5) / 6 * 6) * 64;
     T* k5buf = k5w ? static_cast<T*>(::operator new(sizeof(T) * kBatchBlock * (k5x + k5g), std::align_val_t(64)))
                    : nullptr;
     T* gexp = need_gexp ? new T[kBatchBlock * plane_y] : nullptr;
     T* gbuf = gx_dense ? new T[gg.size()] : nullptr;
-    T* gtrans = gw && gw_cv && !gw_sparse ? new T[kBatchBlock * plane_y] : nullptr;
+    T* gtrans = gw && gw_cv && !gw_sparse && !gw_cl ? new T[kBatchBlock * plane_y] : nullptr;
     // patches of the sparse ∂L/∂w (zeroed once: lanes past C·KH·KW are read, never
     // stored), padded channels-last ∂L/∂x of the sparse path
     const int64_t npatch = (s.OH / P) * P * (s.OW / P) * P;
-    T* xcol = gw_sparse ? new T[npatch * patch_stride<T>(s.C * s.KH * s.KW)]() : nullptr;
-    T* gxp = gx_sparse ? new T[gxq.Hp * gxq.Wp * gxq.CP] : nullptr;
+    Scratch<T> xcol_buf(gw_sparse ? npatch * patch_stride<T>(s.C * s.KH * s.KW) : 0, true);
+    Scratch<T> gxp_buf(gx_sparse ? gxq.Hp * gxq.Wp * gxq.CP : 0);
+    Scratch<T> gxscat_buf(gx_scatter ? gxs.size() : 0);
+    // channels-last x and the block's channels-last ∂L/∂w sum of the gw_cl path
+    Scratch<T> xcl_buf(gw_cl ? gwq.size() : 0), acc_cl_buf(gw_cl ? s.O * s.KH * gwq.rowvec : 0);
+    T *xcol = xcol_buf.get(), *gxp = gxp_buf.get(), *gxscat = gxscat_buf.get();
     const T* xptr[kBatchBlock];
     const T* gptr[kBatchBlock];
     const T* gtptr[kBatchBlock];
@@ -1507,12 +1842,14 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         } else {
           gptr[i] = idx ? nullptr : gy + n * plane_y;
         }
-        if (want_w && !k5w) {
+        if (fill_x) {
           fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
           xptr[i] = xbufs + i * xg.size();
         }
         if (gx_sparse) {
           gx_sparse(s, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
+        } else if (gx_scatter) {
+          gx_scatter(s, gxs, wscat, gptr[i], gxscat, gx + n * s.C * s.H * s.W);
         } else if (gx) {
           fill_buffer(gptr[i], s.OH, s.OW, s.sh, s.sw, s.KH - 1 - s.ph, s.KW - 1 - s.pw, gg, gbuf);
           // rows [KH−1−ph, KH−1−ph + (OH−1)·sh + 1) of the dilated, padded ∂L/∂y hold data
@@ -1525,6 +1862,10 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       T* part = partial + blk * (nw + s.O);
       if (k5w) {
         k5_gw<T>(s, x, gy, idx, n0, n1, k5buf, k5buf + kBatchBlock * k5x, part);
+        continue;
+      }
+      if (gw_cl) {  // ∂L/∂w and ∂L/∂b together, as below
+        gw_cl(s, P, gwq, x, gy, idx, n0, n1, xcl_buf.get(), acc_cl_buf.get(), part);
         continue;
       }
       if (gw_sparse) {  // ∂L/∂w and ∂L/∂b together (an unwanted one is computed and dropped)
@@ -1571,8 +1912,6 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
       }
     }
     if (k5buf) ::operator delete(k5buf, std::align_val_t(64));
-    delete[] gxp;
-    delete[] xcol;
     delete[] gtrans;
     delete[] gbuf;
     delete[] gexp;
@@ -1591,7 +1930,6 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
     }
   }
   delete pk;
-  delete[] wfull;
   delete[] partial;
 }
 
