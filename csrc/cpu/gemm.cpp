@@ -496,8 +496,11 @@ template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
     threads = 1;
   const int64_t m_tiles = (g.M + MR - 1) / MR, n_tiles = (g.N + NR - 1) / NR;
   if (threads <= 1 || (m_tiles < 2 && n_tiles < 2)) return gemm_block<V, P>(g, 0, g.M, 0, g.N);
-  // Split the dimension with more tiles into `threads` aligned ranges.
-  const bool by_cols = n_tiles >= m_tiles;
+  // Split the dimension with more tiles into `threads` aligned ranges; but when A can be read in
+  // place (gemm_block: row-major, no prologue), split columns whenever there are enough of them:
+  // each thread then packs only its share of B, where a row split has every thread pack all of B.
+  const bool a_in_place = V::W > 1 && g.a_cs == 1 && !g.aux && n_tiles <= 2 * threads;
+  const bool by_cols = n_tiles >= m_tiles || (a_in_place && n_tiles >= threads);
   const int64_t tiles = by_cols ? n_tiles : m_tiles;
   const int64_t per = (tiles + threads - 1) / threads;
   const int64_t chunks = (tiles + per - 1) / per;
