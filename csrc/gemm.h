@@ -8,10 +8,12 @@
 // strides, so Aᵀ / Bᵀ cost nothing (x Wᵀ, dy W and dyᵀ x need no copies); C is
 // row-major with row stride c_rs. beta = 0 never reads C.
 //
-// CPU: Goto/BLIS-style blocking (packed A and B panels, MC/KC/NC blocks),
-// register-tiled AVX-512 / AVX2 / scalar micro-kernels, threads split C into
-// disjoint column (or row) ranges; each element is summed in the same k order
-// whatever the thread count, so results are deterministic.
+// CPU: Goto/BLIS-style blocking (packed A and B panels, MC/KC/NC blocks; a
+// row-major operand that would be read only once or twice, or whose panel fits
+// L1, is read in place instead of packed), register-tiled AVX-512 / AVX2 /
+// scalar micro-kernels, threads split C into disjoint column (or row) ranges;
+// each element is summed in the same k order whatever the thread count or
+// packing, so results are deterministic.
 // CUDA: tiled shared-memory kernel, full fp32 (no TF32).
 #pragma once
 #include <cstdint>
