@@ -253,3 +253,35 @@ def test_bad_batches():
     before = [p.detach().clone() for p in model.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing was stepped
     assert all(len(st) == 0 or float(st["step"]) == 0 for st in trainer.optimizer.state.values())
+
+
+@pytest.mark.parametrize("opt", ["adam", "adam-l2-amsgrad", "sgd-nesterov-wd"])
+def test_fit_epoch_same_bits_at_one_and_two_threads(mnist, opt):
+    # With two threads the first layer runs split by rows of W (fused.cpp: owner_split) and the
+    # products split C among the threads; with one thread neither happens. Every element must
+    # still be summed in the same order: the same losses, weights, grads and state, bit for bit.
+    import oxkernels
+
+    n, batch = 20 * 64 + 24, 64  # 21 steps, the last one short
+    images, labels = mnist.images_np[:n], mnist.labels_np[:n]
+    results = []
+    before = oxkernels.get_num_threads()
+    try:
+        for count in (1, 2):
+            oxkernels.set_num_threads(count)
+            model, optimizer = twins("relu", opt)[0]
+            losses = FusedTrainer(model, optimizer).fit_epoch(images, labels, batch, shuffle_seed=3)
+            results.append((losses, model, optimizer))
+    finally:
+        oxkernels.set_num_threads(before)
+    (l1, m1, o1), (l2, m2, o2) = results
+    assert torch.equal(l1, l2)
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), name
+    for (name, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.equal(p1.grad, p2.grad), f"{name}.grad"
+    s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    assert s1.keys() == s2.keys() and len(s1) == 6
+    for index in s1:
+        for key in s1[index]:
+            assert torch.equal(s1[index][key], s2[index][key]), f"state[{index}][{key}]"
