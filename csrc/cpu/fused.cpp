@@ -51,13 +51,11 @@ View as_matrix(const View& v, int64_t rows, int64_t features) {
   return r;
 }
 
-// Rows [r0, r1) of a contiguous view (dim 0), as a view of their own.
-View row_range(const View& v, int64_t r0, int64_t r1) {
-  View r = v;
-  int64_t row = 1;
-  for (int i = 1; i < v.ndim; ++i) row *= v.shape[i];
-  r.data = static_cast<char*>(v.data) + r0 * row * dtype_size(v.dtype);
-  r.shape[0] = r1 - r0;
+// Rows [r0, r1) of the contiguous memory at v.data seen as a (·, cols) matrix (a parameter's
+// grad and state tensors are only checked to be contiguous with its element count).
+View matrix_rows(const View& v, int64_t cols, int64_t r0, int64_t r1) {
+  View r = as_matrix(v, r1 - r0, cols);
+  r.data = static_cast<char*>(v.data) + r0 * cols * dtype_size(v.dtype);
   return r;
 }
 
@@ -213,12 +211,12 @@ OwnerSplit owner_split(int64_t N, int64_t K, int64_t R) {
 
 // h = act(x Wᵀ + b), thread p computing columns bound[p] … bound[p+1] of h.
 void owner_split_forward(const OwnerSplit& split, const View& x, const FusedLayer& L, const View& h) {
-  const int64_t N = L.w.shape[0];
+  const int64_t N = L.w.shape[0], K = L.w.shape[1];
   parallel_for(split.parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t f0 = split.bound[p], f1 = split.bound[p + 1];
-      const View bias = row_range(L.b, f0, f1);
-      GemmArgs g = linear_forward_gemm(x, row_range(L.w, f0, f1), &bias, L.act, h);
+      const View bias = matrix_rows(L.b, 1, f0, f1);
+      GemmArgs g = linear_forward_gemm(x, matrix_rows(L.w, K, f0, f1), &bias, L.act, h);
       g.C = h.ptr<float>() + f0;
       g.c_rs = N;
       g.one_thread = true;
@@ -230,12 +228,13 @@ void owner_split_forward(const OwnerSplit& split, const View& x, const FusedLaye
 // dW = dzᵀ x (dz = dh ⊙ act'(h)) and the update of W, thread p taking rows bound[p] … bound[p+1].
 void owner_split_backward(const OwnerSplit& split, const View& dh, const View& x, const FusedLayer& L,
                           const View& h, const FusedUpdate& update, bool amsgrad) {
-  const int64_t N = L.w.shape[0];
+  const int64_t N = L.w.shape[0], K = L.w.shape[1];
   const double step = update.adam ? bump_step(L.step_w) : 0;
   parallel_for(split.parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t f0 = split.bound[p], f1 = split.bound[p + 1];
-      const View w = row_range(L.w, f0, f1), gw = row_range(L.gw, f0, f1), m = row_range(L.m_w, f0, f1);
+      const View w = matrix_rows(L.w, K, f0, f1), gw = matrix_rows(L.gw, K, f0, f1),
+                 m = matrix_rows(L.m_w, K, f0, f1);
       GemmArgs g = linear_grad_w_gemm(dh, x, &h, L.act, gw);
       g.A = dh.ptr<float>() + f0;
       g.a_cs = N;
@@ -246,8 +245,8 @@ void owner_split_backward(const OwnerSplit& split, const View& dh, const View& x
         sgd_update(w, gw, m, *update.sgd);  // nested: runs in this thread
         continue;
       }
-      const View vmax = amsgrad ? row_range(L.vmax_w, f0, f1) : View{};
-      const AdamTensor t = adam_tensor(w, gw, m, row_range(L.v_w, f0, f1), vmax, amsgrad, step);
+      const View vmax = amsgrad ? matrix_rows(L.vmax_w, K, f0, f1) : View{};
+      const AdamTensor t = adam_tensor(w, gw, m, matrix_rows(L.v_w, K, f0, f1), vmax, amsgrad, step);
       adam_step_cpu(&t, 1, DType::f32, *update.adam, nullptr);
     }
   });
