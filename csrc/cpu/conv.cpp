@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "conv.h"
 #include "core/isa.h"
@@ -195,6 +196,22 @@ template <class T> class Scratch {
 template <class T>
 static void from_channels_last(const T* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl, int64_t Wp,
                                int64_t CS, T* dst) {
+#if defined(__AVX512F__)
+  // float rows of at most 16 pixels by one 16-lane gather each (strided loads one lane
+  // each would take a load and a store per value; conv2's 6-channel pixels defeat shuffles).
+  if constexpr (std::is_same_v<T, float>)
+    if (W <= 16) {
+      const __mmask16 m = static_cast<__mmask16>((1u << W) - 1u);
+      const __m512i vi = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(static_cast<int>(CS)));
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h) {
+          const float* s = src + ((h + pt) * Wp + pl) * CS + c;
+          _mm512_mask_storeu_ps(dst + (c * H + h) * W, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, vi, s, 4));
+        }
+      return;
+    }
+#endif
   for (int64_t c = 0; c < C; ++c)
     for (int64_t h = 0; h < H; ++h) {
       const T* s = src + ((h + pt) * Wp + pl) * CS + c;
@@ -202,28 +219,6 @@ static void from_channels_last(const T* src, int64_t C, int64_t H, int64_t W, in
       for (int64_t v = 0; v < W; ++v) d[v] = s[v * CS];
     }
 }
-#if defined(__AVX512F__)
-// float, AVX-512: whole rows by 16-lane gathers (strided loads one lane each would
-// take a load and a store per value; conv2's 6-channel pixels defeat shuffles).
-template <>
-void from_channels_last<float>(const float* src, int64_t C, int64_t H, int64_t W, int64_t pt, int64_t pl,
-                               int64_t Wp, int64_t CS, float* dst) {
-  if (W > 16) {
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t v = 0; v < W; ++v) dst[(c * H + h) * W + v] = src[((h + pt) * Wp + v + pl) * CS + c];
-    return;
-  }
-  const __mmask16 m = static_cast<__mmask16>((1u << W) - 1u);
-  const __m512i vi = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32(static_cast<int>(CS)));
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* s = src + ((h + pt) * Wp + pl) * CS + c;
-      _mm512_mask_storeu_ps(dst + (c * H + h) * W, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, vi, s, 4));
-    }
-}
-#endif
 
 // ---- padded, phase-split image buffers ------------------------------------
 // Layout of a buffer: [C][R rows][sw phases][Wj], column j·sw + q at [q][j].
