@@ -342,7 +342,7 @@ struct Operands {
 template <class V, int MR, int NV, bool DirectA = false, bool DirectB = false>
 static void tile(int64_t kc, const typename V::S* __restrict pa, const typename V::S* __restrict pb,
                  typename V::S* C, int64_t c_rs, int rows, int cols, const typename V::S* bias,
-                 const Epilogue& ep, const Operands& direct = {}) {
+                 const Epilogue& ep, const Operands& direct) {
   using S = typename V::S;
   using R = typename V::R;
   constexpr int W = V::W, NR = NV * W;
@@ -400,6 +400,19 @@ static void tile(int64_t kc, const typename V::S* __restrict pa, const typename 
   }
 }
 
+// The micro-kernel variant for in-place (true) or packed (false) A and B.
+template <class V, class P>
+using TileFn = void (*)(int64_t, const typename V::S*, const typename V::S*, typename V::S*, int64_t, int, int,
+                        const typename V::S*, const Epilogue&, const Operands&);
+template <class V, class P> static TileFn<V, P> pick_tile(bool direct_a, bool direct_b) {
+  constexpr int MR = P::MR, NV = P::NV;
+  if (direct_a) return direct_b ? tile<V, MR, NV, true, true> : tile<V, MR, NV, true, false>;
+  return direct_b ? tile<V, MR, NV, false, true> : tile<V, MR, NV, false, false>;
+}
+
+// A row-major A without a prologue can be read in place (gemm_block), vector kernels only.
+template <class V> static bool a_row_major_plain(const GemmArgs& g) { return V::W > 1 && g.a_cs == 1 && !g.aux; }
+
 // Packing buffers: one pair per thread, grown on demand, 64-byte aligned, kept for reuse.
 template <class T> static T* scratch(int which, int64_t count) {
   static thread_local void* buf[2] = {nullptr, nullptr};
@@ -436,14 +449,14 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
   // column tiles wide (each A element is then read at most twice); B when row-major and its
   // kc × NR panel fits half of L1. Both read the same values in the same k order as the packed
   // path, so the results do not change.
-  constexpr bool kVector = V::W > 1;
-  const bool direct_a = kVector && g.a_cs == 1 && !aux && n1 - n0 <= 2 * NR;
+  const bool direct_a = a_row_major_plain<V>(g) && n1 - n0 <= 2 * NR;
   const Operands direct{g.a_rs, g.b_rs};
   for (int64_t jc = n0; jc < n1; jc += P::NC) {
     const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
     for (int64_t pc = 0; pc < K; pc += kc_step) {
       const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
-      const bool direct_b = kVector && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
+      const bool direct_b = V::W > 1 && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
+      const TileFn<V, P> run_tile = pick_tile<V, P>(direct_a, direct_b);
       const S* b_block = B + pc * g.b_rs + jc * g.b_cs;
       if (!direct_b) pack_b(b_block, g.b_rs, g.b_cs, kc, nc, NR, pb);
       const Epilogue ep{g.alpha, g.beta, pc == 0, pc + kc == K, g.act};
@@ -457,16 +470,8 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int rows = static_cast<int>(mc - ir < MR ? mc - ir : MR);
             const S* a_tile = direct_a ? A + a_off + ir * g.a_rs : pa + ir * kc;
-            S* c_tile = C + (ic + ir) * g.c_rs + jc + jr;
-            const S* bias_tile = bias ? bias + jc + jr : nullptr;
-            if (direct_a && direct_b)
-              tile<V, MR, P::NV, true, true>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
-            else if (direct_a)
-              tile<V, MR, P::NV, true, false>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
-            else if (direct_b)
-              tile<V, MR, P::NV, false, true>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep, direct);
-            else
-              tile<V, MR, P::NV>(kc, a_tile, b_tile, c_tile, g.c_rs, rows, cols, bias_tile, ep);
+            run_tile(kc, a_tile, b_tile, C + (ic + ir) * g.c_rs + jc + jr, g.c_rs, rows, cols,
+                     bias ? bias + jc + jr : nullptr, ep, direct);
           }
         }
       }
@@ -499,7 +504,7 @@ template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
   // Split the dimension with more tiles into `threads` aligned ranges; but when A can be read in
   // place (gemm_block: row-major, no prologue), split columns whenever there are enough of them:
   // each thread then packs only its share of B, where a row split has every thread pack all of B.
-  const bool a_in_place = V::W > 1 && g.a_cs == 1 && !g.aux && n_tiles <= 2 * threads;
+  const bool a_in_place = a_row_major_plain<V>(g) && n_tiles <= 2 * threads;
   const bool by_cols = n_tiles >= m_tiles || (a_in_place && n_tiles >= threads);
   const int64_t tiles = by_cols ? n_tiles : m_tiles;
   const int64_t per = (tiles + threads - 1) / threads;
