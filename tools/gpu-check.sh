@@ -1,39 +1,59 @@
 #!/usr/bin/env bash
-# One device session: build with CUDA for the local GPU, run the whole test
-# suite (CUDA tests included), the CUDA op tests under compute-sanitizer, the
-# end-to-end epochs, then the GPU benchmarks. Everything it prints
-# also lands in $OUT (default ./gpu-out). Usage: tools/gpu-check.sh [bench suites...]
+# One device session, everything a GPU is needed for, its logs under $OUT (default ./gpu-out):
+#   1. the extension: a prebuilt one ($OXKERNELS_PREBUILT, built elsewhere for this Python
+#      with CUDA ON) if it imports with CUDA, else built here;
+#   2. at the same time (none of them is timed): the test suite (CUDA tests included), and
+#      the CUDA op tests under compute-sanitizer memcheck and racecheck;
+#   3. then, with the GPU to themselves: end-to-end epochs, the kernel profile
+#      (tools/gpu_profile.py) and the GPU benchmarks (written into benchmarks/RESULTS.md,
+#      which is copied to $OUT).
+# $OXKERNELS_DATA: the data root (MNIST fits in a device call; CIFAR-10 does not, so LeNet
+# runs on synthetic images of its shape). Usage: tools/gpu-check.sh [bench suites...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=python
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/gpu.txt"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
-echo "== build"
-BUILD_DIR=build-gpu OXKERNELS_CUDA=ON JOBS=16 tools/dev-build.sh 2>&1 | tail -5 | tee "$OUT/build.log"
-python3 -m oxkernels info | tee -a "$OUT/gpu.txt"
-
-echo "== tests"
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest tests -q --timeout=120 -p no:cacheprovider \
-  ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" | tail -40
-
-echo "== compute-sanitizer (memcheck, racecheck) on the CUDA op tests"
-if command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
-    timeout ${SANITIZER_TIMEOUT:-120} compute-sanitizer --tool $tool --target-processes all --print-limit 20 \
-      python3 -m pytest -q -x -p no:cacheprovider -k "cuda and not slow" ${SANITIZER_TESTS:-tests/test_reliability.py} \
-      2>&1 | tee "$OUT/sanitizer-$tool.log" | tail -8
-  done
-else
-  echo "compute-sanitizer not found" | tee "$OUT/sanitizer.log"
+log "extension"
+cuda_ok() { python3 -c "import oxkernels, sys; i = oxkernels.info(); print(i); sys.exit(not i['cuda_built'])"; }
+if [ -n "${OXKERNELS_PREBUILT:-}" ]; then cp "$OXKERNELS_PREBUILT" python/oxkernels/; fi
+if ! cuda_ok >>"$OUT/gpu.txt" 2>&1; then
+  rm -f python/oxkernels/_C.cpython-3*.so
+  BUILD_DIR=build-gpu OXKERNELS_CUDA=ON JOBS=16 tools/dev-build.sh 2>&1 | tail -5 | tee -a "$OUT/gpu.txt"
+  cuda_ok >>"$OUT/gpu.txt" 2>&1 || { log "no CUDA build of oxkernels; stopping"; exit 1; }
 fi
 
-echo "== end-to-end epochs (synthetic data of the real shapes: the CIFAR-10 files cannot be carried)"
-timeout ${E2E_TIMEOUT:-240} python3 -m oxkernels bench --synthetic --device cuda --epochs 3 \
-  --impls torch,oxkernels,oxkernels-fused,torch-cudagraph --json "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log" | tail -14
+log "tests and compute-sanitizer, in parallel"
+timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests -q -n 6 --timeout=120 -p no:cacheprovider -rs \
+  ${TEST_ARGS:-} >"$OUT/tests.log" 2>&1 &
+tests_pid=$!
+OP_TESTS="tests/test_conv.py tests/test_pool.py tests/test_activation.py tests/test_linear.py tests/test_loss.py
+  tests/test_adam.py tests/test_linreg.py tests/test_gemm.py"
+for tool in memcheck racecheck; do
+  timeout ${SANITIZER_TIMEOUT:-150} compute-sanitizer --tool $tool --print-limit 20 \
+    python3 -m pytest -q -p no:cacheprovider -k "cuda and not slow" ${SANITIZER_TESTS:-$OP_TESTS} \
+    >"$OUT/sanitizer-$tool.log" 2>&1 &
+done
+wait
+tail -3 "$OUT/tests.log"; tail -2 "$OUT"/sanitizer-*.log
 
-echo "== benchmarks"
-timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/run.py --device cuda --max-time 0.2 "$@" 2>&1 \
-  | tee "$OUT/bench.log" | grep -v '^\$' | tail -80
+log "end-to-end epochs"
+timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 3 --cases mlp-adam-b64,mlp-adam-b256 \
+  --impls torch,oxkernels,oxkernels-fused,torch-cudagraph 2>&1 | tee "$OUT/e2e.log" | tail -8
+timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 2 --synthetic --cases lenet-adam-b64 \
+  --impls torch,oxkernels,oxkernels-fused,torch-cudagraph 2>&1 | tee -a "$OUT/e2e.log" | tail -6
+
+log "kernel profile"
+timeout ${PROFILE_TIMEOUT:-90} python3 tools/gpu_profile.py ${PROFILE_CASES:-} >"$OUT/profile.log" 2>&1
+tail -4 "$OUT/profile.log"
+
+log "benchmarks"
+timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/run.py --device cuda --max-time ${BENCH_MAX_TIME:-0.05} --write "$@" \
+  >"$OUT/bench.log" 2>&1
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+log "done"

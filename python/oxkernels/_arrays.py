@@ -65,7 +65,9 @@ def stream_of(x) -> int:
     """The CUDA stream (as an integer handle) that work on x should run on: torch's
     current stream for a CUDA tensor, 0 otherwise."""
     if is_torch(x) and x.is_cuda:
-        return _torch_module().cuda.current_stream(x.device).cuda_stream
+        from ._torch._glue import cuda_stream
+
+        return cuda_stream(x)
     return 0
 
 

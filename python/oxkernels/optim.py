@@ -35,6 +35,7 @@ from torch.optim import optimizer as _torch_optimizer
 from torch.optim.optimizer import Optimizer
 
 from . import _C, _torch
+from ._torch._glue import cuda_stream
 
 __all__ = ["Adam", "AdamW"]
 
@@ -197,7 +198,7 @@ class Adam(Optimizer):
         if cache.device_is_cuda:
             if not _is_compiling():
                 self._accelerator_graph_capture_health_check()
-            stream = torch.cuda.current_stream(cache.device).cuda_stream
+            stream = cuda_stream(cache.params[0])
         if isinstance(lr, torch.Tensor):
             if cache.device_is_cuda and cache.steps_on_device and lr.is_cuda:
                 lr_device = lr if lr.dtype == torch.float32 else lr.float()

@@ -13,8 +13,17 @@ import torch
 
 
 
+# torch's current-stream handle as a plain int, without building a torch.cuda.Stream object
+# (~0.3 µs instead of ~3 µs per call); the public route where this internal is missing.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def cuda_stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+    if not t.is_cuda:
+        return 0
+    if _raw_stream is None:
+        return torch.cuda.current_stream(t.device).cuda_stream
+    return _raw_stream(t.get_device())
 
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
