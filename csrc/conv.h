@@ -48,14 +48,31 @@ void conv2d_relu_maxpool2d_backward_cpu(const ConvShape& s, int64_t pool, const 
                                         const View& x, const View& w, const View* gx, const View* gw,
                                         const View* gb);
 
+// CUDA ∂L/∂w, ∂L/∂b: the batch is summed in G groups of consecutive images (so that
+// small layers still fill the GPU), then the G partial sums are added in group order;
+// G depends on the shape alone. With G > 1 the backward needs a workspace of x's dtype
+// holding G·(O·C·KH·KW + O) elements.
+inline int64_t conv2d_grad_groups_cuda(const ConvShape& s) {
+  constexpr int64_t kTargetBlocks = 4096, kMinSummedPerBlock = 1024;
+  const int64_t blocks = s.O * s.C * s.KH * s.KW, summed = s.N * s.OH * s.OW;
+  int64_t groups = blocks > 0 ? (kTargetBlocks + blocks - 1) / blocks : 1;
+  if (groups > summed / kMinSummedPerBlock) groups = summed / kMinSummedPerBlock;
+  if (groups > s.N) groups = s.N;
+  return groups > 1 ? groups : 1;
+}
+inline int64_t conv2d_grad_workspace_cuda(const ConvShape& s) {
+  const int64_t groups = conv2d_grad_groups_cuda(s);
+  return groups > 1 ? groups * (s.O * s.C * s.KH * s.KW + s.O) : 0;
+}
+
 void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const View* b, const View& y,
                          uintptr_t stream);
 void conv2d_backward_cuda(const ConvShape& s, const View& gy, const View& x, const View& w, const View* gx,
-                          const View* gw, const View* gb, uintptr_t stream);
+                          const View* gw, const View* gb, const View* workspace, uintptr_t stream);
 void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const View& x, const View& w,
                                         const View* b, const View& out, const View& idx, uintptr_t stream);
 void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
                                          const View& x, const View& w, const View* gx, const View* gw,
-                                         const View* gb, uintptr_t stream);
+                                         const View* gb, const View* workspace, uintptr_t stream);
 
 }  // namespace ox

@@ -538,3 +538,48 @@ def test_cuda_poisoned_outputs_and_ties():
     rx, rw, rb = ops.conv2d_relu_maxpool2d_backward(g.cpu(), cpu_idx, x.cpu(), w.cpu())
     for got, ref in ((gx, rx), (gw, rw), (gb, rb)):  # integer data: exact, NaN where the CPU has NaN
         torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_cuda_grad_workspace_rule():
+    """The CUDA ∂L/∂w, ∂L/∂b sums split the batch into image groups at the course shapes
+    (so the CUDA tests below exercise the group sums), and not when one block suffices."""
+    course = [(64, 3, 6, 5, 5, 28, 28), (256, 6, 16, 5, 5, 10, 10)]
+    for shape in course:
+        n_groups = _C.conv2d_grad_workspace(*shape) // (shape[2] * shape[1] * 25 + shape[2])
+        assert 1 < n_groups <= shape[0], shape
+    assert _C.conv2d_grad_workspace(1, 1, 1, 1, 1, 4, 6) == 0
+
+
+@requires_cuda
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("layer", [(64, 3, 32, 6), (64, 6, 14, 16), (33, 16, 12, 3)], ids=["conv1", "conv2", "odd"])
+def test_cuda_course_shapes_with_grouped_grads(rng, layer, fused):
+    """Batch sizes where ∂L/∂w, ∂L/∂b are summed in several image groups, then in group order."""
+    N, C, H, O = layer
+    x, w, b, s, p = make(rng, (N, C, H, H, O, 5, 1, 0), np.float32)
+    y_ref, g, refs = reference(x, w, b, s, p, pool=2 if fused else None)
+    xt, wt, bt = (torch.tensor(a, device="cuda", requires_grad=True) for a in (x, w, b))
+    y = ops.conv2d_relu_maxpool2d(xt, wt, bt) if fused else ops.conv2d(xt, wt, bt)
+    gt = torch.tensor(g, dtype=torch.float32, device="cuda")
+    grads = torch.autograd.grad(y, (xt, wt, bt), gt)
+    assert rel_err(y, y_ref) < 1e-5
+    for got, ref in zip(grads, refs):
+        assert rel_err(got, ref) < 1e-4
+    again = torch.autograd.grad(ops.conv2d_relu_maxpool2d(xt, wt, bt) if fused else ops.conv2d(xt, wt, bt),
+                                (xt, wt, bt), gt)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))  # fixed summation order: same bits
+    only_bias = ops.conv2d_backward(gt, xt.detach(), wt.detach(), needs=(False, False, True))[2] if not fused \
+        else ops.conv2d_relu_maxpool2d_backward(gt, ops.conv2d_relu_maxpool2d(xt, wt, bt, return_indices=True)[1],
+                                                xt.detach(), wt.detach(), needs=(False, False, True))[2]
+    assert torch.equal(only_bias, grads[2])
+
+
+@requires_cuda
+def test_cuda_backward_without_its_workspace_is_an_error():
+    x, w = torch.randn(64, 3, 32, 32, device="cuda"), torch.randn(6, 3, 5, 5, device="cuda")
+    g, gw = torch.randn(64, 6, 28, 28, device="cuda"), torch.empty(6, 3, 5, 5, device="cuda")
+    with pytest.raises(ValueError, match="argument 'workspace' is required"):
+        _C.conv2d_backward(g, x, w, 1, 1, 0, 0, None, gw, None, torch.cuda.current_stream().cuda_stream)
+    with pytest.raises(ValueError, match="'workspace' must hold at least"):
+        _C.conv2d_backward(g, x, w, 1, 1, 0, 0, None, gw, None, torch.cuda.current_stream().cuda_stream,
+                           torch.empty(3, device="cuda"))

@@ -17,6 +17,14 @@ static void check_grads(const char* op, const ConvShape& s, const View& x, const
   if (gb) check_output(op, "grad_bias", *gb, x, {s.O});
 }
 
+// The workspace a CUDA backward needs for ∂L/∂w, ∂L/∂b (conv2d_grad_workspace_cuda).
+[[maybe_unused]] static const View* grad_workspace(const char* op, const ConvShape& s, const View& x,
+                                                   const std::optional<View>& gw, const std::optional<View>& gb,
+                                                   const std::optional<View>& ws) {
+  if (!gw && !gb) return nullptr;
+  return check_workspace(op, opt(ws), "x", x, conv2d_grad_workspace_cuda(s));
+}
+
 OX_BINDINGS(bind_conv) {
   m.def(
       "conv2d",
@@ -36,20 +44,21 @@ OX_BINDINGS(bind_conv) {
   m.def(
       "conv2d_backward",
       [](View gy, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, std::optional<View> gx,
-         std::optional<View> gw, std::optional<View> gb, uintptr_t stream) {
+         std::optional<View> gw, std::optional<View> gb, uintptr_t stream, std::optional<View> workspace) {
         const char* op = "conv2d_backward";
         const ConvShape s = conv2d_check(op, x, w, nullptr, sh, sw, ph, pw);
         check_like(op, "grad_out", gy, "x", x);
         check_shape(op, "grad_out", gy, {s.N, s.O, s.OH, s.OW});
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_backward_cuda(s, gy, x, w, opt(gx), opt(gw), opt(gb), stream));
+          OX_CUDA_CALL(op, conv2d_backward_cuda(s, gy, x, w, opt(gx), opt(gw), opt(gb),
+                                                grad_workspace(op, s, x, gw, gb, workspace), stream));
         else
           conv2d_backward_cpu(s, gy, x, w, opt(gx), opt(gw), opt(gb));
       },
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
       py::arg("pw"), py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream") = 0,
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("workspace") = py::none(), py::call_guard<py::gil_scoped_release>());
 
   m.def(
       "conv2d_relu_maxpool2d",
@@ -76,7 +85,8 @@ OX_BINDINGS(bind_conv) {
   m.def(
       "conv2d_relu_maxpool2d_backward",
       [](View gout, View idx, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t pool,
-         std::optional<View> gx, std::optional<View> gw, std::optional<View> gb, uintptr_t stream) {
+         std::optional<View> gx, std::optional<View> gw, std::optional<View> gb, uintptr_t stream,
+         std::optional<View> workspace) {
         const char* op = "conv2d_relu_maxpool2d_backward";
         check_pool(op, pool);
         const ConvShape s = conv2d_check(op, x, w, nullptr, sh, sw, ph, pw);
@@ -88,14 +98,26 @@ OX_BINDINGS(bind_conv) {
         check_contiguous(op, "indices", idx);
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw),
-                                                               opt(gb), stream));
+          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
+                                                               grad_workspace(op, s, x, gw, gb, workspace), stream));
         else
           conv2d_relu_maxpool2d_backward_cpu(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb));
       },
       py::arg("grad_out"), py::arg("indices"), py::arg("x"), py::arg("weight"), py::arg("sh"), py::arg("sw"),
       py::arg("ph"), py::arg("pw"), py::arg("pool"), py::arg("grad_x"), py::arg("grad_weight"),
-      py::arg("grad_bias"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("grad_bias"), py::arg("stream") = 0, py::arg("workspace") = py::none(),
+      py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "conv2d_grad_workspace",
+      [](int64_t N, int64_t C, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW) {
+        ConvShape s{};
+        s.N = N, s.C = C, s.O = O, s.KH = KH, s.KW = KW, s.OH = OH, s.OW = OW;
+        return conv2d_grad_workspace_cuda(s);
+      },
+      "Elements of the CUDA workspace conv2d_backward / conv2d_relu_maxpool2d_backward need for this shape "
+      "(0: none).",
+      py::arg("N"), py::arg("C"), py::arg("O"), py::arg("KH"), py::arg("KW"), py::arg("OH"), py::arg("OW"));
 }
 
 }  // namespace ox

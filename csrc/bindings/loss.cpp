@@ -9,13 +9,8 @@ static CrossEntropy ce_args(int reduction, double label_smoothing, int64_t ignor
 }
 
 [[maybe_unused]] static const View& cuda_workspace(const char* op, const std::optional<View>& ws, const View& logits) {
-  if (!ws) value_error(op, ": argument 'workspace' is required for CUDA arrays");
   const int64_t need = logits.ndim == 2 && logits.shape[0] > 1 ? logits.shape[0] : 1;
-  check_same_device(op, "workspace", *ws, "logits", logits);
-  check_same_dtype(op, "workspace", *ws, "logits", logits);
-  check_contiguous(op, "workspace", *ws);
-  if (ws->numel() < need) value_error(op, ": argument 'workspace' must hold at least ", need, " elements");
-  return *ws;
+  return *check_workspace(op, ws ? &*ws : nullptr, "logits", logits, need);
 }
 
 OX_BINDINGS(bind_loss) {

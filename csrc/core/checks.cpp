@@ -132,6 +132,17 @@ void check_output(const char* op, const char* arg, const View& v, const View& re
   check_writable(op, arg, v);
 }
 
+const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need) {
+  if (need <= 0) return nullptr;
+  if (!ws) value_error(op, ": argument 'workspace' is required for CUDA arrays of this shape (", need, " elements)");
+  check_same_device(op, "workspace", *ws, ref_arg, ref);
+  check_same_dtype(op, "workspace", *ws, ref_arg, ref);
+  check_contiguous(op, "workspace", *ws);
+  check_writable(op, "workspace", *ws);
+  if (ws->numel() < need) value_error(op, ": argument 'workspace' must hold at least ", need, " elements, got ", ws->numel());
+  return ws;
+}
+
 void check_numel_fits(const char* op, const char* arg, const View& v) {
   __int128 n = 1;
   for (int i = 0; i < v.ndim; ++i) {

@@ -28,6 +28,9 @@ void check_like(const char* op, const char* arg, const View& v, const char* ref_
 // A freshly allocated output: contiguous, writable, given shape, same dtype/device as ref.
 void check_output(const char* op, const char* arg, const View& v, const View& ref,
                   std::initializer_list<int64_t> dims);
+// CUDA scratch: required when need > 0; same device and dtype as ref, contiguous,
+// writable, at least `need` elements. Returns it (or null when none is needed).
+const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need);
 // Element counts of the ranges our kernels index with int64 must not overflow.
 void check_numel_fits(const char* op, const char* arg, const View& v);
 

@@ -1,11 +1,14 @@
 // conv2d and the fused conv → ReLU → max-pool block on CUDA (formulas in conv.h).
 //
 // Direct convolution, kept simple and deterministic (no atomics):
-//  - forward / ∂L/∂x: one thread per output pixel, OBK output channels in
-//    registers, so one input load feeds OBK FMAs; the weights a warp reads are
-//    uniform across it (one broadcast transaction, cached);
-//  - ∂L/∂w, ∂L/∂b: one block per weight (bias) element, a fixed-order block
-//    reduction over the batch and the output pixels;
+//  - forward / ∂L/∂x: one thread per (pixel, group of OBK channels), the OBK
+//    channels in registers, so one input load feeds OBK FMAs; the weights a warp
+//    reads are uniform across it (one broadcast transaction, cached). The channel
+//    groups are threads of their own so that small layers still fill the GPU;
+//  - ∂L/∂w, ∂L/∂b: one block per (weight element, group of images), a fixed-order
+//    block reduction over its images' output pixels, then the groups' partial
+//    sums added in group order (conv2d_grad_groups_cuda in conv.h); ∂L/∂b[o] is
+//    summed by the blocks of the elements (o, 0, 0, 0) as they read g anyway;
 //  - fused: a thread computes the P×P conv outputs of one pooled pixel and keeps
 //    only the running maximum (torch's rule) and its window position; the
 //    backward reads ∂L/∂y on the fly from the pooled gradient and the saved
@@ -19,8 +22,8 @@
 namespace ox {
 namespace {
 
-constexpr int OBK = 8;            // output channels per thread
-constexpr int kThreads = 128;
+constexpr int OBK = 4;            // output (∂L/∂x: input) channels per thread
+constexpr int kThreads = 64;      // small blocks: the course layers have few threads to spread over the SMs
 constexpr int kReduceThreads = 256;
 
 inline unsigned grid_for(int64_t total) {
@@ -68,65 +71,76 @@ __device__ void conv_point(const ConvShape& s, const T* __restrict__ xn, const T
     }
 }
 
+// Thread t ↦ (image n, channel group o0 / OBK, pixel): pixels fastest, for coalesced loads and stores.
+struct GroupedIndex {
+  int64_t n, o0, pix;
+  __device__ GroupedIndex(int64_t t, int64_t groups, int64_t plane) {
+    const int64_t per_image = groups * plane, r = t % per_image;
+    n = t / per_image;
+    o0 = (r / plane) * OBK;
+    pix = r % plane;
+  }
+};
+
+__host__ __device__ inline int64_t channel_groups(int64_t channels) { return (channels + OBK - 1) / OBK; }
+
 template <class T>
 __global__ void forward_kernel(ConvShape s, const T* __restrict__ x, const T* __restrict__ w,
                                const T* __restrict__ b, T* __restrict__ y) {
-  const int64_t plane = s.OH * s.OW, total = s.N * plane;
+  const int64_t plane = s.OH * s.OW, groups = channel_groups(s.O), total = s.N * groups * plane;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = t / plane, pix = t % plane, oh = pix / s.OW, ow = pix % s.OW;
-    const T* xn = x + n * s.C * s.H * s.W;
-    for (int64_t o0 = 0; o0 < s.O; o0 += OBK) {
-      T acc[OBK];
+    const GroupedIndex at(t, groups, plane);
+    const int64_t oh = at.pix / s.OW, ow = at.pix % s.OW, o0 = at.o0;
+    T acc[OBK];
 #pragma unroll
-      for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
-      conv_point(s, xn, w, o0, oh, ow, acc);
+    for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
+    conv_point(s, x + at.n * s.C * s.H * s.W, w, o0, oh, ow, acc);
 #pragma unroll
-      for (int j = 0; j < OBK; ++j)
-        if (o0 + j < s.O) y[(n * s.O + o0 + j) * plane + pix] = acc[j];
-    }
+    for (int j = 0; j < OBK; ++j)
+      if (o0 + j < s.O) y[(at.n * s.O + o0 + j) * plane + at.pix] = acc[j];
   }
 }
 
 template <class T>
 __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict__ x, const T* __restrict__ w,
                                      const T* __restrict__ b, T* __restrict__ out, uint8_t* __restrict__ idx) {
-  const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, total = s.N * plane;
+  const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, groups = channel_groups(s.O);
+  const int64_t total = s.N * groups * plane;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = t / plane, pix = t % plane, p = pix / PW, q = pix % PW;
-    const T* xn = x + n * s.C * s.H * s.W;
-    for (int64_t o0 = 0; o0 < s.O; o0 += OBK) {
-      T mx[OBK];
-      int kbest[OBK];
+    const GroupedIndex at(t, groups, plane);
+    const int64_t p = at.pix / PW, q = at.pix % PW, o0 = at.o0;
+    const T* xn = x + at.n * s.C * s.H * s.W;
+    T mx[OBK];
+    int kbest[OBK];
 #pragma unroll
-      for (int j = 0; j < OBK; ++j) {
-        mx[j] = -INFINITY;
-        kbest[j] = 0;
-      }
-      for (int64_t r = 0; r < P; ++r)
-        for (int64_t c = 0; c < P; ++c) {
-          T acc[OBK];
+    for (int j = 0; j < OBK; ++j) {
+      mx[j] = -INFINITY;
+      kbest[j] = 0;
+    }
+    for (int64_t r = 0; r < P; ++r)
+      for (int64_t c = 0; c < P; ++c) {
+        T acc[OBK];
 #pragma unroll
-          for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
-          conv_point(s, xn, w, o0, p * P + r, q * P + c, acc);
+        for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
+        conv_point(s, xn, w, o0, p * P + r, q * P + c, acc);
 #pragma unroll
-          for (int j = 0; j < OBK; ++j) {
-            const T z = acc[j] <= T(0) ? T(0) : acc[j];  // relu; NaN stays NaN
-            if (z > mx[j] || isnan(z)) {  // torch's max_pool2d rule: first max wins, NaN propagates
-              mx[j] = z;
-              kbest[j] = static_cast<int>(r * P + c);
-            }
+        for (int j = 0; j < OBK; ++j) {
+          const T z = acc[j] <= T(0) ? T(0) : acc[j];  // relu; NaN stays NaN
+          if (z > mx[j] || isnan(z)) {  // torch's max_pool2d rule: first max wins, NaN propagates
+            mx[j] = z;
+            kbest[j] = static_cast<int>(r * P + c);
           }
         }
+      }
 #pragma unroll
-      for (int j = 0; j < OBK; ++j)
-        if (o0 + j < s.O) {
-          const int64_t e = (n * s.O + o0 + j) * plane + pix;
-          out[e] = mx[j];
-          idx[e] = mx[j] <= T(0) ? kPoolNoGrad : static_cast<uint8_t>(kbest[j]);
-        }
-    }
+    for (int j = 0; j < OBK; ++j)
+      if (o0 + j < s.O) {
+        const int64_t e = (at.n * s.O + o0 + j) * plane + at.pix;
+        out[e] = mx[j];
+        idx[e] = mx[j] <= T(0) ? kPoolNoGrad : static_cast<uint8_t>(kbest[j]);
+      }
   }
 }
 
@@ -135,37 +149,37 @@ __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict
 // stepping down by one per tap, so the loops hold no division.
 template <class T, class Gy>
 __global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __restrict__ gx) {
-  const int64_t plane = s.H * s.W, total = s.N * plane;
+  const int64_t plane = s.H * s.W, groups = channel_groups(s.C), total = s.N * groups * plane;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t n = t / plane, pix = t % plane, h = pix / s.W, v = pix % s.W;
+    const GroupedIndex at(t, groups, plane);
+    const int64_t n = at.n, c0 = at.o0, h = at.pix / s.W, v = at.pix % s.W;
     const int64_t kh0 = (h + s.ph) % s.sh, i0 = (h + s.ph - kh0) / s.sh;
     const int64_t kw0 = (v + s.pw) % s.sw, j0 = (v + s.pw - kw0) / s.sw;
-    for (int64_t c0 = 0; c0 < s.C; c0 += OBK) {
-      T acc[OBK];
+    T acc[OBK];
 #pragma unroll
-      for (int j = 0; j < OBK; ++j) acc[j] = T(0);
-      for (int64_t o = 0; o < s.O; ++o)
-        for (int64_t kh = kh0, i = i0; kh < s.KH && i >= 0; kh += s.sh, --i) {
-          if (i >= s.OH) continue;
-          for (int64_t kw = kw0, jj = j0; kw < s.KW && jj >= 0; kw += s.sw, --jj) {
-            if (jj >= s.OW) continue;
-            const T g = gy(s, n, o, i, jj);
-            const T* wk = w + ((o * s.C + c0) * s.KH + kh) * s.KW + kw;
+    for (int j = 0; j < OBK; ++j) acc[j] = T(0);
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int64_t kh = kh0, i = i0; kh < s.KH && i >= 0; kh += s.sh, --i) {
+        if (i >= s.OH) continue;
+        for (int64_t kw = kw0, jj = j0; kw < s.KW && jj >= 0; kw += s.sw, --jj) {
+          if (jj >= s.OW) continue;
+          const T g = gy(s, n, o, i, jj);
+          const T* wk = w + ((o * s.C + c0) * s.KH + kh) * s.KW + kw;
 #pragma unroll
-            for (int j = 0; j < OBK; ++j)
-              if (c0 + j < s.C) acc[j] += g * wk[j * s.KH * s.KW];
-          }
+          for (int j = 0; j < OBK; ++j)
+            if (c0 + j < s.C) acc[j] += g * wk[j * s.KH * s.KW];
         }
+      }
 #pragma unroll
-      for (int j = 0; j < OBK; ++j)
-        if (c0 + j < s.C) gx[(n * s.C + c0 + j) * plane + pix] = acc[j];
-    }
+    for (int j = 0; j < OBK; ++j)
+      if (c0 + j < s.C) gx[(n * s.C + c0 + j) * plane + at.pix] = acc[j];
   }
 }
 
 template <class T> __device__ T block_sum(T v) {
   __shared__ T part[kReduceThreads];
+  __syncthreads();  // a previous call's result has been read by every thread
   part[threadIdx.x] = v;
   __syncthreads();
   for (int step = kReduceThreads / 2; step > 0; step /= 2) {
@@ -175,52 +189,95 @@ template <class T> __device__ T block_sum(T v) {
   return part[0];
 }
 
-// One block per weight element e = (o, c, kh, kw); images outer, pixels inner
-// (32-bit pixel arithmetic: conv2d_check_cuda bounds the planes).
+// The ∂L/∂w, ∂L/∂b sums of conv2d_grad_groups_cuda's image groups: with one group the
+// blocks write the gradients directly, else row g of the workspace, laid out as
+// [O·C·KH·KW weight sums | O bias sums]. A null gw / gb is not wanted.
+template <class T> struct GradSums {
+  T *gw, *gb, *ws;
+  int64_t groups;
+};
+
+// Block (e, g) sums over the images [n0, n1) of group g and all their output pixels
+//   g[n,o,i,j] · x[n, c, i·sh − ph + kh, j·sw − pw + kw]     for e = (o, c, kh, kw),
+// and the blocks of (o, 0, 0, 0) also Σ g[n,o,i,j] for ∂L/∂b[o] (block e = o sums only
+// that when ∂L/∂w is not wanted). Thread t visits the flat (image, pixel) indices
+// t, t + kReduceThreads, ... (32-bit pixel arithmetic: the caller bounds the planes).
 template <class T, class Gy>
-__global__ void grad_w_kernel(ConvShape s, Gy gy, const T* __restrict__ x, T* __restrict__ gw) {
-  const int64_t e = blockIdx.x;
-  const int64_t kw = e % s.KW, kh = (e / s.KW) % s.KH, c = (e / (s.KW * s.KH)) % s.C, o = e / (s.KW * s.KH * s.C);
+__global__ void grad_wb_kernel(ConvShape s, Gy gy, const T* __restrict__ x, GradSums<T> out) {
+  const int64_t taps = s.C * s.KH * s.KW, e = blockIdx.x, group = blockIdx.y;
+  const bool want_w = out.gw != nullptr;
+  const int64_t o = want_w ? e / taps : e, tap = want_w ? e % taps : 0;
+  const int64_t c = tap / (s.KH * s.KW), kh = (tap / s.KW) % s.KH, kw = tap % s.KW;
+  const bool sum_bias = out.gb != nullptr && tap == 0;
+  const int64_t n1 = (group + 1) * s.N / out.groups;
   const int plane = static_cast<int>(s.OH * s.OW), OW = static_cast<int>(s.OW);
-  T acc = 0;
-  for (int64_t n = 0; n < s.N; ++n) {
-    const T* xc = x + (n * s.C + c) * s.H * s.W;
-    for (int pix = threadIdx.x; pix < plane; pix += kReduceThreads) {
-      const int i = pix / OW, j = pix - i * OW;
+  const int tid = static_cast<int>(threadIdx.x), dpix = kReduceThreads % plane;
+  const int64_t dn = kReduceThreads / plane;
+  int64_t n = group * s.N / out.groups + tid / plane;
+  int pix = tid % plane;
+  T acc_w = 0, acc_b = 0;
+  while (n < n1) {
+    const int i = pix / OW, j = pix - i * OW;
+    const T gv = gy(s, n, o, i, j);
+    if (sum_bias) acc_b += gv;
+    if (want_w) {
       const int64_t ih = i * s.sh - s.ph + kh, iw = j * s.sw - s.pw + kw;
-      if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-      acc += gy(s, n, o, i, j) * xc[ih * s.W + iw];
+      if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) acc_w += gv * x[((n * s.C + c) * s.H + ih) * s.W + iw];
+    }
+    n += dn;
+    pix += dpix;
+    if (pix >= plane) {
+      pix -= plane;
+      ++n;
     }
   }
-  const T sum = block_sum(acc);
-  if (threadIdx.x == 0) gw[e] = sum;
+  T* row = out.groups == 1 ? nullptr : out.ws + group * (s.O * taps + s.O);
+  if (want_w) {
+    const T sum = block_sum(acc_w);
+    if (tid == 0) (row ? row : out.gw)[e] = sum;
+  }
+  if (sum_bias) {
+    const T sum = block_sum(acc_b);
+    if (tid == 0) (row ? row + s.O * taps : out.gb)[o] = sum;
+  }
 }
 
-template <class T, class Gy> __global__ void grad_b_kernel(ConvShape s, Gy gy, T* __restrict__ gb) {
-  const int64_t o = blockIdx.x;
-  const int plane = static_cast<int>(s.OH * s.OW), OW = static_cast<int>(s.OW);
-  T acc = 0;
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int pix = threadIdx.x; pix < plane; pix += kReduceThreads) acc += gy(s, n, o, pix / OW, pix % OW);
-  const T sum = block_sum(acc);
-  if (threadIdx.x == 0) gb[o] = sum;
+// ∂L/∂w, ∂L/∂b = the groups' partial sums added in group order.
+template <class T> __global__ void sum_groups_kernel(ConvShape s, GradSums<T> out) {
+  const int64_t weights = s.O * s.C * s.KH * s.KW, row = weights + s.O;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < row;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T* dst = e < weights ? out.gw : out.gb;
+    if (!dst) continue;
+    T sum = 0;
+    for (int64_t g = 0; g < out.groups; ++g) sum += out.ws[g * row + e];
+    dst[e < weights ? e : e - weights] = sum;
+  }
 }
 
 template <class T, class Gy>
-void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, cudaStream_t st) {
+void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, T* ws, cudaStream_t st) {
   if (s.OH * s.OW > INT32_MAX)
     value_error("conv2d_backward (CUDA): output planes of 2^31 pixels or more are not supported");
   if (gx && s.N * s.C * s.H * s.W > 0) {
-    grad_x_kernel<T><<<grid_for(s.N * s.H * s.W), kThreads, 0, st>>>(s, gy, w, gx);
+    grad_x_kernel<T><<<grid_for(s.N * channel_groups(s.C) * s.H * s.W), kThreads, 0, st>>>(s, gy, w, gx);
     cuda_check_launch("conv2d_backward (grad_x)");
   }
-  if (gw && s.O * s.C * s.KH * s.KW > 0) {
-    grad_w_kernel<T><<<static_cast<unsigned>(s.O * s.C * s.KH * s.KW), kReduceThreads, 0, st>>>(s, gy, x, gw);
-    cuda_check_launch("conv2d_backward (grad_weight)");
+  const int64_t weights = s.O * s.C * s.KH * s.KW;
+  GradSums<T> out{weights > 0 ? gw : nullptr, s.O > 0 ? gb : nullptr, ws, conv2d_grad_groups_cuda(s)};
+  if (!out.gw && !out.gb) return;
+  if (s.N * s.OH * s.OW == 0) {  // nothing to sum: zero gradients
+    if (out.gw) cuda_check(cudaMemsetAsync(out.gw, 0, weights * sizeof(T), st), "conv2d_backward (grad_weight)");
+    if (out.gb) cuda_check(cudaMemsetAsync(out.gb, 0, s.O * sizeof(T), st), "conv2d_backward (grad_bias)");
+    return;
   }
-  if (gb && s.O > 0) {
-    grad_b_kernel<T><<<static_cast<unsigned>(s.O), kReduceThreads, 0, st>>>(s, gy, gb);
-    cuda_check_launch("conv2d_backward (grad_bias)");
+  if (weights > INT32_MAX) value_error("conv2d_backward (CUDA): 2^31 weights or more are not supported");
+  const dim3 grid(static_cast<unsigned>(out.gw ? weights : s.O), static_cast<unsigned>(out.groups));
+  grad_wb_kernel<T><<<grid, kReduceThreads, 0, st>>>(s, gy, x, out);
+  cuda_check_launch("conv2d_backward (grad_weight, grad_bias)");
+  if (out.groups > 1) {
+    sum_groups_kernel<T><<<grid_for(weights + s.O), kThreads, 0, st>>>(s, out);
+    cuda_check_launch("conv2d_backward (group sums)");
   }
 }
 
@@ -230,8 +287,8 @@ template <class T> T* opt_ptr(const View* v) { return v ? v->ptr<T>() : nullptr;
 
 void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const View* b, const View& y,
                          uintptr_t stream) {
-  const int64_t total = s.N * s.OH * s.OW;
-  if (total == 0 || s.O == 0) return;
+  const int64_t total = s.N * channel_groups(s.O) * s.OH * s.OW;
+  if (total == 0) return;
   if (x.dtype == DType::f64)
     forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
         s, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), y.ptr<double>());
@@ -242,19 +299,19 @@ void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const
 }
 
 void conv2d_backward_cuda(const ConvShape& s, const View& gy, const View& x, const View& w, const View* gx,
-                          const View* gw, const View* gb, uintptr_t stream) {
+                          const View* gw, const View* gb, const View* workspace, uintptr_t stream) {
   if (x.dtype == DType::f64)
     backward(s, GyPlain<double>{gy.ptr<double>()}, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(gx),
-             opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
+             opt_ptr<double>(gw), opt_ptr<double>(gb), opt_ptr<double>(workspace), as_stream(stream));
   else
     backward(s, GyPlain<float>{gy.ptr<float>()}, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(gx),
-             opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
+             opt_ptr<float>(gw), opt_ptr<float>(gb), opt_ptr<float>(workspace), as_stream(stream));
 }
 
 void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const View& x, const View& w,
                                         const View* b, const View& out, const View& idx, uintptr_t stream) {
-  const int64_t total = s.N * (s.OH / pool) * (s.OW / pool);
-  if (total == 0 || s.O == 0) return;
+  const int64_t total = s.N * channel_groups(s.O) * (s.OH / pool) * (s.OW / pool);
+  if (total == 0) return;
   if (x.dtype == DType::f64)
     fused_forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
         s, pool, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), out.ptr<double>(), idx.ptr<uint8_t>());
@@ -266,14 +323,16 @@ void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const 
 
 void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
                                          const View& x, const View& w, const View* gx, const View* gw,
-                                         const View* gb, uintptr_t stream) {
+                                         const View* gb, const View* workspace, uintptr_t stream) {
   const int P = static_cast<int>(pool), PH = static_cast<int>(s.OH / pool), PW = static_cast<int>(s.OW / pool);
   if (x.dtype == DType::f64)
     backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<double>(), w.ptr<double>(),
-             opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), as_stream(stream));
+             opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), opt_ptr<double>(workspace),
+             as_stream(stream));
   else
     backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<float>(), w.ptr<float>(),
-             opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), as_stream(stream));
+             opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), opt_ptr<float>(workspace),
+             as_stream(stream));
 }
 
 }  // namespace ox

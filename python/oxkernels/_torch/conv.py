@@ -29,6 +29,15 @@ def _grads(x, weight, needs):
     return gx, gw, gb
 
 
+def grad_workspace(x, weight, stride, padding, needs):
+    """CUDA scratch for the per-image-group sums of ∂L/∂w and ∂L/∂b (csrc/conv.h); None when not needed."""
+    if not x.is_cuda or not (needs[1] or needs[2]):
+        return None
+    oh, ow = _out_hw(x, weight, stride, padding)
+    n = _C.conv2dgrad_workspace(x.shape[0], x.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], oh, ow)
+    return x.new_empty((n,)) if n else None
+
+
 def _or_none(t, needed):
     return t if needed else None
 
@@ -60,7 +69,8 @@ def conv2d_grads(grad_out, x, weight, stride, padding, needs):
     grad_out, x, weight = grad_out.contiguous(), x.contiguous(), weight.contiguous()
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_backward(grad_out, x, weight, stride[0], stride[1], padding[0], padding[1],
-                       _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), cuda_stream(x))
+                       _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), cuda_stream(x),
+                       grad_workspace(x, weight, stride, padding, needs))
     return gx, gw, gb
 
 
@@ -131,7 +141,8 @@ def fused_grads(grad_out, indices, x, weight, stride, padding, pool, needs):
     gx, gw, gb = _grads(x, weight, needs)
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices.contiguous(), x, weight, stride[0], stride[1], padding[0],
                                       padding[1], pool, _or_none(gx, needs[0]), _or_none(gw, needs[1]),
-                                      _or_none(gb, needs[2]), cuda_stream(x))
+                                      _or_none(gb, needs[2]), cuda_stream(x),
+                                      grad_workspace(x, weight, stride, padding, needs))
     return gx, gw, gb
 
 

@@ -66,13 +66,14 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, needs=(True, True,
     """(∂L/∂x, ∂L/∂weight, ∂L/∂bias) from grad_out = ∂L/∂y; entries whose `needs`
     flag is False are None. Arrays of one kind (NumPy, or torch without autograd)."""
     op = "conv2d_backward"
-    array_kind(op, grad_out=grad_out, x=x, weight=weight)
+    kind = array_kind(op, grad_out=grad_out, x=x, weight=weight)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     _check_geometry(op, x, weight, stride, padding)
     gx = empty(x, tuple(x.shape)) if needs[0] else None
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
     gb = empty(x, (weight.shape[0],)) if needs[2] else None
-    _C.conv2d_backward(grad_out, x, weight, *stride, *padding, gx, gw, gb, stream_of(x))
+    _C.conv2d_backward(grad_out, x, weight, *stride, *padding, gx, gw, gb, stream_of(x),
+                       _grad_workspace(kind, x, weight, stride, padding, needs))
     return gx, gw, gb
 
 
@@ -107,7 +108,7 @@ def conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, stride=1, paddi
     """(∂L/∂x, ∂L/∂weight, ∂L/∂bias) of the fused block from the pooled gradient and
     the indices its forward returned; entries whose `needs` flag is False are None."""
     op = "conv2d_relu_maxpool2d_backward"
-    array_kind(op, grad_out=grad_out, indices=indices, x=x, weight=weight)
+    kind = array_kind(op, grad_out=grad_out, indices=indices, x=x, weight=weight)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
     _check_geometry(op, x, weight, stride, padding)
@@ -115,8 +116,17 @@ def conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, stride=1, paddi
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
     gb = empty(x, (weight.shape[0],)) if needs[2] else None
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, *stride, *padding, pool, gx, gw, gb,
-                                      stream_of(x))
+                                      stream_of(x), _grad_workspace(kind, x, weight, stride, padding, needs))
     return gx, gw, gb
+
+
+def _grad_workspace(kind, x, weight, stride, padding, needs):
+    """The CUDA scratch of ∂L/∂w, ∂L/∂b (torch tensors only; NumPy arrays are on the CPU)."""
+    if kind == NUMPY:
+        return None
+    from .._torch.conv import grad_workspace
+
+    return grad_workspace(x, weight, stride, padding, needs)
 
 
 def _int(op, name, value) -> int:
