@@ -61,10 +61,19 @@ def cuda_skip_reason() -> str:
 requires_cuda = pytest.mark.skipif(not cuda_available(), reason=cuda_skip_reason() or "CUDA available")
 
 
-def data_root():
-    """The real MNIST / CIFAR-10 folder ($OXKERNELS_DATA), or None."""
+DATASET_FOLDERS = {"mnist": "mnist", "cifar10": "cifar10/cifar-10-batches-bin"}
+
+
+def data_root(dataset: str):
+    """$OXKERNELS_DATA when it holds the real data set (mnist or cifar10), else None
+    (a test never downloads it)."""
     root = os.environ.get("OXKERNELS_DATA")
-    return Path(root) if root and Path(root).is_dir() else None
+    return Path(root) if root and (Path(root) / DATASET_FOLDERS[dataset]).is_dir() else None
+
+
+def requires_data(dataset: str):
+    return pytest.mark.skipif(data_root(dataset) is None,
+                              reason=f"real {dataset} not found: set OXKERNELS_DATA to the shared data folder")
 
 
 @pytest.fixture

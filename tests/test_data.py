@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import data_root
+from conftest import data_root, requires_data
 from oxkernels import data
 
-REAL = data_root()
-needs_real_data = pytest.mark.skipif(
-    REAL is None, reason="real MNIST/CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
+REAL = data_root("mnist")
+needs_real_data = requires_data("mnist")
 
 
 # ---------------------------------------------------------------------------- real files
@@ -41,13 +40,13 @@ def test_mnist_real_files(train, n, first, counts):
     assert abs(mean - (0.130660 if train else 0.132515)) < 1e-5
 
 
-@needs_real_data
+@requires_data("cifar10")
 @pytest.mark.parametrize("train,n,first", [
     (True, 50000, [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]),
     (False, 10000, [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]),
 ])
 def test_cifar10_real_files(train, n, first):
-    ds = data.CIFAR10(root=REAL, train=train, download=False)
+    ds = data.CIFAR10(root=data_root("cifar10"), train=train, download=False)
     assert tuple(ds.images.shape) == (n, 3, 32, 32)
     assert list(ds.labels_np[:10]) == first
     assert list(np.bincount(ds.labels_np, minlength=10)) == [n // 10] * 10

@@ -142,15 +142,15 @@ def test_train_nproc_rejects_bad_counts():
 
 @pytest.mark.slow
 def test_train_command_nproc(tmp_path):
-    """The command line: `oxkernels train mnist --nproc 2` trains on 2 ranks, prints one banner
-    and one line per epoch, and rank 0 writes metrics.json."""
+    """The command line: `oxkernels train mnist --nproc 2 --device cpu` trains on 2 gloo ranks
+    (also on a one-GPU machine), prints one banner and one line per epoch, and rank 0 writes metrics.json."""
     import json
     import subprocess
     import sys
 
     _mnist_or_skip()
     cmd = [sys.executable, "-m", "oxkernels", "train", "mnist", "--nproc", "2", "--epochs", "1", "--limit", "640",
-           "--test-limit", "200", "--no-progress", "--threads", "1", "--out", str(tmp_path)]
+           "--test-limit", "200", "--no-progress", "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("training mlp on mnist") == 1

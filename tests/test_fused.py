@@ -6,13 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import data_root, poison, rel_err  # noqa: E402
+from conftest import data_root, poison, rel_err, requires_data  # noqa: E402
 from oxkernels import data as oxdata, models, nn as oxnn, optim  # noqa: E402
 from oxkernels.fused import FusedTrainer  # noqa: E402
 
-REAL = data_root()
-needs_data = pytest.mark.skipif(
-    REAL is None, reason="real MNIST / CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
+REAL = data_root("mnist")
+needs_data = requires_data("mnist")
 
 OPTIMIZERS = {
     "adam": lambda params: optim.Adam(params, lr=2e-3),
@@ -154,9 +153,10 @@ def test_unfused_sees_the_fused_grads_and_no_state_before_a_step():
 
 @pytest.fixture(scope="module")
 def cifar10():
-    if REAL is None:
+    root = data_root("cifar10")
+    if root is None:
         pytest.skip("real CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
-    return oxdata.load_dataset("cifar10", train=True, root=REAL)
+    return oxdata.load_dataset("cifar10", train=True, root=root)
 
 
 @needs_data

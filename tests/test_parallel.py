@@ -11,7 +11,7 @@ from conftest import data_root  # noqa: E402
 from oxkernels import data as oxdata, models, nn as oxnn, optim  # noqa: E402
 from oxkernels.fused import FusedTrainer, ParallelTrainer  # noqa: E402
 
-REAL = data_root()
+MNIST, CIFAR10 = data_root("mnist"), data_root("cifar10")
 NO_DATA = "real MNIST / CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder"
 M = 8
 
@@ -27,16 +27,16 @@ OPTIMIZERS = {
 
 @pytest.fixture(scope="module")
 def mnist():
-    if REAL is None:
+    if MNIST is None:
         pytest.skip(NO_DATA)
-    return oxdata.load_dataset("mnist", train=True, root=REAL)
+    return oxdata.load_dataset("mnist", train=True, root=MNIST)
 
 
 @pytest.fixture(scope="module")
 def cifar10():
-    if REAL is None:
+    if CIFAR10 is None:
         pytest.skip(NO_DATA)
-    return oxdata.load_dataset("cifar10", train=True, root=REAL)
+    return oxdata.load_dataset("cifar10", train=True, root=CIFAR10)
 
 
 def copies(opt, make_model, m=M):

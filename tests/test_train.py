@@ -5,13 +5,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import data_root, rel_err  # noqa: E402
+from conftest import data_root, rel_err, requires_data  # noqa: E402
 from oxkernels import bench, cli, models, tune  # noqa: E402
 from oxkernels.train import TrainConfig, fit  # noqa: E402
 
-REAL = data_root()
-pytestmark = pytest.mark.skipif(
-    REAL is None, reason="real MNIST/CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
+REAL = data_root("mnist")
+pytestmark = requires_data("mnist")
+WITH_CIFAR10 = requires_data("cifar10")
 
 SMALL = dict(limit=256, test_limit=200, device="cpu")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,6 +50,7 @@ def test_train_mnist_command(backend, tmp_path):
     assert metrics["implementation"]["model"] == expected_model
 
 
+@WITH_CIFAR10
 @pytest.mark.parametrize("backend", ["torch", "oxkernels"])
 def test_train_cifar10_lenet(backend, tmp_path):
     cfg = TrainConfig("cifar10", epochs=1, batch_size=32, optimizer="sgd", lr=1e-2, backend=backend,
@@ -177,7 +178,7 @@ CUDA_SMALL = dict(limit=640, test_limit=500, device="cuda")  # 640 = 10 full bat
 
 
 @requires_cuda
-@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize("dataset", ["mnist", pytest.param("cifar10", marks=WITH_CIFAR10)])
 def test_cuda_backends_agree(dataset, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32 on both sides
     runs = [fit(TrainConfig(dataset, epochs=2, backend=b, **CUDA_SMALL), data_root=REAL, progress=False, log=None)
@@ -188,7 +189,7 @@ def test_cuda_backends_agree(dataset, monkeypatch):
 
 
 @requires_cuda
-@pytest.mark.parametrize("case", ["mlp-adam-b64", "lenet-sgd-b64"])
+@pytest.mark.parametrize("case", ["mlp-adam-b64", pytest.param("lenet-sgd-b64", marks=WITH_CIFAR10)])
 def test_cuda_graph_trains_like_eager(case):
     """The captured step (warm-up undone) follows eager torch on the same batches."""
     cfg = TrainConfig(**bench.CASES[case], epochs=2, backend="torch", **CUDA_SMALL)

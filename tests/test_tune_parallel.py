@@ -6,13 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import data_root  # noqa: E402
+from conftest import data_root, requires_data  # noqa: E402
 from oxkernels import cli, tune  # noqa: E402
 from oxkernels.train import TrainConfig  # noqa: E402
 
-REAL = data_root()
-pytestmark = pytest.mark.skipif(
-    REAL is None, reason="real MNIST/CIFAR-10 not found: set OXKERNELS_DATA to the shared data folder")
+REAL = data_root("mnist")
+pytestmark = requires_data("mnist")
 
 
 def _cli(*argv):
@@ -42,6 +41,7 @@ def test_cli_parallel_equals_sequential(tmp_path):
     assert runs["parallel"]["base_config"] == runs["sequential"]["base_config"]
 
 
+@requires_data("cifar10")
 def test_run_search_falls_back_for_unfusable_models_and_refuses_torch():
     """LeNet with sigmoid has no fused blocks: its group is trained one by one, with a log line."""
     base = TrainConfig(dataset="cifar10", epochs=1, limit=64, test_limit=100, device="cpu", seed=1)
