@@ -14,7 +14,10 @@
 // scalar micro-kernels, threads split C into disjoint column (or row) ranges;
 // each element is summed in the same k order whatever the thread count or
 // packing, so results are deterministic.
-// CUDA: tiled shared-memory kernel, full fp32 (no TF32).
+// CUDA: tiled shared-memory kernel, full fp32 (no TF32). A product with too few
+// output tiles to fill the GPU splits K over gemm_cuda_splits blocks per tile: each
+// writes its partial sums to a workspace, which a second kernel adds in split order
+// before the epilogue, so results stay deterministic.
 #pragma once
 #include <cstdint>
 
@@ -44,7 +47,28 @@ struct GemmArgs {
 
 // dtype f32 or f64; all pointers host (CPU) or device (CUDA) memory.
 void gemm_cpu(const GemmArgs& g, DType dtype);
-void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream);
+// workspace: device memory of the dtype, at least gemm_cuda_workspace(M, N, K) elements
+// (null when that is 0).
+void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream, void* workspace);
+
+// CUDA tiling of an M×N×K product: 64×64 tiles when there are enough of them to keep
+// the GPU busy, else 32×32 tiles, and then K split into up to 16 slices of ≥ 128.
+constexpr int64_t kGemmCudaBusyBlocks = 264;  // ~2 blocks per SM on an H100/H200
+inline bool gemm_cuda_big_tiles(int64_t M, int64_t N) {
+  return ((M + 63) / 64) * ((N + 63) / 64) >= kGemmCudaBusyBlocks;
+}
+inline int64_t gemm_cuda_splits(int64_t M, int64_t N, int64_t K) {
+  if (M <= 0 || N <= 0 || gemm_cuda_big_tiles(M, N)) return 1;
+  const int64_t tiles = ((M + 31) / 32) * ((N + 31) / 32);
+  int64_t splits = (kGemmCudaBusyBlocks + tiles - 1) / tiles;
+  if (splits > K / 128) splits = K / 128;
+  if (splits > 16) splits = 16;
+  return splits > 1 ? splits : 1;
+}
+inline int64_t gemm_cuda_workspace(int64_t M, int64_t N, int64_t K) {
+  const int64_t splits = gemm_cuda_splits(M, N, K);
+  return splits > 1 ? splits * M * N : 0;
+}
 
 // Operand tile sizes of the CPU kernel in use (for tests that want edge cases).
 void gemm_cpu_tile(int* mr, int* nr);

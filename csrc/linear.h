@@ -27,8 +27,10 @@ GemmArgs linear_grad_w_gemm(const View& dy, const View& x, const View* y, Activa
 void linear_cpu(const View& x, const View& w, const View* bias, Activation act, const View& y);
 void linear_backward_cpu(const View& dy, const View& x, const View& w, const View* y, Activation act,
                          const View* dx, const View* dw, const View* db);
-void linear_cuda(const View& x, const View& w, const View* bias, Activation act, const View& y, uintptr_t stream);
+// workspace: the split-K scratch of the products (gemm_cuda_workspace; null when none needs it).
+void linear_cuda(const View& x, const View& w, const View* bias, Activation act, const View& y, uintptr_t stream,
+                 const View* workspace);
 void linear_backward_cuda(const View& dy, const View& x, const View& w, const View* y, Activation act,
-                          const View* dx, const View* dw, const View* db, uintptr_t stream);
+                          const View* dx, const View* dw, const View* db, uintptr_t stream, const View* workspace);
 
 }  // namespace ox

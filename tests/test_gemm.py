@@ -153,8 +153,26 @@ def test_gemm_bad_input_is_named():
         _C.gemm(f, np.ones((4, 2), np.float32), np.empty((3, 2), np.float32), activation="tanh")
 
 
+def cuda_workspace(m, n, k):
+    import torch
+
+    size = _C.gemm_cuda_workspace(m, n, k)
+    return torch.empty(size, device="cuda") if size else None
+
+
+# Course products whose few output tiles make the CUDA kernel split K (see the rule test).
+SPLIT_K = [(64, 64, 784), (10, 84, 1024), (33, 7, 4097)]
+
+
+def test_gemm_cuda_split_rule():
+    for m, n, k in SPLIT_K:
+        assert _C.gemm_cuda_workspace(m, n, k) >= 2 * m * n, (m, n, k)
+    assert _C.gemm_cuda_workspace(1024, 1024, 1024) == 0  # enough 64×64 tiles
+    assert _C.gemm_cuda_workspace(64, 64, 200) == 0       # K too short to split
+
+
 @requires_cuda
-@pytest.mark.parametrize("m,n,k", SHAPES + [(1024, 784, 64), (70000, 10, 33)])
+@pytest.mark.parametrize("m,n,k", SHAPES + SPLIT_K + [(1024, 784, 64), (70000, 10, 33)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_cuda_matches_float64(rng, m, n, k, trans_a, trans_b):
     import torch
@@ -163,6 +181,27 @@ def test_gemm_cuda_matches_float64(rng, m, n, k, trans_a, trans_b):
     bias = rng.standard_normal(n).astype(np.float32)
     out = poison(torch.empty((m, n), device="cuda"))
     _C.gemm(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), out, trans_a, trans_b, 1.0, 0.0,
-            torch.from_numpy(bias).cuda(), "sigmoid")
+            torch.from_numpy(bias).cuda(), "sigmoid", torch.cuda.current_stream().cuda_stream, cuda_workspace(m, n, k))
     torch.cuda.synchronize()
     assert rel_err(out, reference(a, b, trans_a, trans_b, bias, "sigmoid")) < 1e-5
+
+
+@requires_cuda
+@pytest.mark.parametrize("m,n,k", SPLIT_K)
+def test_gemm_cuda_split_k_epilogue_and_bits(rng, m, n, k):
+    """alpha, beta·C and relu after the slices are added; the same bits on every call; and a
+    clear error without the workspace."""
+    import torch
+
+    a, b = (torch.from_numpy(t).cuda() for t in operands(rng, m, n, k, False, False))
+    c0 = torch.from_numpy(rng.standard_normal((m, n)).astype(np.float32)).cuda()
+    outs = []
+    for _ in range(2):
+        out = c0.clone()
+        _C.gemm(a, b, out, False, False, 0.5, -1.5, None, "relu", 0, cuda_workspace(m, n, k))
+        outs.append(out)
+    want = torch.relu(0.5 * (a.double() @ b.double()) - 1.5 * c0.double())
+    assert rel_err(outs[0], want) < 1e-5
+    assert torch.equal(outs[0], outs[1])
+    with pytest.raises(ValueError, match="argument 'workspace' is required"):
+        _C.gemm(a, b, c0.clone(), False, False)

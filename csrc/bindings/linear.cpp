@@ -1,10 +1,23 @@
 #include "linear.h"
 
+#include <algorithm>
 #include <string>
 
 #include "bindings/python.h"
 
 namespace ox {
+
+static const View* opt(const std::optional<View>& v) { return v ? &*v : nullptr; }
+
+// The split-K scratch a CUDA call's products need (gemm_cuda_workspace), checked.
+static const View* gemm_workspace(const char* op, const View& ref,
+                                                   std::initializer_list<const GemmArgs*> products,
+                                                   const std::optional<View>& ws) {
+  int64_t need = 0;
+  for (const GemmArgs* g : products)
+    if (g) need = std::max(need, gemm_cuda_workspace(g->M, g->N, g->K));
+  return check_workspace(op, opt(ws), "x", ref, need);
+}
 
 static Activation activation_arg(const char* op, const std::optional<std::string>& name) {
   return parse_activation(op, name ? name->c_str() : nullptr);
@@ -12,7 +25,8 @@ static Activation activation_arg(const char* op, const std::optional<std::string
 
 // gemm: the raw product for tests and benchmarks, on (strided) 2-D arrays.
 static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, double alpha, double beta,
-                       std::optional<View> bias, std::optional<std::string> activation, uintptr_t stream) {
+                       std::optional<View> bias, std::optional<std::string> activation, uintptr_t stream,
+                       std::optional<View> workspace) {
   const char* op = "gemm";
   check_dtype(op, "a", a, {DType::f32, DType::f64});
   check_rank(op, "a", a, 2);
@@ -40,9 +54,15 @@ static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, dou
   g.alpha = alpha; g.beta = beta;
   g.bias = bias ? bias->data : nullptr;
   g.act = activation_arg(op, activation);
-  py::gil_scoped_release release;
-  if (a.device == Device::cuda) OX_CUDA_CALL(op, gemm_cuda(g, a.dtype, stream));
-  else gemm_cpu(g, a.dtype);
+  if (a.device == Device::cuda) {
+    require_cuda_build(op);
+    const View* ws = gemm_workspace(op, a, {&g}, workspace);
+    py::gil_scoped_release release;
+    OX_CUDA_CALL(op, gemm_cuda(g, a.dtype, stream, ws ? ws->data : nullptr));
+  } else {
+    py::gil_scoped_release release;
+    gemm_cpu(g, a.dtype);
+  }
 }
 
 OX_BINDINGS(bind_linear) {
@@ -50,7 +70,10 @@ OX_BINDINGS(bind_linear) {
         "out = act(alpha · op(a) op(b) + beta · out + bias), op = transpose when trans_* is set",
         py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("bias") = py::none(),
-        py::arg("activation") = py::none(), py::arg("stream") = 0);
+        py::arg("activation") = py::none(), py::arg("stream") = 0, py::arg("workspace") = py::none());
+  m.def("gemm_cuda_workspace", &gemm_cuda_workspace,
+        "Elements of the CUDA split-K workspace an M×N×K product needs (0: none)", py::arg("M"), py::arg("N"),
+        py::arg("K"));
   m.def(
       "gemm_tile",
       []() {
@@ -62,22 +85,29 @@ OX_BINDINGS(bind_linear) {
   m.def(
       "linear",
       [](View x, View weight, std::optional<View> bias, View out, std::optional<std::string> activation,
-         uintptr_t stream) {
+         uintptr_t stream, std::optional<View> workspace) {
         const char* op = "linear";
         const Activation act = activation_arg(op, activation);
         const View* b = bias ? &*bias : nullptr;
         linear_check(op, x, weight, b, out);
-        py::gil_scoped_release release;
-        if (x.device == Device::cuda) OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream));
-        else linear_cpu(x, weight, b, act, out);
+        if (x.device == Device::cuda) {
+          require_cuda_build(op);
+          const GemmArgs fwd = linear_forward_gemm(x, weight, b, act, out);
+          const View* ws = gemm_workspace(op, x, {&fwd}, workspace);
+          py::gil_scoped_release release;
+          OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream, ws));
+        } else {
+          py::gil_scoped_release release;
+          linear_cpu(x, weight, b, act, out);
+        }
       },
       "out = act(x weightᵀ + bias)", py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
-      py::arg("activation") = py::none(), py::arg("stream") = 0);
+      py::arg("activation") = py::none(), py::arg("stream") = 0, py::arg("workspace") = py::none());
   m.def(
       "linear_backward",
       [](View grad_out, View x, View weight, std::optional<View> out, std::optional<std::string> activation,
          std::optional<View> grad_x, std::optional<View> grad_weight, std::optional<View> grad_bias,
-         uintptr_t stream) {
+         uintptr_t stream, std::optional<View> workspace) {
         const char* op = "linear_backward";
         const Activation act = activation_arg(op, activation);
         const View* y = out ? &*out : nullptr;
@@ -85,15 +115,23 @@ OX_BINDINGS(bind_linear) {
         const View* dw = grad_weight ? &*grad_weight : nullptr;
         const View* db = grad_bias ? &*grad_bias : nullptr;
         linear_backward_check(op, grad_out, x, weight, y, act, dx, dw, db);
-        py::gil_scoped_release release;
-        if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream));
-        else linear_backward_cpu(grad_out, x, weight, y, act, dx, dw, db);
+        if (x.device == Device::cuda) {
+          require_cuda_build(op);
+          const GemmArgs gx = dx ? linear_grad_x_gemm(grad_out, weight, y, act, *dx) : GemmArgs{};
+          const GemmArgs gw = dw ? linear_grad_w_gemm(grad_out, x, y, act, *dw) : GemmArgs{};
+          const View* ws = gemm_workspace(op, x, {&gx, &gw}, workspace);
+          py::gil_scoped_release release;
+          OX_CUDA_CALL(op, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream, ws));
+        } else {
+          py::gil_scoped_release release;
+          linear_backward_cpu(grad_out, x, weight, y, act, dx, dw, db);
+        }
       },
       "grads of out = act(x weightᵀ + bias): grad_x = dz weight, grad_weight = dzᵀ x, grad_bias = Σ dz, "
       "dz = grad_out ⊙ act'(out)",
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("activation"),
-      py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream") = 0);
+      py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("stream") = 0,
+      py::arg("workspace") = py::none());
 }
 
 }  // namespace ox

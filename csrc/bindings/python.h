@@ -27,8 +27,10 @@ int register_binder(Binder binder);
 [[noreturn]] void no_cuda(const char* op);
 #if defined(OX_WITH_CUDA)
 #define OX_CUDA_CALL(op, call) call
+inline void require_cuda_build(const char*) {}
 #else
 #define OX_CUDA_CALL(op, call) ::ox::no_cuda(op)
+inline void require_cuda_build(const char* op) { no_cuda(op); }
 #endif
 
 // Tells the caster which Python type is torch.Tensor (set when torch is loaded).

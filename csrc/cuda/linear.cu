@@ -40,14 +40,16 @@ int64_t rows_of(const View& x) {
 
 }  // namespace
 
-void linear_cuda(const View& x, const View& w, const View* bias, Activation act, const View& y, uintptr_t stream) {
-  gemm_cuda(linear_forward_gemm(x, w, bias, act, y), x.dtype, stream);
+void linear_cuda(const View& x, const View& w, const View* bias, Activation act, const View& y, uintptr_t stream,
+                 const View* workspace) {
+  gemm_cuda(linear_forward_gemm(x, w, bias, act, y), x.dtype, stream, workspace ? workspace->data : nullptr);
 }
 
 void linear_backward_cuda(const View& dy, const View& x, const View& w, const View* y, Activation act,
-                          const View* dx, const View* dw, const View* db, uintptr_t stream) {
-  if (dx) gemm_cuda(linear_grad_x_gemm(dy, w, y, act, *dx), x.dtype, stream);
-  if (dw) gemm_cuda(linear_grad_w_gemm(dy, x, y, act, *dw), x.dtype, stream);
+                          const View* dx, const View* dw, const View* db, uintptr_t stream, const View* workspace) {
+  void* ws = workspace ? workspace->data : nullptr;  // the two products run in stream order: one workspace
+  if (dx) gemm_cuda(linear_grad_x_gemm(dy, w, y, act, *dx), x.dtype, stream, ws);
+  if (dw) gemm_cuda(linear_grad_w_gemm(dy, x, y, act, *dw), x.dtype, stream, ws);
   if (db) {
     const int64_t N = w.shape[0], R = rows_of(dy);
     if (N == 0) return;

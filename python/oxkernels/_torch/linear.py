@@ -2,6 +2,7 @@
 (custom ops with fake impls and autograd, what torch.compile sees), plus an eager fast
 path through a torch.autograd.Function that calls the same _C kernels (a custom op
 costs several µs of dispatch per call, comparable to a whole small layer)."""
+import math
 from typing import Optional
 
 import torch
@@ -16,11 +17,29 @@ def _act(activation: str):
     return None if activation == "none" else activation
 
 
+def gemm_workspace(like: Tensor, *products):
+    """CUDA scratch for the split-K sums of these (M, N, K) products (csrc/gemm.h); None when
+    none needs it (and on the CPU)."""
+    if not like.is_cuda:
+        return None
+    n = max((_C.gemm_cuda_workspace(*mnk) for mnk in products), default=0)
+    return like.new_empty((n,)) if n else None
+
+
+def _workspace(x, weight, forward=False, need_x=False, need_weight=False):
+    """The scratch of the layer's products: y = x Wᵀ (R×N×K), dx = dz W (R×K×N), dW = dzᵀ x (N×K×R)."""
+    if not x.is_cuda or x.dim() < 1 or weight.dim() != 2:
+        return None  # a bad shape: the kernel's checks say what is wrong
+    R, (N, K) = math.prod(x.shape[:-1]), weight.shape
+    return gemm_workspace(x, *([(R, N, K)] if forward else []), *([(R, K, N)] if need_x else []),
+                          *([(N, K, R)] if need_weight else []))
+
+
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
     x = x.contiguous()
     out = torch.empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1), dtype=x.dtype,
                       device=x.device)
-    _C.linear(x, weight.contiguous(), bias, out, _act(activation), cuda_stream(x))
+    _C.linear(x, weight.contiguous(), bias, out, _act(activation), cuda_stream(x), _workspace(x, weight, forward=True))
     return out
 
 
@@ -29,7 +48,8 @@ def _backward(grad_out, x, weight, out, activation, need_x, need_weight, need_bi
     dx = torch.empty_like(x) if need_x else None
     dw = torch.empty_like(weight) if need_weight else None
     db = torch.empty(weight.shape[0], dtype=x.dtype, device=x.device) if need_bias else None
-    _C.linear_backward(grad_out, x, weight, out, _act(activation), dx, dw, db, cuda_stream(x))
+    _C.linear_backward(grad_out, x, weight, out, _act(activation), dx, dw, db, cuda_stream(x),
+                       _workspace(x, weight, need_x=need_x, need_weight=need_weight))
     return dx, dw, db
 
 
@@ -93,7 +113,7 @@ class _LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, act):
         x, weight = x.contiguous(), weight.contiguous()  # no-ops (returning self) when contiguous
         out = x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1))
-        _C.linear(x, weight, bias, out, act, cuda_stream(x))
+        _C.linear(x, weight, bias, out, act, cuda_stream(x), _workspace(x, weight, forward=True))
         ctx.save_for_backward(x, weight, out if act is not None else None)
         ctx.act = act
         ctx.has_bias = bias is not None
@@ -106,7 +126,8 @@ class _LinearFunction(torch.autograd.Function):
         dx = torch.empty_like(x) if need_x else None
         dw = torch.empty_like(weight) if need_weight else None
         db = weight.new_empty(weight.shape[:1]) if need_bias and ctx.has_bias else None
-        _C.linear_backward(grad_out.contiguous(), x, weight, out, ctx.act, dx, dw, db, cuda_stream(x))
+        _C.linear_backward(grad_out.contiguous(), x, weight, out, ctx.act, dx, dw, db, cuda_stream(x),
+                           _workspace(x, weight, need_x=dx is not None, need_weight=dw is not None))
         return dx, dw, db, None
 
 

@@ -42,9 +42,14 @@ def linear(x, weight, bias=None, activation=None):
 def matmul(a, b, bias=None, activation=None, trans_a=False, trans_b=False):
     """act(op(a) op(b) + bias) for 2-D a, b with our GEMM (op = transpose when trans_* is set;
     strided inputs are read in place). Not differentiable: use `linear` for autograd."""
-    array_kind("matmul", a=a, b=b, bias=bias)
+    kind = array_kind("matmul", a=a, b=b, bias=bias)
     m = a.shape[-1 if trans_a else 0] if a.ndim == 2 else 0
     n = b.shape[0 if trans_b else -1] if b.ndim == 2 else 0
     out = empty(a, (m, n))
-    _C.gemm(a, b, out, trans_a, trans_b, 1.0, 0.0, bias, activation, stream_of(a))
+    workspace = None
+    if kind == TORCH and a.ndim == 2:
+        from .._torch.linear import gemm_workspace
+
+        workspace = gemm_workspace(a, (m, n, a.shape[0 if trans_a else -1]))
+    _C.gemm(a, b, out, trans_a, trans_b, 1.0, 0.0, bias, activation, stream_of(a), workspace)
     return out
