@@ -29,21 +29,21 @@ if ! cuda_ok >>"$OUT/gpu.txt" 2>&1; then
 fi
 
 log "tests and compute-sanitizer, in parallel"
-timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests -q -n 6 --timeout=120 -p no:cacheprovider -rs \
-  ${TEST_ARGS:-} >"$OUT/tests.log" 2>&1 &
+timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests -q -n ${TEST_WORKERS:-8} --timeout=120 -p no:cacheprovider \
+  -rfEs --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} >"$OUT/tests.log" 2>&1 &
 tests_pid=$!
 OP_TESTS="tests/test_conv.py tests/test_pool.py tests/test_activation.py tests/test_linear.py tests/test_loss.py
   tests/test_adam.py tests/test_linreg.py tests/test_gemm.py"
-for tool in memcheck racecheck; do
+for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
   timeout ${SANITIZER_TIMEOUT:-150} compute-sanitizer --tool $tool --print-limit 20 \
     python3 -m pytest -q -p no:cacheprovider -k "cuda and not slow" ${SANITIZER_TESTS:-$OP_TESTS} \
     >"$OUT/sanitizer-$tool.log" 2>&1 &
 done
 wait
-tail -3 "$OUT/tests.log"; tail -2 "$OUT"/sanitizer-*.log
+tail -n 3 "$OUT/tests.log"; tail -n 2 "$OUT"/sanitizer-*.log
 
 log "end-to-end epochs"
-timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 3 --cases mlp-adam-b64,mlp-adam-b256 \
+timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 3 --cases ${E2E_MLP_CASES:-mlp-adam-b64,mlp-adam-b256} \
   --impls torch,oxkernels,oxkernels-fused,torch-cudagraph 2>&1 | tee "$OUT/e2e.log" | tail -8
 timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 2 --synthetic --cases lenet-adam-b64 \
   --impls torch,oxkernels,oxkernels-fused,torch-cudagraph 2>&1 | tee -a "$OUT/e2e.log" | tail -6
