@@ -52,7 +52,7 @@ void gemm_cpu(const GemmArgs& g, DType dtype);
 void gemm_cuda(const GemmArgs& g, DType dtype, uintptr_t stream, void* workspace);
 
 // CUDA tiling of an M×N×K product: 64×64 tiles when there are enough of them to keep
-// the GPU busy, else 32×32 tiles, and then K split into up to 16 slices of ≥ 128.
+// the GPU busy, else 32×32 tiles, and then K split into up to 16 slices of ≥ 64.
 constexpr int64_t kGemmCudaBusyBlocks = 264;  // ~2 blocks per SM on an H100/H200
 inline bool gemm_cuda_big_tiles(int64_t M, int64_t N) {
   return ((M + 63) / 64) * ((N + 63) / 64) >= kGemmCudaBusyBlocks;
@@ -61,7 +61,7 @@ inline int64_t gemm_cuda_splits(int64_t M, int64_t N, int64_t K) {
   if (M <= 0 || N <= 0 || gemm_cuda_big_tiles(M, N)) return 1;
   const int64_t tiles = ((M + 31) / 32) * ((N + 31) / 32);
   int64_t splits = (kGemmCudaBusyBlocks + tiles - 1) / tiles;
-  if (splits > K / 128) splits = K / 128;
+  if (splits > K / 64) splits = K / 64;
   if (splits > 16) splits = 16;
   return splits > 1 ? splits : 1;
 }
