@@ -25,6 +25,7 @@ from oxkernels import _C
 
 torch = pytest.importorskip("torch")
 from oxkernels.ops import linear  # noqa: E402
+from oxkernels._torch.linear import gemm_workspace  # noqa: E402
 
 LAYERS = [  # (in, out, activation): MNIST MLP, then the CNN's classifier head
     (784, 64, "relu"), (64, 32, "relu"), (32, 10, None),
@@ -151,8 +152,10 @@ def test_gemm(benchmark, shape, impl, device):
     out = torch.empty(m, n, device=device)
     stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
     if impl == "oxkernels":
+        workspace = gemm_workspace(a, (m, n, k))  # CUDA split-K scratch, allocated once like `out`
+
         def run():
-            _C.gemm(a, b, out, False, False, 1.0, 0.0, None, None, stream)
+            _C.gemm(a, b, out, False, False, 1.0, 0.0, None, None, stream, workspace)
             sync()
     else:
         def run():
@@ -232,7 +235,9 @@ def summary(device="cpu"):
         out = torch.empty(m, n, device=device)
         stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
         reps = max(3, min(200, int(2e10 / (m * n * k))))
-        t_ox = _time_us(lambda: _C.gemm(a, bb, out, False, False, 1.0, 0.0, None, None, stream), sync, reps)
+        workspace = gemm_workspace(a, (m, n, k))
+        t_ox = _time_us(lambda: _C.gemm(a, bb, out, False, False, 1.0, 0.0, None, None, stream, workspace), sync,
+                        reps)
         t_th = _time_us(lambda: torch.mm(a, bb, out=out), sync, reps)
         gf = lambda t: 2 * m * n * k / t / 1e3  # noqa: E731
         print(f"  gemm {m}x{n}x{k}: oxkernels {gf(t_ox):8.1f} GFLOP/s, torch {gf(t_th):8.1f} GFLOP/s, "
