@@ -34,7 +34,7 @@ def grad_workspace(x, weight, stride, padding, needs):
     if not x.is_cuda or not (needs[1] or needs[2]):
         return None
     oh, ow = _out_hw(x, weight, stride, padding)
-    n = _C.conv2dgrad_workspace(x.shape[0], x.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], oh, ow)
+    n = _C.conv2d_grad_workspace(x.shape[0], x.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], oh, ow)
     return x.new_empty((n,)) if n else None
 
 
