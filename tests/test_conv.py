@@ -583,3 +583,27 @@ def test_cuda_backward_without_its_workspace_is_an_error():
     with pytest.raises(ValueError, match="'workspace' must hold at least"):
         _C.conv2d_backward(g, x, w, 1, 1, 0, 0, None, gw, None, torch.cuda.current_stream().cuda_stream,
                            torch.empty(3, device="cuda"))
+
+
+class _CudaShaped:
+    """Stands in for a CUDA tensor where only shapes matter, so the CUDA-only Python paths
+    that size workspaces run on any machine."""
+    is_cuda = True
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def dim(self):
+        return len(self.shape)
+
+    def new_empty(self, shape):
+        return shape
+
+
+def test_cuda_grad_workspace_request_on_any_machine():
+    from oxkernels._torch.conv import grad_workspace
+
+    x, w = _CudaShaped(64, 3, 32, 32), _CudaShaped(6, 3, 5, 5)
+    want = _C.conv2d_grad_workspace(64, 3, 6, 5, 5, 28, 28)
+    assert grad_workspace(x, w, [1, 1], [0, 0], [False, True, False]) == (want,)
+    assert grad_workspace(x, w, [1, 1], [0, 0], [True, False, False]) is None  # ∂L/∂x needs none

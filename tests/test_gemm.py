@@ -205,3 +205,17 @@ def test_gemm_cuda_split_k_epilogue_and_bits(rng, m, n, k):
     assert torch.equal(outs[0], outs[1])
     with pytest.raises(ValueError, match="argument 'workspace' is required"):
         _C.gemm(a, b, c0.clone(), False, False)
+
+
+def test_linear_workspace_request_on_any_machine():
+    """The CUDA-only Python path sizes the split-K scratch for the layer's products."""
+    from oxkernels._torch.linear import _workspace
+
+    from test_conv import _CudaShaped
+
+    x, w = _CudaShaped(4, 16, 784), _CudaShaped(64, 784)  # 64 rows of 784 -> 64
+    assert _workspace(x, w, forward=True) == (_C.gemm_cuda_workspace(64, 64, 784),)
+    assert _workspace(x, w, forward=True)[0] > 0
+    assert _workspace(x, w, need_x=True, need_weight=True) is None  # K = 64 rows in both: too short to split
+    rows = _CudaShaped(1024, 84)
+    assert _workspace(rows, _CudaShaped(10, 84), need_weight=True) == (_C.gemm_cuda_workspace(10, 84, 1024),)

@@ -10,9 +10,8 @@ namespace ox {
 static const View* opt(const std::optional<View>& v) { return v ? &*v : nullptr; }
 
 // The split-K scratch a CUDA call's products need (gemm_cuda_workspace), checked.
-static const View* gemm_workspace(const char* op, const View& ref,
-                                                   std::initializer_list<const GemmArgs*> products,
-                                                   const std::optional<View>& ws) {
+static const View* gemm_workspace(const char* op, const View& ref, std::initializer_list<const GemmArgs*> products,
+                                  const std::optional<View>& ws) {
   int64_t need = 0;
   for (const GemmArgs* g : products)
     if (g) need = std::max(need, gemm_cuda_workspace(g->M, g->N, g->K));

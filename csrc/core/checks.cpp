@@ -139,7 +139,8 @@ const View* check_workspace(const char* op, const View* ws, const char* ref_arg,
   check_same_dtype(op, "workspace", *ws, ref_arg, ref);
   check_contiguous(op, "workspace", *ws);
   check_writable(op, "workspace", *ws);
-  if (ws->numel() < need) value_error(op, ": argument 'workspace' must hold at least ", need, " elements, got ", ws->numel());
+  if (ws->numel() < need)
+    value_error(op, ": argument 'workspace' must hold at least ", need, " elements, got ", ws->numel());
   return ws;
 }
 
