@@ -9,6 +9,14 @@
 #      which is copied to $OUT).
 # $OXKERNELS_DATA: the data root (MNIST fits in a device call; CIFAR-10 does not, so LeNet
 # runs on synthetic images of its shape). Usage: tools/gpu-check.sh [bench suites...]
+#
+# With a 15-minute device budget (2026-11-27 on an H200), build the extension here for the
+# device's Python first (cmake -B build-gpu312 -DOXKERNELS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90
+# -DPython_EXECUTABLE=<python3.12> ...), copy MNIST into an ignored folder, carry both, and run e.g.
+#   OXKERNELS_PREBUILT=build-gpu312/_C.cpython-312-x86_64-linux-gnu.so OXKERNELS_DATA=.gpudata \
+#   TEST_FILTER="cuda or graph" SANITIZER_TOOLS=memcheck E2E_MLP_CASES=mlp-adam-b64 \
+#   BENCH_MAX_TIME=0.02 tools/gpu-check.sh bench_conv.py bench_linear.py
+# The full default run took 299 s there with the timeouts cutting racecheck and the benchmarks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
