@@ -230,7 +230,7 @@ inline BufGeom input_geom(const ConvShape& s, int lanes) {
 }
 
 // 2×2 windows of two conv rows r0, r1 → PW pooled outputs, the same rule as
-// the general loop below (first maximum of relu(y), last NaN), straight-line.
+// the general loop in fused_forward (first maximum of relu(y), last NaN), straight-line.
 template <class T, int Scalar = 1>
 static void pool2_row(const T* r0, const T* r1, int64_t PW, T* out, uint8_t* idx) {
   for (int64_t q = 0; q < PW; ++q) {
