@@ -77,7 +77,7 @@ void adam_step_lists(const std::vector<View>& params, const std::vector<View>& g
     value_error(op, ": argument 'grad_scale' as a number is supported on the CPU only; "
                 "on CUDA use oxkernels.optim.Adam with torch.amp.GradScaler");
   }
-  const double* gs = grad_scale ? &*grad_scale : nullptr;
+  const double* gs = opt(grad_scale);
   py::gil_scoped_release release;
   run_step(op, tensors, params[0], h, gs, nullptr, nullptr, nullptr, stream);
 }
@@ -235,12 +235,10 @@ class AdamGroup {
         tensors_[k].step = (*s.ptr<float>() += 1.0f);
       }
     }
-    const double* gs = grad_scale ? &*grad_scale : nullptr;
+    const double* gs = opt(grad_scale);
     {
       py::gil_scoped_release release;
-      run_step(op, tensors_, first, h, gs, lr_device ? &*lr_device : nullptr,
-               grad_scale_device ? &*grad_scale_device : nullptr, found_inf_device ? &*found_inf_device : nullptr,
-               stream);
+      run_step(op, tensors_, first, h, gs, opt(lr_device), opt(grad_scale_device), opt(found_inf_device), stream);
     }
     if (!bump_.is_none()) bump_(updated);
     return kDone;

@@ -4,8 +4,6 @@
 
 namespace ox {
 
-static const View* opt(const std::optional<View>& v) { return v ? &*v : nullptr; }
-
 static void check_pool(const char* op, int64_t pool) {
   if (pool < 1 || pool > 15) value_error(op, ": argument 'pool' must be in [1, 15], got ", pool);
 }

@@ -7,8 +7,6 @@
 
 namespace ox {
 
-static const View* opt(const std::optional<View>& v) { return v ? &*v : nullptr; }
-
 // The split-K scratch a CUDA call's products need (gemm_cuda_workspace), checked.
 static const View* gemm_workspace(const char* op, const View& ref, std::initializer_list<const GemmArgs*> products,
                                   const std::optional<View>& ws) {
@@ -55,7 +53,7 @@ static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, dou
   g.act = activation_arg(op, activation);
   if (a.device == Device::cuda) {
     require_cuda_build(op);
-    const View* ws = gemm_workspace(op, a, {&g}, workspace);
+    [[maybe_unused]] const View* ws = gemm_workspace(op, a, {&g}, workspace);
     py::gil_scoped_release release;
     OX_CUDA_CALL(op, gemm_cuda(g, a.dtype, stream, ws ? ws->data : nullptr));
   } else {
@@ -87,12 +85,12 @@ OX_BINDINGS(bind_linear) {
          uintptr_t stream, std::optional<View> workspace) {
         const char* op = "linear";
         const Activation act = activation_arg(op, activation);
-        const View* b = bias ? &*bias : nullptr;
+        const View* b = opt(bias);
         linear_check(op, x, weight, b, out);
         if (x.device == Device::cuda) {
           require_cuda_build(op);
           const GemmArgs fwd = linear_forward_gemm(x, weight, b, act, out);
-          const View* ws = gemm_workspace(op, x, {&fwd}, workspace);
+          [[maybe_unused]] const View* ws = gemm_workspace(op, x, {&fwd}, workspace);
           py::gil_scoped_release release;
           OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream, ws));
         } else {
@@ -109,16 +107,16 @@ OX_BINDINGS(bind_linear) {
          uintptr_t stream, std::optional<View> workspace) {
         const char* op = "linear_backward";
         const Activation act = activation_arg(op, activation);
-        const View* y = out ? &*out : nullptr;
-        const View* dx = grad_x ? &*grad_x : nullptr;
-        const View* dw = grad_weight ? &*grad_weight : nullptr;
-        const View* db = grad_bias ? &*grad_bias : nullptr;
+        const View* y = opt(out);
+        const View* dx = opt(grad_x);
+        const View* dw = opt(grad_weight);
+        const View* db = opt(grad_bias);
         linear_backward_check(op, grad_out, x, weight, y, act, dx, dw, db);
         if (x.device == Device::cuda) {
           require_cuda_build(op);
           const GemmArgs gx = dx ? linear_grad_x_gemm(grad_out, weight, y, act, *dx) : GemmArgs{};
           const GemmArgs gw = dw ? linear_grad_w_gemm(grad_out, x, y, act, *dw) : GemmArgs{};
-          const View* ws = gemm_workspace(op, x, {&gx, &gw}, workspace);
+          [[maybe_unused]] const View* ws = gemm_workspace(op, x, {&gx, &gw}, workspace);
           py::gil_scoped_release release;
           OX_CUDA_CALL(op, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream, ws));
         } else {

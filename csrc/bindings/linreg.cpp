@@ -11,7 +11,7 @@ OX_BINDINGS(bind_linreg) {
       "linreg_grad",
       [](View X, View y, View theta, std::optional<View> rows, View out, uintptr_t stream,
          std::optional<View> workspace) {
-        const View* r = rows ? &*rows : nullptr;
+        const View* r = opt(rows);
         linreg_check("linreg_grad", X, y, theta, r, out, true);
         if (X.device == Device::cuda) {
           if (!workspace) value_error("linreg_grad: a CUDA call needs argument 'workspace'");

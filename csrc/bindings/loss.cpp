@@ -10,7 +10,7 @@ static CrossEntropy ce_args(int reduction, double label_smoothing, int64_t ignor
 
 [[maybe_unused]] static const View& cuda_workspace(const char* op, const std::optional<View>& ws, const View& logits) {
   const int64_t need = logits.ndim == 2 && logits.shape[0] > 1 ? logits.shape[0] : 1;
-  return *check_workspace(op, ws ? &*ws : nullptr, "logits", logits, need);
+  return *check_workspace(op, opt(ws), "logits", logits, need);
 }
 
 OX_BINDINGS(bind_loss) {
@@ -34,7 +34,7 @@ OX_BINDINGS(bind_loss) {
           OX_CUDA_CALL(op, cross_entropy_forward_cuda(logits, target, ce, out, cuda_workspace(op, workspace, logits),
                                                       stream));
         else
-          cross_entropy_forward_cpu(logits, target, ce, out, grad_logits ? &*grad_logits : nullptr);
+          cross_entropy_forward_cpu(logits, target, ce, out, opt(grad_logits));
       },
       "loss of the logits; with grad_logits (CPU), also its gradient for an incoming grad of 1",
       py::arg("logits"), py::arg("target"), py::arg("out"), py::arg("reduction"), py::arg("label_smoothing"),

@@ -33,6 +33,9 @@ inline void require_cuda_build(const char*) {}
 inline void require_cuda_build(const char* op) { no_cuda(op); }
 #endif
 
+// An optional argument as a pointer: null when it was not given.
+template <class T> const T* opt(const std::optional<T>& v) { return v ? &*v : nullptr; }
+
 // Tells the caster which Python type is torch.Tensor (set when torch is loaded).
 void set_torch_types(py::handle tensor_type, py::dict dtype_map);
 bool load_view(py::handle src, View& out, py::object& keep_alive);
