@@ -138,8 +138,6 @@ def test_bad_input(name):
     fn = getattr(ops, name)
     with pytest.raises(TypeError, match="'x'.*float32 or float64.*int64"):
         fn(np.arange(4))
-    with pytest.raises(ValueError, match="'x' must be contiguous"):
-        fn(np.zeros((4, 4), np.float32)[:, ::2])
     with pytest.raises(TypeError, match="'x' must be a NumPy array or a torch tensor"):
         fn([1.0, 2.0])
     with pytest.raises(TypeError, match="'y' is a torch array but 'grad' is a numpy"):

@@ -161,8 +161,6 @@ def test_bad_input():
         ops.max_pool2d(x, 2, (1, 2, 3))
     with pytest.raises(TypeError, match="'x' must be float32 or float64, got int64"):
         ops.max_pool2d(np.zeros((2, 3, 8, 8), np.int64), 2)
-    with pytest.raises(ValueError, match="'x' must be contiguous"):
-        ops.max_pool2d(torch.zeros(2, 8, 8, 3).permute(0, 3, 1, 2), 2)
     with pytest.raises(TypeError, match="'x' is a torch array but 'grad' is a numpy"):
         ops.max_pool2d_backward(np.zeros((2, 3, 4, 4), np.float32), torch.zeros(2, 3, 8, 8), 2)
     with pytest.raises(TypeError, match="'grad' must have the dtype of 'x'"):

@@ -53,6 +53,17 @@ def array_kind(op: str, **arrays) -> str:
     return kind or NUMPY
 
 
+def dense(x):
+    """x laid out row-major: x itself when it already is (or is None), else a copy.
+    Inputs the kernels only read go through this, so any view (transposed, sliced,
+    negative strides) is accepted; outputs and arrays updated in place are not copied."""
+    if x is None:
+        return None
+    if isinstance(x, np.ndarray):
+        return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    return x.contiguous()
+
+
 def empty(like, shape, dtype=None):
     """An uninitialised array of the kind, device and (default) dtype of `like`."""
     if isinstance(like, np.ndarray):

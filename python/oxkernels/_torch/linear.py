@@ -37,6 +37,7 @@ def _workspace(x, weight, forward=False, need_x=False, need_weight=False):
 
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: str) -> Tensor:
     x = x.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     out = torch.empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1), dtype=x.dtype,
                       device=x.device)
     _C.linear(x, weight.contiguous(), bias, out, _act(activation), cuda_stream(x), _workspace(x, weight, forward=True))
@@ -112,6 +113,7 @@ class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, act):
         x, weight = x.contiguous(), weight.contiguous()  # no-ops (returning self) when contiguous
+        bias = bias.contiguous() if bias is not None else None
         out = x.new_empty((*x.shape[:-1], weight.shape[0] if weight.dim() >= 1 else 1))
         _C.linear(x, weight, bias, out, act, cuda_stream(x), _workspace(x, weight, forward=True))
         ctx.save_for_backward(x, weight, out if act is not None else None)

@@ -15,6 +15,7 @@ def _batch(theta):
 
 @torch.library.custom_op("oxkernels::linreg_loss", mutates_args=())
 def linreg_loss(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    X, y, theta = X.contiguous(), y.contiguous(), theta.contiguous()
     out = torch.empty(theta.shape[:-1], dtype=X.dtype, device=X.device)
     n = X.shape[0] if X.dim() == 2 else 0
     _C.linreg_loss(X, y, theta, out, cuda_stream(X), cuda_workspace(X, n, _batch(theta)))
@@ -28,6 +29,7 @@ def _(X, y, theta):
 
 @torch.library.custom_op("oxkernels::linreg_grad", mutates_args=())
 def linreg_grad(X: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    X, y, theta = X.contiguous(), y.contiguous(), theta.contiguous()
     out = torch.empty(theta.shape, dtype=X.dtype, device=X.device)
     n = X.shape[0] if X.dim() == 2 else 0
     _C.linreg_grad(X, y, theta, None, out, cuda_stream(X), cuda_workspace(X, n, _batch(theta)))

@@ -31,6 +31,7 @@ def _loss_shape(logits, reduction):
 
 
 def _ce_forward(logits, target, reduction, label_smoothing, ignore_index):
+    logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(_loss_shape(logits, reduction), dtype=logits.dtype, device=logits.device)
     _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
                      cuda_stream(logits))
@@ -38,6 +39,7 @@ def _ce_forward(logits, target, reduction, label_smoothing, ignore_index):
 
 
 def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index):
+    logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _C.cross_entropy_backward(grad.contiguous(), logits, target, out, reduction, label_smoothing, ignore_index,
                               _workspace(logits), cuda_stream(logits))
@@ -88,12 +90,13 @@ class _CrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
+        logits, target = logits.contiguous(), target.contiguous()  # row-major copies of other layouts
         if logits.is_cuda:
             out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
             grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
         else:
             out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
-            grad = torch.empty_like(logits)  # a non-contiguous logits is reported by the kernel's checks
+            grad = torch.empty_like(logits)
             _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, None, 0, grad)
         ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
         ctx.args = (reduction, label_smoothing, ignore_index)
@@ -128,6 +131,7 @@ def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore
 def _define_softmax(name: str, forward_kernel, backward_kernel):
     @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
     def backward_op(grad: torch.Tensor, y: torch.Tensor, dim: int) -> torch.Tensor:
+        grad, y = grad.contiguous(), y.contiguous()
         out = torch.empty(y.shape, dtype=y.dtype, device=y.device)
         backward_kernel(grad, y, dim, out, cuda_stream(y))
         return out
@@ -138,6 +142,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
 
     @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
     def forward_op(x: torch.Tensor, dim: int) -> torch.Tensor:
+        x = x.contiguous()
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         forward_kernel(x, dim, out, cuda_stream(x))
         return out
@@ -161,6 +166,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
 
         @staticmethod
         def forward(ctx, x, dim):
+            x = x.contiguous()
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             forward_kernel(x, dim, out, cuda_stream(x))
             ctx.dim = dim
@@ -179,6 +185,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
             return forward_op(x, dim)
         if x.requires_grad and torch.is_grad_enabled():
             return EagerFn.apply(x, dim)
+        x = x.contiguous()
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         forward_kernel(x, dim, out, cuda_stream(x))
         return out

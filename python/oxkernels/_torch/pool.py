@@ -25,6 +25,7 @@ def _valid(x, kh, kw, sh, sw) -> bool:
 
 
 def _forward(x, kh, kw, sh, sw):
+    x = x.contiguous()
     if _valid(x, kh, kw, sh, sw):
         out = x.new_empty(_out_shape(x, kh, kw, sh, sw))
     else:  # the C++ checks name the problem
@@ -34,7 +35,8 @@ def _forward(x, kh, kw, sh, sw):
 
 
 def _backward(grad, x, kh, kw, sh, sw):
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    x = x.contiguous()
+    out = torch.empty_like(x)
     _C.max_pool2d_backward(grad.contiguous(), x, out, kh, kw, sh, sw, cuda_stream(x))
     return out
 
@@ -79,6 +81,7 @@ class _MaxPool2dFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kh, kw, sh, sw):
+        x = x.contiguous()  # saved as read: backward gets the row-major copy, not the view again
         ctx.geometry = (kh, kw, sh, sw)
         ctx.save_for_backward(x)
         return _forward(x, kh, kw, sh, sw)

@@ -7,7 +7,7 @@ The backwards take the forward output y. Torch tensors in: differentiable torch
 ops (autograd through the same kernels); NumPy in: NumPy out.
 """
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, stream_of
+from .._arrays import TORCH, array_kind, dense, empty, stream_of
 
 __all__ = ["relu", "sigmoid", "relu_backward", "sigmoid_backward"]
 
@@ -29,6 +29,7 @@ def _unary(name, x):
         _eager.update(relu=activation.relu, sigmoid=activation.sigmoid)
         _Tensor = torch.Tensor
         return _eager[name](x)
+    x = dense(x)
     out = empty(x, x.shape)
     getattr(_C, name)(x, out, 0)
     return out
@@ -36,20 +37,21 @@ def _unary(name, x):
 
 def _backward(name, grad, y):
     array_kind(name, grad=grad, y=y)
+    grad, y = dense(grad), dense(y)
     out = empty(y, y.shape)
     getattr(_C, name)(grad, y, out, stream_of(y))
     return out
 
 
 def relu(x):
-    """max(x, 0) elementwise (NaN stays NaN). float32 (CPU/CUDA) or float64, contiguous."""
+    """max(x, 0) elementwise (NaN stays NaN). float32 (CPU/CUDA) or float64, any layout."""
     if type(x) is _Tensor:
         return _eager["relu"](x)
     return _unary("relu", x)
 
 
 def sigmoid(x):
-    """1 / (1 + e^{−x}) elementwise, stable for any x. float32 (CPU/CUDA) or float64, contiguous."""
+    """1 / (1 + e^{−x}) elementwise, stable for any x. float32 (CPU/CUDA) or float64, any layout."""
     if type(x) is _Tensor:
         return _eager["sigmoid"](x)
     return _unary("sigmoid", x)

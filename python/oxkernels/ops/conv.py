@@ -7,7 +7,7 @@ functions below). torch tensors in: differentiable, CPU or CUDA — the custom o
 autograd.Function over the same kernels in eager mode (less dispatch overhead).
 """
 from .. import _C
-from .._arrays import NUMPY, array_kind, empty, int_pair, stream_of
+from .._arrays import NUMPY, array_kind, dense, empty, int_pair, stream_of
 
 __all__ = [
     "conv2d",
@@ -57,6 +57,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         from .._torch.conv import eager_conv2d
 
         return eager_conv2d(x, weight, bias, list(stride), list(padding))
+    x, weight, bias = dense(x), dense(weight), dense(bias)
     y = empty(x, (x.shape[0], weight.shape[0], *_out_hw(x, weight, stride, padding)))
     _C.conv2d(x, weight, bias, *stride, *padding, y, stream_of(x))
     return y
@@ -69,6 +70,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, needs=(True, True,
     kind = array_kind(op, grad_out=grad_out, x=x, weight=weight)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     _check_geometry(op, x, weight, stride, padding)
+    grad_out, x, weight = dense(grad_out), dense(x), dense(weight)
     gx = empty(x, tuple(x.shape)) if needs[0] else None
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
     gb = empty(x, (weight.shape[0],)) if needs[2] else None
@@ -95,6 +97,7 @@ def conv2d_relu_maxpool2d(x, weight, bias=None, stride=1, padding=0, pool=2, ret
 
         out, idx = eager_conv2d_relu_maxpool2d(x, weight, bias, list(stride), list(padding), pool)
         return (out, idx) if return_indices else out
+    x, weight, bias = dense(x), dense(weight), dense(bias)
     oh, ow = _out_hw(x, weight, stride, padding)
     shape = (x.shape[0], weight.shape[0], max(oh, 0) // pool, max(ow, 0) // pool)
     out = empty(x, shape)
@@ -112,6 +115,7 @@ def conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, stride=1, paddi
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
     _check_geometry(op, x, weight, stride, padding)
+    grad_out, indices, x, weight = dense(grad_out), dense(indices), dense(x), dense(weight)
     gx = empty(x, tuple(x.shape)) if needs[0] else None
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
     gb = empty(x, (weight.shape[0],)) if needs[2] else None

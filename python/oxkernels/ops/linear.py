@@ -1,7 +1,7 @@
 """Linear layer y = act(x Wᵀ + b) with the bias and activation fused into our matrix
 product's epilogue, and the raw product itself (`matmul`)."""
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, stream_of
+from .._arrays import TORCH, array_kind, dense, empty, stream_of
 
 __all__ = ["linear", "matmul"]
 
@@ -34,6 +34,7 @@ def linear(x, weight, bias=None, activation=None):
 
         _torch_fast = (torch.Tensor, torch_linear)
         return torch_linear(x, weight, bias, activation)
+    x, weight, bias = dense(x), dense(weight), dense(bias)
     out = empty(x, (*x.shape[:-1], _out_features(weight)))
     _C.linear(x, weight, bias, out, activation)
     return out

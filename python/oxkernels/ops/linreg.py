@@ -1,6 +1,6 @@
 """Linear regression on x̃ = [x, 1]: loss f(θ) = 1/(2m) Σ (θᵀx̃ᵢ − yᵢ)² and its gradient."""
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, stream_of
+from .._arrays import TORCH, array_kind, dense, empty, stream_of
 
 __all__ = ["linreg_grad", "linreg_loss"]
 
@@ -34,6 +34,7 @@ def linreg_grad(X, y, theta, rows=None):
     On CUDA, d + B must stay below ~5000 (float64) / ~10000 (float32): one shared-memory tile.
     """
     kind = array_kind("linreg_grad", X=X, y=y, theta=theta, rows=rows)
+    X, y, theta, rows = dense(X), dense(y), dense(theta), dense(rows)
     out = empty(X, tuple(theta.shape))
     m = rows.shape[0] if rows is not None and len(rows.shape) == 1 else (X.shape[0] if len(X.shape) == 2 else 0)
     work = cuda_workspace(X, m, _batch(theta)) if kind == TORCH else None
@@ -52,6 +53,7 @@ def linreg_loss(X, y, theta):
         import torch
 
         return torch.ops.oxkernels.linreg_loss(X, y, theta)
+    X, y, theta = dense(X), dense(y), dense(theta)
     out = empty(X, tuple(theta.shape[:-1]))
     _C.linreg_loss(X, y, theta, out, 0)
     return out

@@ -6,7 +6,7 @@
 Torch tensors in: differentiable torch ops; NumPy in: NumPy out.
 """
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, stream_of
+from .._arrays import TORCH, array_kind, dense, empty, stream_of
 
 __all__ = ["cross_entropy", "cross_entropy_backward", "softmax", "log_softmax"]
 
@@ -46,6 +46,7 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_
         from .._torch import loss
 
         return loss.cross_entropy(logits, target, r, eps, ignore)
+    logits, target = dense(logits), dense(target)
     out = empty(logits, _loss_shape(logits, r))
     _C.cross_entropy(logits, target, out, r, eps, ignore)
     return out
@@ -61,6 +62,7 @@ def cross_entropy_backward(grad, logits, target, reduction="mean", label_smoothi
         from .._torch import loss
 
         return loss._ce_backward(grad, logits, target, r, eps, ignore)
+    grad, logits, target = dense(grad), dense(logits), dense(target)
     out = empty(logits, logits.shape)
     _C.cross_entropy_backward(grad, logits, target, out, r, eps, ignore)
     return out
@@ -73,6 +75,7 @@ def _softmax(name, x, dim):
         from .._torch import loss
 
         return getattr(loss, name)(x, dim)
+    x = dense(x)
     out = empty(x, x.shape)
     getattr(_C, name)(x, dim, out, stream_of(x))
     return out

@@ -6,7 +6,7 @@ Ties, −inf and NaN follow torch: NaN wins the window, the gradient goes to the
 first of equal maxima (the last NaN). Torch tensors in: differentiable.
 """
 from .. import _C
-from .._arrays import TORCH, array_kind, empty, int_pair, stream_of
+from .._arrays import TORCH, array_kind, dense, empty, int_pair, stream_of
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
 
@@ -44,6 +44,7 @@ def max_pool2d(x, kernel_size, stride=None):
 
         _Tensor, _eager = torch.Tensor, pool.max_pool2d
         return pool.max_pool2d(x, kh, kw, sh, sw)
+    x = dense(x)
     out = empty(x, _out_shape(x, kh, kw, sh, sw))
     _C.max_pool2d(x, out, kh, kw, sh, sw, 0)
     return out
@@ -53,6 +54,7 @@ def max_pool2d_backward(grad, x, kernel_size, stride=None):
     """Gradient of max_pool2d with respect to x, given the gradient of its output."""
     kh, kw, sh, sw = _geometry("max_pool2d_backward", kernel_size, stride)
     array_kind("max_pool2d_backward", grad=grad, x=x)
+    grad, x = dense(grad), dense(x)
     out = empty(x, x.shape)
     _C.max_pool2d_backward(grad, x, out, kh, kw, sh, sw, stream_of(x))
     return out
