@@ -4,11 +4,15 @@ cuda_stream(t): the handle of torch's current CUDA stream for a CUDA tensor, 0 o
 
 lean_apply(Function): Function.apply without its Python wrapper where that is safe.
 
+first_order(op): marks a Function's backward as not differentiable itself.
+
 autograd.Function.apply's Python layer binds default arguments for setup_context and
 unwraps functorch wrappers; our Functions need neither outside functorch transforms
 (vmap, grad, ...), and skipping it saves ~2.5 µs per call — a few percent of a small
 layer's forward+backward. Inside a transform, and on a torch without these internals,
 the public apply runs."""
+import functools
+
 import torch
 
 
@@ -39,3 +43,50 @@ def lean_apply(function_class):
         return public(*args) if _functorch_active() else base(*args)
 
     return apply
+
+
+_grad_enabled = torch.is_grad_enabled
+_DelayedError = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
+
+
+def first_order(op: str):
+    """Decorator for the backward of an autograd.Function whose kernels build no graph.
+
+    In an ordinary backward grad mode is off and this costs one flag read. Under
+    create_graph=True it is on, and the gradients would otherwise come back as constants:
+    a gradient penalty through the op would silently lose its term. They come back as
+    outputs of an error node instead, wired to the tensors the Function saved (its inputs
+    or its output) and to the incoming gradients, so that differentiating them again, by
+    backward() or autograd.grad, raises; where none of those requires grad, the backward
+    raises at once. (torch's once_differentiable costs ≈ 3 µs more per call and leaves the node
+    unwired, so autograd.grad reports an unused input instead.)"""
+    message = (f"oxkernels.{op}: second derivatives are not implemented (the backward is a native kernel "
+               "without autograd); use the torch op where a double backward is needed").encode()
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapped(ctx, *grads):
+            out = backward(ctx, *grads)
+            if not _grad_enabled():
+                return out
+            anchors = [t for t in (*ctx.saved_tensors, *grads) if t is not None and t.requires_grad]
+            return _guard(message, out, anchors)
+
+        return wrapped
+
+    return decorate
+
+
+def _guard(message, out, anchors):
+    single = not isinstance(out, tuple)
+    outs = list((out,) if single else out)
+    slots = [i for i, t in enumerate(outs) if isinstance(t, torch.Tensor)]
+    if not slots:
+        return out
+    if _DelayedError is None or not anchors:  # nothing to wire the error node to: refuse rather than be wrong
+        raise RuntimeError(message.decode())
+    inputs = [outs[i].detach().requires_grad_() for i in slots] + anchors
+    guarded = _DelayedError(message, len(inputs))(*inputs)
+    for i, t in zip(slots, guarded if isinstance(guarded, tuple) else (guarded,)):
+        outs[i] = t
+    return outs[0] if single else tuple(outs)

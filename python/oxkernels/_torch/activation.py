@@ -8,7 +8,7 @@ dx = g·y·(1 − y); so only y is saved.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply
 
 
 
@@ -68,6 +68,7 @@ def _define(name: str, forward_kernel, backward_kernel):
             return out
 
         @staticmethod
+        @first_order(name)
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
             out = torch.empty_like(y)  # y is contiguous: so is out

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply
 
 
 def _out_hw(x, weight, stride, padding):
@@ -194,6 +194,7 @@ class Conv2dFunction(torch.autograd.Function):
         return conv2d_forward(x, weight, bias, stride, padding)
 
     @staticmethod
+    @first_order("conv2d")
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]
@@ -213,6 +214,7 @@ class FusedFunction(torch.autograd.Function):
         return out, idx
 
     @staticmethod
+    @first_order("conv2d_relu_maxpool2d")
     def backward(ctx, grad, _grad_idx):
         x, weight, idx = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]

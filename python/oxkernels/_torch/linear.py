@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply
 
 Tensor = torch.Tensor
 
@@ -122,7 +122,8 @@ class _LinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):  # runs under no_grad; its results carry no graph (first order only)
+    @first_order("linear")
+    def backward(ctx, grad_out):
         x, weight, out = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         dx = torch.empty_like(x) if need_x else None

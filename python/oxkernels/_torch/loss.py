@@ -12,7 +12,7 @@ the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as a
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -90,20 +90,22 @@ class _CrossEntropyFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
-        logits, target = logits.contiguous(), target.contiguous()  # row-major copies of other layouts
         if logits.is_cuda:
             out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
             grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
         else:
+            dense_logits = logits.contiguous()  # a row-major copy of another layout (logits itself is saved)
             out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
-            grad = torch.empty_like(logits)
-            _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, None, 0, grad)
+            grad = torch.empty_like(dense_logits)
+            _C.cross_entropy(dense_logits, target.contiguous(), out, reduction, label_smoothing, ignore_index, None,
+                             0, grad)
         ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
         ctx.args = (reduction, label_smoothing, ignore_index)
         ctx.save_for_backward(logits, target)
         return out
 
     @staticmethod
+    @first_order("cross_entropy")
     def backward(ctx, g):
         grad = ctx.grad
         if grad is None:  # handed out by an earlier backward of this graph (retain_graph): recompute
@@ -174,6 +176,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
             return out
 
         @staticmethod
+        @first_order(name)
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
             out = torch.empty(y.shape, dtype=y.dtype, device=y.device)

@@ -11,7 +11,7 @@ and re-reading an index tensor.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply
 
 
 
@@ -81,12 +81,12 @@ class _MaxPool2dFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kh, kw, sh, sw):
-        x = x.contiguous()  # saved as read: backward gets the row-major copy, not the view again
         ctx.geometry = (kh, kw, sh, sw)
         ctx.save_for_backward(x)
         return _forward(x, kh, kw, sh, sw)
 
     @staticmethod
+    @first_order("max_pool2d")
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return _backward(grad, x, *ctx.geometry), None, None, None, None
