@@ -371,8 +371,8 @@ def arrays(N=2, C=3, H=8, W=8, O=4, K=3):
 def test_bad_input_is_a_clear_error(fn):
     op = getattr(ops, fn)
     x, w, b = arrays()
-    with pytest.raises(ValueError, match="'x' must have 4 dimensions"):
-        op(x[0], w, b)
+    with pytest.raises(ValueError, match="'x' must have 3 or 4 dimensions"):
+        op(x[0, 0], w, b)
     with pytest.raises(ValueError, match="'weight' must have 4 dimensions"):
         op(x, w[0], b)
     with pytest.raises(ValueError, match="'weight' has 2 input channels"):
@@ -419,8 +419,8 @@ def test_bad_torch_input_is_a_clear_error(fn):
         op(x, w, b, stride=0)
     with pytest.raises(ValueError, match="'padding' must be >= 0"):
         op(x, w, b, padding=(0, -1))
-    with pytest.raises(ValueError, match="'x' must have 4 dimensions"):
-        op(x[0], w, b)
+    with pytest.raises(ValueError, match="'x' must have 3 or 4 dimensions"):
+        op(x[0, 0], w, b)
     with pytest.raises(ValueError, match="'weight' has 2 input channels"):
         op(x, w[:, :2], b)
     with pytest.raises(ValueError, match="larger than the padded input"):
@@ -605,3 +605,29 @@ def test_cuda_grad_workspace_request_on_any_machine():
     want = _C.conv2d_grad_workspace(64, 3, 6, 5, 5, 28, 28)
     assert grad_workspace(x, w, [1, 1], [0, 0], [False, True, False]) == (want,)
     assert grad_workspace(x, w, [1, 1], [0, 0], [True, False, False]) is None  # ∂L/∂x needs none
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_unbatched_image_as_torch(fused):
+    """x of shape (C, H, W) is one image, as torch's conv2d takes it: NumPy and torch, with gradients."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 9, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, generator=g)
+    if fused:
+        ours = lambda *a: ops.conv2d_relu_maxpool2d(*a, padding=1)  # noqa: E731
+        ref = F.max_pool2d(F.relu(F.conv2d(x, w, b, padding=1)), 2)
+    else:
+        ours = lambda *a: ops.conv2d(*a, stride=(2, 1), padding=1)  # noqa: E731
+        ref = F.conv2d(x, w, b, stride=(2, 1), padding=1)
+    y = ours(x, w, b)
+    assert y.shape == ref.shape and rel_err(y, ref) < 1e-12
+    for got, want in zip(torch.autograd.grad(y.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+        assert rel_err(got, want) < 1e-12
+    y_np = ours(x.detach().numpy(), w.detach().numpy(), b.numpy())
+    assert isinstance(y_np, np.ndarray) and rel_err(y_np, ref.detach()) < 1e-12
+    if fused:
+        out, idx = ops.conv2d_relu_maxpool2d(x.detach().numpy(), w.detach().numpy(), padding=1, return_indices=True)
+        assert out.shape == idx.shape == tuple(ref.shape)
+    with pytest.raises(ValueError, match=r"'x' must have 3 or 4 dimensions \(\(C, H, W\) or"):
+        ours(x.detach()[0], w, b)

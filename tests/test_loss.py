@@ -213,8 +213,10 @@ def test_bad_input():
         ops.cross_entropy(x, t.astype(np.int32))
     with pytest.raises(ValueError, match="'target' must have shape \\(4,\\)"):
         ops.cross_entropy(x, t[:3])
-    with pytest.raises(ValueError, match="'logits' must have 1 to 2 dimensions"):
+    with pytest.raises(ValueError, match=r"'target' must have shape \(4, 2\) for logits of shape \(4, 3, 2\)"):
         ops.cross_entropy(np.zeros((4, 3, 2), np.float32), t)
+    with pytest.raises(ValueError, match=r"'target' must have shape \(2, 4\)"):
+        ops.cross_entropy(torch.zeros(2, 3, 4), torch.zeros(4, 2, dtype=torch.long))  # same count, wrong shape
     with pytest.raises(TypeError, match="'logits' must be float32 or float64"):
         ops.cross_entropy(np.zeros((4, 3), np.int64), t)
     with pytest.raises(ValueError, match="'reduction' must be"):
@@ -251,3 +253,22 @@ def test_cuda_matches_torch(rng, n, c, reduction):
     assert rel_err(loss, ref) < 2e-6 and rel_err(xc.grad, dx_ref) < 2e-6
     assert rel_err(sm, F.softmax(torch.from_numpy(x).double(), 0)) < 1e-6
     assert rel_err(ls, F.log_softmax(torch.from_numpy(x).double(), 1)) < 1e-6
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_spatial_logits_as_torch(reduction):
+    """(N, C, d1, d2) logits against (N, d1, d2) targets (torch's K-dimensional form): values and
+    gradients, NumPy and torch, the module too; ignored positions and smoothing included."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randint(0, 5, (2, 3, 4), generator=g)
+    t[0, 1, 2] = t[1, 0, 0] = -100
+    kw = dict(reduction=reduction, label_smoothing=0.1)
+    ref = F.cross_entropy(x, t, **kw)
+    (gx_ref,) = torch.autograd.grad(ref.sum(), x)
+    for got in (ops.cross_entropy(x, t, **kw), onn.CrossEntropyLoss(**kw)(x, t)):
+        assert got.shape == ref.shape and rel_err(got, ref) < 1e-12
+        (gx,) = torch.autograd.grad(got.sum(), x)
+        assert rel_err(gx, gx_ref) < 1e-12
+    got_np = ops.cross_entropy(x.detach().numpy(), t.numpy(), **kw)
+    assert np.shape(got_np) == tuple(ref.shape) and rel_err(got_np, ref.detach()) < 1e-12

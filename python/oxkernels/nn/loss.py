@@ -1,7 +1,7 @@
 """Drop-in CrossEntropyLoss on the fused softmax cross-entropy kernels."""
 import torch
 
-from ..ops.loss import _reduction
+from ..ops.loss import _reduction, cross_entropy
 from .._torch import loss as _loss
 
 __all__ = ["CrossEntropyLoss"]
@@ -9,7 +9,8 @@ __all__ = ["CrossEntropyLoss"]
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """torch.nn.CrossEntropyLoss with the same constructor (size_average / reduce
-    handled as torch does). Class-index targets only; weight must be None."""
+    handled as torch does). Class-index targets only, for (N, C), (C,) or (N, C, d1, …, dk)
+    inputs; weight must be None."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
@@ -22,5 +23,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             raise ValueError(f"CrossEntropyLoss: argument 'label_smoothing' must be in [0, 1], got {label_smoothing}")
 
     def forward(self, input, target):
+        if input.dim() > 2:  # (N, C, d1, …, dk): the public op lays the elements out as rows
+            return cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index)
         return _loss.cross_entropy(input, target, self._reduction_code, float(self.label_smoothing),
                                    int(self.ignore_index))

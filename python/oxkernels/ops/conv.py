@@ -29,14 +29,16 @@ def _out_hw(x, weight, stride, padding):
     )
 
 
-def _check_geometry(op, x, weight, stride, padding):
-    """What must hold before output shapes can be computed; the rest is checked in C++."""
+def _check_geometry(op, x, weight, stride, padding, unbatched=False):
+    """What must hold before output shapes can be computed; the rest is checked in C++.
+    unbatched: the op also takes one image (C, H, W) (handled before this check)."""
     if min(stride) < 1:
         raise ValueError(f"{op}: argument 'stride' must be >= 1, got {stride}")
     if min(padding) < 0:
         raise ValueError(f"{op}: argument 'padding' must be >= 0, got {padding}")
     if len(x.shape) != 4:
-        raise ValueError(f"{op}: argument 'x' must have 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+        ranks = "3 or 4 dimensions ((C, H, W) or (N, C, H, W))" if unbatched else "4 dimensions (N, C, H, W)"
+        raise ValueError(f"{op}: argument 'x' must have {ranks}, got shape {tuple(x.shape)}")
     if len(weight.shape) != 4:
         raise ValueError(
             f"{op}: argument 'weight' must have 4 dimensions (O, C, KH, KW), got shape {tuple(weight.shape)}"
@@ -46,13 +48,15 @@ def _check_geometry(op, x, weight, stride, padding):
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """y[n,o,i,j] = bias[o] + Σ_{c,kh,kw} x[n,c,i·sh−ph+kh, j·sw−pw+kw] · weight[o,c,kh,kw].
 
-    x: (N, C, H, W); weight: (O, C, KH, KW); bias: (O,) or None; stride, padding:
-    int or (h, w) pair. float32 (CPU, CUDA) or float64 (CPU). Returns (N, O, OH, OW)
-    of the same kind; torch tensors get autograd."""
+    x: (N, C, H, W), or one image (C, H, W); weight: (O, C, KH, KW); bias: (O,) or None;
+    stride, padding: int or (h, w) pair. float32 (CPU, CUDA) or float64 (CPU). Returns
+    (N, O, OH, OW) (or (O, OH, OW)) of the same kind; torch tensors get autograd."""
     op = "conv2d"
+    if len(x.shape) == 3:
+        return conv2d(x[None], weight, bias, stride, padding)[0]
     kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
-    _check_geometry(op, x, weight, stride, padding)
+    _check_geometry(op, x, weight, stride, padding, unbatched=True)
     if kind != NUMPY:
         from .._torch.conv import eager_conv2d
 
@@ -84,12 +88,16 @@ def conv2d_relu_maxpool2d(x, weight, bias=None, stride=1, padding=0, pool=2, ret
     (pool × pool windows, stride pool, floor mode; first maximum wins, NaN propagates).
 
     With return_indices, also the uint8 position r·pool + s of the chosen element in
-    each window (255 where ReLU passes no gradient) that the backward needs."""
+    each window (255 where ReLU passes no gradient) that the backward needs. x may be one
+    image (C, H, W), as in conv2d."""
     op = "conv2d_relu_maxpool2d"
+    if len(x.shape) == 3:
+        out = conv2d_relu_maxpool2d(x[None], weight, bias, stride, padding, pool, return_indices)
+        return (out[0][0], out[1][0]) if return_indices else out[0]
     kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
-    _check_geometry(op, x, weight, stride, padding)
+    _check_geometry(op, x, weight, stride, padding, unbatched=True)
     if not 1 <= pool <= 15:
         raise ValueError(f"{op}: argument 'pool' must be in [1, 15], got {pool}")
     if kind != NUMPY:

@@ -5,6 +5,8 @@
 
 Torch tensors in: differentiable torch ops; NumPy in: NumPy out.
 """
+import numpy as np
+
 from .. import _C
 from .._arrays import TORCH, array_kind, dense, empty, stream_of
 
@@ -33,8 +35,24 @@ def _loss_shape(logits, reduction):
     return (logits.shape[0],) if reduction == 0 and len(logits.shape) == 2 else ()
 
 
+def _as_rows(op, logits, target):
+    """(N, C, d1, …, dk) logits and (N, d1, …, dk) targets as one row per element:
+    (N·d1⋯dk, C) with the class dimension moved last, and (N·d1⋯dk,); plus (N, d1, …, dk)."""
+    shape = tuple(logits.shape)
+    elements = (shape[0], *shape[2:])
+    if tuple(target.shape) != elements:  # checked here: the flattened shapes could agree by accident
+        raise ValueError(f"{op}: argument 'target' must have shape {elements} for logits of shape {shape}, "
+                         f"got {tuple(target.shape)}")
+    if isinstance(logits, np.ndarray):
+        rows = np.moveaxis(logits, 1, -1).reshape(-1, shape[1])
+    else:
+        rows = logits.movedim(1, -1).reshape(-1, shape[1])
+    return rows, target.reshape(-1), elements
+
+
 def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
-    """Softmax cross-entropy of logits (N, C) (or (C,)) against int64 class targets (N,) (or ()).
+    """Softmax cross-entropy of logits (N, C) (or (C,), or (N, C, d1, …, dk) as torch's) against
+    int64 class targets (N,) (or (), or (N, d1, …, dk)).
 
     reduction: 'mean' (over non-ignored targets), 'sum' or 'none'; label_smoothing ε in [0, 1];
     targets equal to ignore_index contribute nothing. Targets outside [0, C) raise ValueError
@@ -42,7 +60,12 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_
     op = "cross_entropy"
     r = _reduction(op, reduction)
     eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
-    if array_kind(op, logits=logits, target=target) == TORCH:
+    kind = array_kind(op, logits=logits, target=target)
+    if len(logits.shape) > 2:  # each (n, d1, …, dk) is a row of C logits
+        rows, targets, elements = _as_rows(op, logits, target)
+        loss = cross_entropy(rows, targets, reduction, eps, ignore)
+        return loss.reshape(elements) if r == 0 else loss
+    if kind == TORCH:
         from .._torch import loss
 
         return loss.cross_entropy(logits, target, r, eps, ignore)
