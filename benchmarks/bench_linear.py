@@ -25,6 +25,7 @@ from oxkernels import _C
 
 torch = pytest.importorskip("torch")
 from oxkernels.ops import linear  # noqa: E402
+from timing import interleaved_medians_us, time_us  # noqa: E402  (benchmarks/timing.py)
 from oxkernels._torch.linear import gemm_workspace  # noqa: E402
 
 LAYERS = [  # (in, out, activation): MNIST MLP, then the CNN's classifier head
@@ -166,43 +167,6 @@ def test_gemm(benchmark, shape, impl, device):
 
 # ---- quick summary without pytest-benchmark: python benchmarks/bench_linear.py [cpu|cuda] ----
 
-def _time_us(fn, sync, reps=50):
-    import time
-
-    for _ in range(5):
-        fn()
-    sync()
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync()
-        best = min(best, (time.perf_counter() - t) / reps)
-    return best * 1e6
-
-
-def _interleaved_medians_us(fns, sync, reps=100, inner=1):
-    """Median µs per call of each function, the functions taking turns (order reversed every
-    other repetition), so that drift on a shared machine hits them alike."""
-    import statistics
-    import time
-
-    for f in fns.values():
-        for _ in range(5):
-            f()
-    sync()
-    times = {k: [] for k in fns}
-    for r in range(reps):
-        for k in (list(fns) if r % 2 else list(fns)[::-1]):
-            t = time.perf_counter()
-            for _ in range(inner):
-                fns[k]()
-            sync()
-            times[k].append((time.perf_counter() - t) / inner * 1e6)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def summary(device="cpu"):
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     print(f"linear layers on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}), "
@@ -227,7 +191,7 @@ def summary(device="cpu"):
                         def run(f=f):
                             f(x, w, b, act).backward(g)
                     fns[impl] = run
-                t = _interleaved_medians_us(fns, sync, inner=inner)
+                t = interleaved_medians_us(fns, sync, inner=inner)
                 row.append(f"{mode} {t['oxkernels']:8.1f} / {t['torch']:8.1f} = x{t['torch'] / t['oxkernels']:.2f}")
             print(f"  batch {batch:5d} {_layer_id((k, n, act)):>12}: " + "   ".join(row), flush=True)
     for m, n, k in GEMM_SHAPES:
@@ -236,9 +200,9 @@ def summary(device="cpu"):
         stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
         reps = max(3, min(200, int(2e10 / (m * n * k))))
         workspace = gemm_workspace(a, (m, n, k))
-        t_ox = _time_us(lambda: _C.gemm(a, bb, out, False, False, 1.0, 0.0, None, None, stream, workspace), sync,
+        t_ox = time_us(lambda: _C.gemm(a, bb, out, False, False, 1.0, 0.0, None, None, stream, workspace), sync,
                         reps)
-        t_th = _time_us(lambda: torch.mm(a, bb, out=out), sync, reps)
+        t_th = time_us(lambda: torch.mm(a, bb, out=out), sync, reps)
         gf = lambda t: 2 * m * n * k / t / 1e3  # noqa: E731
         print(f"  gemm {m}x{n}x{k}: oxkernels {gf(t_ox):8.1f} GFLOP/s, torch {gf(t_th):8.1f} GFLOP/s, "
               f"ratio {t_th / t_ox:.2f}", flush=True)

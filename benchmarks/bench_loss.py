@@ -91,7 +91,7 @@ def test_log_softmax_forward(benchmark, device, impl, n):
 # ---- quick summary without pytest-benchmark: python benchmarks/bench_loss.py [cpu|cuda] ----
 
 def summary(device="cpu"):
-    from bench_linear import _interleaved_medians_us
+    from timing import interleaved_medians_us
 
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     print(f"cross_entropy forward+backward, C = {CLASSES}, on {device}: median µs oxkernels / torch "
@@ -102,12 +102,11 @@ def summary(device="cpu"):
         target = torch.randint(0, CLASSES, (n,), device=device)
         fns = {impl: (lambda fn=_loss_fn(impl): torch.autograd.grad(fn(logits, target), logits))
                for impl in ("oxkernels", "torch")}
-        t = _interleaved_medians_us(fns, sync, reps=200, inner=10)
+        t = interleaved_medians_us(fns, sync, reps=200, inner=10)
         print(f"  N={n:5d}: {t['oxkernels']:7.1f} / {t['torch']:7.1f} = x{t['torch'] / t['oxkernels']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.path.insert(0, __import__("os").path.dirname(__file__))
     summary(sys.argv[1] if len(sys.argv) > 1 else "cpu")

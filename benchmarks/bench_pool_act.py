@@ -2,6 +2,7 @@
 forward, and forward+backward (backward through autograd, as in training).
 
     pytest benchmarks/bench_pool_act.py --benchmark-only
+    python benchmarks/bench_pool_act.py [cpu|cuda]      (quick summary: interleaved medians)
 """
 import pytest
 
@@ -78,3 +79,38 @@ def test_forward_backward(benchmark, device, impl, op, stage, n):
     benchmark.group = f"pool_act: {op} forward+backward {stage} N={n} {device}"
     benchmark.extra_info.update(impl=impl, device=device, bytes=_bytes(x, op, True))
     benchmark(run)
+
+
+# ---- quick summary without pytest-benchmark: python benchmarks/bench_pool_act.py [cpu|cuda] ----
+
+def summary(device="cpu"):
+    from timing import interleaved_medians_us
+
+    print(f"max_pool2d / relu / sigmoid on {device}: median µs oxkernels / torch (interleaved), "
+          "speed-up = torch / oxkernels")
+    for n in BATCHES:
+        for stage in SHAPES:
+            for op in OPS:
+                x, g = _setup(device, n, stage, op)
+                x.requires_grad_(True)
+                row = []
+                for mode in ("fwd", "fwd+bwd"):
+                    fns = {}
+                    for impl, fn in zip(("oxkernels", "torch"), OPS[op]):
+                        if mode == "fwd":
+                            def run(fn=fn):
+                                with torch.no_grad():
+                                    fn(x)
+                        else:
+                            def run(fn=fn):
+                                torch.autograd.grad(fn(x), x, g)
+                        fns[impl] = run
+                    t = interleaved_medians_us(fns, lambda: _sync(device), reps=60, inner=5)
+                    row.append(f"{mode} {t['oxkernels']:7.1f} / {t['torch']:7.1f} = x{t['torch'] / t['oxkernels']:.2f}")
+                print(f"  {op:>10} {stage} N={n:4d}: " + "   ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    summary(sys.argv[1] if len(sys.argv) > 1 else "cpu")
