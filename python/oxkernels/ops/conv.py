@@ -52,9 +52,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     stride, padding: int or (h, w) pair. float32 (CPU, CUDA) or float64 (CPU). Returns
     (N, O, OH, OW) (or (O, OH, OW)) of the same kind; torch tensors get autograd."""
     op = "conv2d"
+    kind = array_kind(op, x=x, weight=weight, bias=bias)
     if len(x.shape) == 3:
         return conv2d(x[None], weight, bias, stride, padding)[0]
-    kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     _check_geometry(op, x, weight, stride, padding, unbatched=True)
     if kind != NUMPY:
@@ -91,10 +91,10 @@ def conv2d_relu_maxpool2d(x, weight, bias=None, stride=1, padding=0, pool=2, ret
     each window (255 where ReLU passes no gradient) that the backward needs. x may be one
     image (C, H, W), as in conv2d."""
     op = "conv2d_relu_maxpool2d"
+    kind = array_kind(op, x=x, weight=weight, bias=bias)
     if len(x.shape) == 3:
         out = conv2d_relu_maxpool2d(x[None], weight, bias, stride, padding, pool, return_indices)
         return (out[0][0], out[1][0]) if return_indices else out[0]
-    kind = array_kind(op, x=x, weight=weight, bias=bias)
     stride, padding = int_pair(op, "stride", stride), int_pair(op, "padding", padding)
     pool = _int(op, "pool", pool)
     _check_geometry(op, x, weight, stride, padding, unbatched=True)
