@@ -2,19 +2,20 @@
 
 cuda_stream(t): the handle of torch's current CUDA stream for a CUDA tensor, 0 otherwise.
 
-lean_apply(Function): Function.apply without its Python wrapper where that is safe.
+use_custom_op(): whether a call must take the registered custom op, not the eager path.
+
+lean_apply(Function): Function.apply without its Python wrapper.
 
 first_order(op): marks a Function's backward as not differentiable itself.
 
 autograd.Function.apply's Python layer binds default arguments for setup_context and
-unwraps functorch wrappers; our Functions need neither outside functorch transforms
-(vmap, grad, ...), and skipping it saves ~2.5 µs per call — a few percent of a small
-layer's forward+backward. Inside a transform, and on a torch without these internals,
-the public apply runs."""
+unwraps functorch wrappers; our Functions need neither, because every eager entry point
+asks use_custom_op() first and so never runs inside a functorch transform (vmap, grad, ...).
+Skipping that layer saves ~2.5 µs per call, a few percent of a small layer's
+forward+backward. On a torch without the internal, the public apply runs."""
 import functools
 
 import torch
-
 
 
 # torch's current-stream handle as a plain int, without building a torch.cuda.Stream object
@@ -31,18 +32,19 @@ def cuda_stream(t: torch.Tensor) -> int:
 
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_is_compiling = torch.compiler.is_compiling
+
+
+def use_custom_op() -> bool:
+    """True while torch.compile traces the call, and inside functorch transforms (vmap, ...):
+    their wrapper tensors have no memory a kernel could read, and the registered custom op
+    is what both know how to handle (torch.vmap batches it with its own fallback rule)."""
+    return _is_compiling() or (_functorch_active is not None and _functorch_active())
 
 
 def lean_apply(function_class):
-    public = function_class.apply
     base = getattr(super(torch.autograd.Function, function_class), "apply", None)
-    if _functorch_active is None or base is None:
-        return public
-
-    def apply(*args):
-        return public(*args) if _functorch_active() else base(*args)
-
-    return apply
+    return function_class.apply if base is None else base
 
 
 _grad_enabled = torch.is_grad_enabled

@@ -8,7 +8,7 @@ dx = g·y·(1 − y); so only y is saved.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
 
 
 
@@ -85,14 +85,13 @@ sigmoid_op, _SigmoidFn = _define("sigmoid", _C.sigmoid, _C.sigmoid_backward)
 
 # The eager entry points, written out per op (no shared helper: every Python
 # call and attribute lookup is ≈ 0.1 µs on a path whose kernels take ~10 µs).
-_is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
 _relu_apply = lean_apply(_ReluFn)
 _sigmoid_apply = lean_apply(_SigmoidFn)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
-    if _is_compiling():
+    if use_custom_op():
         return relu_op(x)
     if x.requires_grad and _grad_enabled():
         return _relu_apply(x)
@@ -103,7 +102,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    if _is_compiling():
+    if use_custom_op():
         return sigmoid_op(x)
     if x.requires_grad and _grad_enabled():
         return _sigmoid_apply(x)

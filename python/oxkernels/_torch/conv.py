@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
 
 
 def _out_hw(x, weight, stride, padding):
@@ -229,12 +229,12 @@ _fused_apply = lean_apply(FusedFunction)
 
 def eager_conv2d(x, weight, bias, stride, padding):
     """torch.ops.oxkernels.conv2d semantics: the custom op while compiling, else the fast path."""
-    if torch.compiler.is_compiling():
+    if use_custom_op():
         return torch.ops.oxkernels.conv2d(x, weight, bias, stride, padding)
     return _conv_apply(x, weight, bias, stride, padding)
 
 
 def eager_conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool):
-    if torch.compiler.is_compiling():
+    if use_custom_op():
         return torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool)
     return _fused_apply(x, weight, bias, stride, padding, pool)

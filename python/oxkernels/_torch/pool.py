@@ -11,7 +11,7 @@ and re-reading an index tensor.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply
+from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
 
 
 
@@ -92,13 +92,12 @@ class _MaxPool2dFn(torch.autograd.Function):
         return _backward(grad, x, *ctx.geometry), None, None, None, None
 
 
-_is_compiling = torch.compiler.is_compiling
 _grad_enabled = torch.is_grad_enabled
 _apply = lean_apply(_MaxPool2dFn)
 
 
 def max_pool2d(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
-    if _is_compiling():
+    if use_custom_op():
         return max_pool2d_op(x, kh, kw, sh, sw)
     if x.requires_grad and _grad_enabled():
         return _apply(x, kh, kw, sh, sw)
