@@ -8,8 +8,8 @@ GFLOP/s at the course shapes and at 1024³ / 2048³ against torch (MKL) and NumP
 NumPy's OpenBLAS picks its AVX-512 kernel only with OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset; numpy is already imported by pytest's plugins, so the NumPy
 cases run in a worker process started with those variables removed (one pipe round
-trip per call, ~0.1 ms, negligible at 1024³). Peak for reference: ~536 GFLOP/s
-measured AVX-512 FMA peak on the 2-core course machine.
+trip per call, ~0.1 ms, negligible at 1024³). Peak for reference: tools/fma_peak.cpp
+measures the FMA peak (219–227 GFLOP/s on the 2-core course machine's two threads).
 CUDA cases synchronize inside the timed function and skip without a GPU.
 """
 import os
