@@ -112,43 +112,21 @@ def _run_fused(benchmark, layer, n, impl, device, backward):
     benchmark(_timed(step, device))
 
 
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
-@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_conv2d_fwd_cpu(benchmark, layer, n, impl):
-    _run_conv(benchmark, layer, n, impl, "cpu", backward=False)
+# (device, pass): the GPU fused block is timed forward+backward only, as in its issue's target
+MODES = [("cpu", False), ("cpu", True), ("cuda", False), ("cuda", True)]
+MODE_IDS = [f"{device}-{'fwdbwd' if backward else 'fwd'}" for device, backward in MODES]
 
 
 @pytest.mark.parametrize("impl", ["oxkernels", "torch"])
 @pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_conv2d_fwdbwd_cpu(benchmark, layer, n, impl):
-    _run_conv(benchmark, layer, n, impl, "cpu", backward=True)
+@pytest.mark.parametrize("device,backward", MODES, ids=MODE_IDS)
+def test_conv2d(benchmark, device, backward, layer, n, impl):
+    _run_conv(benchmark, layer, n, impl, device, backward)
 
 
 @pytest.mark.parametrize("impl", ["oxkernels", "torch"])
 @pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_fused_fwd_cpu(benchmark, layer, n, impl):
-    _run_fused(benchmark, layer, n, impl, "cpu", backward=False)
-
-
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
-@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_fused_fwdbwd_cpu(benchmark, layer, n, impl):
-    _run_fused(benchmark, layer, n, impl, "cpu", backward=True)
-
-
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
-@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_conv2d_fwd_cuda(benchmark, layer, n, impl):
-    _run_conv(benchmark, layer, n, impl, "cuda", backward=False)
-
-
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
-@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_conv2d_fwdbwd_cuda(benchmark, layer, n, impl):
-    _run_conv(benchmark, layer, n, impl, "cuda", backward=True)
-
-
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
-@pytest.mark.parametrize("layer,n", CASES, ids=IDS)
-def test_fused_fwdbwd_cuda(benchmark, layer, n, impl):
-    _run_fused(benchmark, layer, n, impl, "cuda", backward=True)
+@pytest.mark.parametrize("device,backward", [m for m in MODES if m != ("cuda", False)],
+                         ids=[i for m, i in zip(MODES, MODE_IDS) if m != ("cuda", False)])
+def test_fused(benchmark, device, backward, layer, n, impl):
+    _run_fused(benchmark, layer, n, impl, device, backward)
