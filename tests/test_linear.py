@@ -266,3 +266,27 @@ def test_cuda_leading_dims_gradcheck_and_compile(rng):
     model = oxkernels.nn.Linear(33, 17, activation="relu", device="cuda")
     xc = torch.randn(9, 33, device="cuda")
     assert rel_err(torch.compile(model, fullgraph=True)(xc), model(xc)) < 1e-6
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(isa):
+    """linear(..., "sigmoid") applies the sigmoid op's own float32 formula in the product's
+    epilogue: the same bits as sigmoid(linear(...)), including pre-activations far in both
+    tails (below −88.7 both give exactly 0, as torch's sigmoid; the epilogue once gave 6e-39)."""
+    from oxkernels import ops
+
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
+        pytest.skip(f"CPU lacks {isa}")
+    g = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(67, 9, generator=g) * 40, torch.randn(21, 9, generator=g), torch.randn(21, generator=g)
+    try:
+        oxkernels.set_isa(isa)
+        z = ops.linear(x, w, b)
+        fused = ops.linear(x, w, b, "sigmoid")
+        separate = ops.sigmoid(z)
+    finally:
+        oxkernels.set_isa("auto")
+    assert (z < -88.8).any() and (z > 20).any()
+    assert torch.equal(fused, separate)
+    assert torch.equal(fused[z < -88.8], torch.zeros_like(fused[z < -88.8]))

@@ -18,6 +18,7 @@
 
 #include "core/isa.h"
 #include "core/threading.h"
+#include "cpu/vexp.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // false positives in GCC 12's AVX-512 headers
@@ -45,7 +46,10 @@ template <class T> struct ScalarVec {  // W = 1: the portable fallback (and all 
   static OX_INLINE R add(R a, R b) { return a + b; }
   static OX_INLINE R mul(R a, R b) { return a * b; }
   static OX_INLINE R relu(R a) { return a < T(0) ? T(0) : a; }  // NaN stays NaN, as in torch
-  static OX_INLINE R sigmoid(R a) { return T(1) / (T(1) + std::exp(-a)); }
+  static OX_INLINE R sigmoid(R a) {
+    if constexpr (std::is_same_v<T, float>) return vsigmoid(a);  // the sigmoid op's float32 formula
+    else return T(1) / (T(1) + std::exp(-a));
+  }
 };
 
 #if defined(__AVX512F__)
@@ -64,12 +68,6 @@ struct VecF {
   static OX_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static OX_INLINE R relu(R a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN stays NaN
-  static OX_INLINE R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm512_min_ps(set1(hi), _mm512_max_ps(set1(lo), a));  // NaN passes through
-  }
-  static OX_INLINE R times_pow2(R p, R n) { return _mm512_scalef_ps(p, n); }  // p · 2^n
-  static OX_INLINE R div(R a, R b) { return _mm512_div_ps(a, b); }
 };
 #elif defined(__AVX2__)
 struct VecF {
@@ -89,48 +87,16 @@ struct VecF {
   static OX_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static OX_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static OX_INLINE R relu(R a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN stays NaN
-  static OX_INLINE R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static OX_INLINE R clamp(R a, float lo, float hi) {
-    return _mm256_min_ps(set1(hi), _mm256_max_ps(set1(lo), a));  // NaN passes through
-  }
-  static OX_INLINE R times_pow2(R p, R n) {  // p · 2^n for integer-valued n in [-127, 127]
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  }
-  static OX_INLINE R div(R a, R b) { return _mm256_div_ps(a, b); }
 };
-#endif
-
-#if defined(__AVX512F__) || defined(__AVX2__)
-// exp(x) = 2^n · e^r with n = round(x / ln 2), r = x − n ln 2 ∈ [−ln2/2, ln2/2],
-// e^r by its degree-6 Taylor polynomial (relative error < 2e-7 on that range).
-static OX_INLINE VecF::R vexp(VecF::R x) {
-  using V = VecF;
-  x = V::clamp(x, -87.0f, 88.0f);
-  V::R n = V::round(V::mul(x, V::set1(1.44269504f)));
-  V::R r = V::fma(n, V::set1(-0.693145752f), x);  // ln 2 split in a high and a low part
-  r = V::fma(n, V::set1(-1.42860677e-6f), r);
-  V::R p = V::set1(1.0f / 720);
-  p = V::fma(p, r, V::set1(1.0f / 120));
-  p = V::fma(p, r, V::set1(1.0f / 24));
-  p = V::fma(p, r, V::set1(1.0f / 6));
-  p = V::fma(p, r, V::set1(0.5f));
-  p = V::fma(p, r, V::set1(1.0f));
-  p = V::fma(p, r, V::set1(1.0f));
-  return V::times_pow2(p, n);
-}
-static OX_INLINE VecF::R vsigmoid(VecF::R x) {  // 1 / (1 + e^−x)
-  using V = VecF;
-  V::R e = vexp(V::mul(x, V::set1(-1.0f)));
-  return V::div(V::set1(1.0f), V::add(V::set1(1.0f), e));
-}
 #endif
 
 template <class V> static OX_INLINE typename V::R apply_act(Activation act, typename V::R x) {
   if (act == Activation::relu) return V::relu(x);
-  if (act == Activation::sigmoid) {
-#if defined(__AVX512F__) || defined(__AVX2__)
-    if constexpr (V::W > 1) return vsigmoid(x); else
+  if (act == Activation::sigmoid) {  // float32: vexp.h's formula, the sigmoid op's results bit for bit
+#if defined(__AVX512F__)
+    if constexpr (V::W > 1) return vsigmoid16(x); else
+#elif defined(__AVX2__)
+    if constexpr (V::W > 1) return vsigmoid8(x); else
 #endif
     return V::sigmoid(x);
   }

@@ -1,7 +1,7 @@
 // float32 e^x over arrays, vectorised with intrinsics (glibc's expf is not
 // vectorised without -ffast-math, and GCC will not auto-vectorise a clamped
-// polynomial exp under the default trapping-math rules). Used by the activation
-// and loss kernels.
+// polynomial exp under the default trapping-math rules). Used by the activation,
+// loss and matrix-product (sigmoid epilogue) kernels.
 //   e^x = 2^n · e^r,  n = round(x·log2 e),  r = x − n·ln 2 ∈ [−ln2/2, ln2/2],
 //   e^r by its degree-6 Taylor polynomial (relative error ≤ 2e-7 on that interval).
 // x is clamped to [−104, 89] (NaN passes through the clamp); 2^n is applied so
@@ -90,24 +90,31 @@ static inline void exp_array(const float* in, float* out, int64_t n) {
   for (; i < n; ++i) out[i] = vexp(in[i]);
 }
 
-// out[i] = 1 / (1 + e^{−in[i]}): e^{−x} overflows to +inf below x ≈ −88.7 and the
-// quotient is then 0, as in torch's float32 sigmoid; NaN stays NaN.
+// sigmoid(x) = 1 / (1 + e^{−x}): e^{−x} overflows to +inf below x ≈ −88.7 and the
+// quotient is then 0, as in torch's float32 sigmoid; NaN stays NaN. One formula for
+// the sigmoid op and the linear layer's fused epilogue (cpu/gemm.cpp), so the two agree
+// bit for bit.
+static inline float vsigmoid(float x) { return 1.f / (1.f + vexp(-x)); }
+#if defined(__AVX512F__)
+static inline __m512 vsigmoid16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, vexp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+#elif defined(__AVX2__)
+static inline __m256 vsigmoid8(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, vexp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+#endif
+
 static inline void sigmoid_array(const float* in, float* out, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX512F__)
-  const __m512 one = _mm512_set1_ps(1.f);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 e = vexp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(in + i)));
-    _mm512_storeu_ps(out + i, _mm512_div_ps(one, _mm512_add_ps(one, e)));
-  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, vsigmoid16(_mm512_loadu_ps(in + i)));
 #elif defined(__AVX2__)
-  const __m256 one = _mm256_set1_ps(1.f);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = vexp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(in + i)));
-    _mm256_storeu_ps(out + i, _mm256_div_ps(one, _mm256_add_ps(one, e)));
-  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, vsigmoid8(_mm256_loadu_ps(in + i)));
 #endif
-  for (; i < n; ++i) out[i] = 1.f / (1.f + vexp(-in[i]));
+  for (; i < n; ++i) out[i] = vsigmoid(in[i]);
 }
 
 }  // namespace OX_ISA
