@@ -290,3 +290,17 @@ def test_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(isa):
     assert (z < -88.8).any() and (z > 20).any()
     assert torch.equal(fused, separate)
     assert torch.equal(fused[z < -88.8], torch.zeros_like(fused[z < -88.8]))
+
+
+@requires_cuda
+@pytest.mark.parametrize("rows,k,n", [(67, 9, 21), (1024, 784, 64)])  # plain and split-K products
+def test_cuda_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(rows, k, n):
+    """The CUDA epilogue uses the sigmoid op's device formula (cuda/activation_math.cuh)."""
+    from oxkernels import ops
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(rows, k, generator=g) * 40 / k ** 0.5).cuda()
+    w, b = torch.randn(n, k, generator=g).cuda(), torch.randn(n, generator=g).cuda()
+    z = ops.linear(x, w, b)
+    assert (z < -88.8).any()
+    assert torch.equal(ops.linear(x, w, b, "sigmoid"), ops.sigmoid(z))

@@ -1,21 +1,11 @@
 #include "activation.h"
 #include "core/cuda_check.h"
+#include "cuda/activation_math.cuh"
 
 namespace ox {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ inline float exp_(float x) { return expf(x); }
-__device__ inline double exp_(double x) { return exp(x); }
-
-// Formulas as in csrc/cpu/activation.cpp: relu keeps NaN and −0; sigmoid via e^{−|x|}.
-template <class T> __device__ inline T relu1(T x) { return x < T(0) ? T(0) : x; }
-template <class T> __device__ inline T sigmoid1(T x) {
-  const T e = exp_(x < T(0) ? x : -x);  // e^{−|x|}; NaN stays NaN
-  const T r = T(1) / (T(1) + e);
-  return x >= T(0) ? r : e * r;
-}
 
 template <class T> __global__ void forward_kernel(bool relu, const T* x, T* y, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)

@@ -9,6 +9,7 @@
 // slices and writes its raw sums to the workspace; split_k_epilogue then adds the
 // slices in order. Either way every element sums in a fixed order: deterministic.
 #include "core/cuda_check.h"
+#include "cuda/activation_math.cuh"
 #include "gemm.h"
 
 namespace ox {
@@ -17,8 +18,8 @@ namespace {
 constexpr int BK = 16, THREADS = 256;
 
 template <class T> __device__ __forceinline__ T act_of(Activation act, T x) {
-  if (act == Activation::relu) return x < T(0) ? T(0) : x;  // NaN stays NaN, as in torch
-  if (act == Activation::sigmoid) return T(1) / (T(1) + exp(-x));
+  if (act == Activation::relu) return relu1(x);
+  if (act == Activation::sigmoid) return sigmoid1(x);  // the sigmoid op's formula, bit for bit
   return x;
 }
 

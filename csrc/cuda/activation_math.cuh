@@ -1,0 +1,20 @@
+// The activations' device formulas, one copy for the elementwise kernels (activation.cu)
+// and the matrix product's epilogue (gemm.cu), so that linear(..., "sigmoid") equals
+// sigmoid(linear(...)) bit for bit on the GPU as on the CPU.
+//   relu(x) = x < 0 ? 0 : x              (NaN and −0 kept, as torch's clamp_min)
+//   sigmoid(x) = x ≥ 0 ? r : e·r,  e = e^{−|x|},  r = 1 / (1 + e)   (no overflow in either tail)
+#pragma once
+
+namespace ox {
+
+__device__ inline float exp_(float x) { return expf(x); }
+__device__ inline double exp_(double x) { return exp(x); }
+
+template <class T> __device__ inline T relu1(T x) { return x < T(0) ? T(0) : x; }
+template <class T> __device__ inline T sigmoid1(T x) {
+  const T e = exp_(x < T(0) ? x : -x);  // e^{−|x|}; NaN stays NaN
+  const T r = T(1) / (T(1) + e);
+  return x >= T(0) ? r : e * r;
+}
+
+}  // namespace ox
