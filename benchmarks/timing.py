@@ -3,7 +3,9 @@ which print oxkernels and torch side by side without pytest-benchmark.
 
 On a shared machine (the 2-core VM varies by ±30 % within minutes) two rows timed
 minutes apart can differ more than the two implementations do; taking turns inside
-one measurement makes that drift hit both alike."""
+one measurement makes that drift hit both alike. Not for loops that allocate large
+buffers each call: alternating two allocation patterns changes what the allocator hands
+back (fresh pages, cold lines) to both; time those in blocks of many calls instead."""
 import statistics
 import time
 
