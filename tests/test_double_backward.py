@@ -61,3 +61,13 @@ def test_create_graph_alone_gives_the_first_derivative(name):
     x_ref = _x()
     (g_ref,) = torch.autograd.grad(theirs(x_ref).sum(), x_ref)
     torch.testing.assert_close(g.detach(), g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_create_graph_where_nothing_the_gradient_reads_requires_grad():
+    """Only the bias requires grad: dW, dx and db read x, W and the incoming gradient alone,
+    so they are exact constants under create_graph=True, and no error is raised."""
+    x, w = torch.randn(5, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    (gb,) = torch.autograd.grad(ops.linear(x, w, b).sum(), b, create_graph=True)
+    torch.testing.assert_close(gb, torch.full((3,), 5.0, dtype=torch.float64))
+    assert not gb.requires_grad

@@ -59,9 +59,10 @@ def first_order(op: str):
     a gradient penalty through the op would silently lose its term. They come back as
     outputs of an error node instead, wired to the tensors the Function saved (its inputs
     or its output) and to the incoming gradients, so that differentiating them again, by
-    backward() or autograd.grad, raises; where none of those requires grad, the backward
-    raises at once. (torch's once_differentiable costs ≈ 3 µs more per call and leaves the node
-    unwired, so autograd.grad reports an unused input instead.)"""
+    backward() or autograd.grad, raises. A backward reads nothing else, so where none of
+    those requires grad the gradients are constants indeed and come back as they are.
+    (torch's once_differentiable costs ≈ 3 µs more per call and leaves the node unwired,
+    so autograd.grad reports an unused input instead.)"""
     message = (f"oxkernels.{op}: second derivatives are not implemented (the backward is a native kernel "
                "without autograd); use the torch op where a double backward is needed").encode()
 
@@ -85,7 +86,9 @@ def _guard(message, out, anchors):
     slots = [i for i, t in enumerate(outs) if isinstance(t, torch.Tensor)]
     if not slots:
         return out
-    if _DelayedError is None or not anchors:  # nothing to wire the error node to: refuse rather than be wrong
+    if not anchors:
+        return out
+    if _DelayedError is None:  # a torch without the internal: refuse rather than be wrong
         raise RuntimeError(message.decode())
     inputs = [outs[i].detach().requires_grad_() for i in slots] + anchors
     guarded = _DelayedError(message, len(inputs))(*inputs)
