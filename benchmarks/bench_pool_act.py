@@ -2,7 +2,7 @@
 forward, and forward+backward (backward through autograd, as in training).
 
     pytest benchmarks/bench_pool_act.py --benchmark-only
-    python benchmarks/bench_pool_act.py [cpu|cuda]      (quick summary: interleaved medians)
+    python benchmarks/bench_pool_act.py [cpu|cuda]      (quick summary: alternating blocks)
 """
 import pytest
 
@@ -84,9 +84,9 @@ def test_forward_backward(benchmark, device, impl, op, stage, n):
 # ---- quick summary without pytest-benchmark: python benchmarks/bench_pool_act.py [cpu|cuda] ----
 
 def summary(device="cpu"):
-    from timing import interleaved_medians_us
+    from timing import blocked_medians_us  # each call allocates its outputs: blocks, not turns
 
-    print(f"max_pool2d / relu / sigmoid on {device}: median µs oxkernels / torch (interleaved), "
+    print(f"max_pool2d / relu / sigmoid on {device}: median µs oxkernels / torch (alternating blocks), "
           "speed-up = torch / oxkernels")
     for n in BATCHES:
         for stage in SHAPES:
@@ -105,7 +105,7 @@ def summary(device="cpu"):
                             def run(fn=fn):
                                 torch.autograd.grad(fn(x), x, g)
                         fns[impl] = run
-                    t = interleaved_medians_us(fns, lambda: _sync(device), reps=60, inner=5)
+                    t = blocked_medians_us(fns, lambda: _sync(device), blocks=3, reps=150)
                     row.append(f"{mode} {t['oxkernels']:7.1f} / {t['torch']:7.1f} = x{t['torch'] / t['oxkernels']:.2f}")
                 print(f"  {op:>10} {stage} N={n:4d}: " + "   ".join(row), flush=True)
 

@@ -3,9 +3,10 @@ which print oxkernels and torch side by side without pytest-benchmark.
 
 On a shared machine (the 2-core VM varies by ±30 % within minutes) two rows timed
 minutes apart can differ more than the two implementations do; taking turns inside
-one measurement makes that drift hit both alike. Not for loops that allocate large
-buffers each call: alternating two allocation patterns changes what the allocator hands
-back (fresh pages, cold lines) to both; time those in blocks of many calls instead."""
+one measurement makes that drift hit both alike (interleaved_medians_us). Loops that
+allocate large buffers each call are timed in alternating blocks of many calls instead
+(blocked_medians_us): alternating two allocation patterns call by call changes what the
+allocator hands back (fresh pages, cold lines) to both."""
 import statistics
 import time
 
@@ -41,3 +42,23 @@ def interleaved_medians_us(fns, sync, reps=100, inner=1):
             sync()
             times[k].append((time.perf_counter() - t) / inner * 1e6)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def blocked_medians_us(fns, sync, blocks=3, reps=200):
+    """Median µs per call of each function in `fns`: `blocks` rounds in which each function in
+    turn runs `reps` calls back to back (after a warm-up of reps // 10), timed per call; the
+    result is the median over its blocks of each block's median."""
+    per_block = {k: [] for k in fns}
+    for _ in range(blocks):
+        for k, f in fns.items():
+            for _ in range(max(1, reps // 10)):
+                f()
+            sync()
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                f()
+                sync()
+                times.append((time.perf_counter() - t) * 1e6)
+            per_block[k].append(statistics.median(times))
+    return {k: statistics.median(v) for k, v in per_block.items()}
