@@ -295,7 +295,7 @@ def test_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(isa):
 @requires_cuda
 @pytest.mark.parametrize("rows,k,n", [(67, 9, 21), (1024, 784, 64)])  # plain and split-K products
 def test_cuda_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(rows, k, n):
-    """The CUDA epilogue uses the sigmoid op's device formula (cuda/activation_math.cuh)."""
+    """The CUDA epilogue uses the sigmoid op's device formula (cuda/device_math.cuh)."""
     from oxkernels import ops
 
     g = torch.Generator().manual_seed(3)

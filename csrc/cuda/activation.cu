@@ -1,6 +1,6 @@
 #include "activation.h"
 #include "core/cuda_check.h"
-#include "cuda/activation_math.cuh"
+#include "cuda/device_math.cuh"
 
 namespace ox {
 namespace {

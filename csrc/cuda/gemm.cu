@@ -9,7 +9,7 @@
 // slices and writes its raw sums to the workspace; split_k_epilogue then adds the
 // slices in order. Either way every element sums in a fixed order: deterministic.
 #include "core/cuda_check.h"
-#include "cuda/activation_math.cuh"
+#include "cuda/device_math.cuh"
 #include "gemm.h"
 
 namespace ox {

@@ -1,4 +1,5 @@
 #include "core/cuda_check.h"
+#include "cuda/device_math.cuh"
 #include "loss.h"
 
 namespace ox {
@@ -6,11 +7,6 @@ namespace {
 
 constexpr int kThreads = 256;  // 8 warps per block, one row per warp
 constexpr int kWarps = kThreads / 32;
-
-__device__ inline float exp_(float x) { return expf(x); }
-__device__ inline double exp_(double x) { return exp(x); }
-__device__ inline float log_(float x) { return logf(x); }
-__device__ inline double log_(double x) { return log(x); }
 
 template <class T> __device__ inline T warp_sum(T v) {
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -84,9 +84,7 @@ def _guard(message, out, anchors):
     single = not isinstance(out, tuple)
     outs = list((out,) if single else out)
     slots = [i for i, t in enumerate(outs) if isinstance(t, torch.Tensor)]
-    if not slots:
-        return out
-    if not anchors:
+    if not slots or not anchors:
         return out
     if _DelayedError is None:  # a torch without the internal: refuse rather than be wrong
         raise RuntimeError(message.decode())

@@ -1,6 +1,7 @@
-// The activations' device formulas, one copy for the elementwise kernels (activation.cu)
-// and the matrix product's epilogue (gemm.cu), so that linear(..., "sigmoid") equals
-// sigmoid(linear(...)) bit for bit on the GPU as on the CPU.
+// Device math shared by the kernels: exp_/log_ for either precision, and the activations'
+// formulas, one copy for the elementwise kernels (activation.cu) and the matrix product's
+// epilogue (gemm.cu), so that linear(..., "sigmoid") equals sigmoid(linear(...)) bit for bit
+// on the GPU as on the CPU.
 //   relu(x) = x < 0 ? 0 : x              (NaN and −0 kept, as torch's clamp_min)
 //   sigmoid(x) = x ≥ 0 ? r : e·r,  e = e^{−|x|},  r = 1 / (1 + e)   (no overflow in either tail)
 #pragma once
@@ -9,6 +10,8 @@ namespace ox {
 
 __device__ inline float exp_(float x) { return expf(x); }
 __device__ inline double exp_(double x) { return exp(x); }
+__device__ inline float log_(float x) { return logf(x); }
+__device__ inline double log_(double x) { return log(x); }
 
 template <class T> __device__ inline T relu1(T x) { return x < T(0) ? T(0) : x; }
 template <class T> __device__ inline T sigmoid1(T x) {
