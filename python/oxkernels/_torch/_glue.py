@@ -33,13 +33,18 @@ def cuda_stream(t: torch.Tensor) -> int:
 
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 _is_compiling = torch.compiler.is_compiling
+_jit_tracing = torch._C._get_tracing_state
 
 
 def use_custom_op() -> bool:
-    """True while torch.compile traces the call, and inside functorch transforms (vmap, ...):
-    their wrapper tensors have no memory a kernel could read, and the registered custom op
-    is what both know how to handle (torch.vmap batches it with its own fallback rule)."""
-    return _is_compiling() or (_functorch_active is not None and _functorch_active())
+    """True while torch.compile traces the call, inside functorch transforms (vmap, ...) and
+    under torch.jit.trace. The first two hand us wrapper tensors with no memory a kernel could
+    read; the registered custom op is what both know how to handle (torch.vmap batches it with
+    its own fallback rule). The jit tracer records dispatcher ops only: a kernel writing through
+    data pointers would be missing from its graph, which would then return the empty output
+    buffer, so the trace must see the custom op."""
+    return (_is_compiling() or _jit_tracing() is not None
+            or (_functorch_active is not None and _functorch_active()))
 
 
 def lean_apply(function_class):

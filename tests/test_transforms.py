@@ -1,0 +1,106 @@
+"""The torch ops under transforms that do not run them eagerly.
+
+torch.vmap: the eager entry points hand the call to the registered custom ops (the wrapper
+tensors have no memory a kernel could read), so vmap gives torch's results instead of a crash
+in the kernel's argument check.
+
+torch.jit.trace: the tracer records dispatcher ops only, so the trace must see our custom ops;
+a kernel writing through a data pointer would be missing from the graph, and the traced
+function would return its empty output buffer."""
+import io
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from oxkernels import ops  # noqa: E402
+
+
+def _rand(seed, *shape):
+    return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+W_CONV, W_LIN, B_LIN = _rand(1, 4, 3, 3, 3), _rand(2, 5, 6), _rand(3, 5)
+TARGET = torch.tensor([0, 2, 4, 1, 3, 2])
+
+# name -> (ours, torch's), each applied to one (3, 6, 6) sample of a batch of 4
+CASES = {
+    "relu": (ops.relu, torch.relu),
+    "sigmoid": (ops.sigmoid, torch.sigmoid),
+    "max_pool2d": (lambda s: ops.max_pool2d(s, 2), lambda s: F.max_pool2d(s, 2)),
+    "softmax": (lambda s: ops.softmax(s, 0), lambda s: torch.softmax(s, 0)),
+    "log_softmax": (lambda s: ops.log_softmax(s, -1), lambda s: torch.log_softmax(s, -1)),
+    "linear": (lambda s: ops.linear(s, W_LIN, B_LIN, "sigmoid"), lambda s: torch.sigmoid(F.linear(s, W_LIN, B_LIN))),
+    "conv2d": (lambda s: ops.conv2d(s, W_CONV, None, 1, 1), lambda s: F.conv2d(s, W_CONV, None, 1, 1)),
+    "conv2d_relu_maxpool2d": (lambda s: ops.conv2d_relu_maxpool2d(s, W_CONV, None, 1, 1),
+                              lambda s: F.max_pool2d(F.relu(F.conv2d(s, W_CONV, None, 1, 1)), 2)),
+    "cross_entropy": (lambda s: ops.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, "none"),
+                      lambda s: F.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, reduction="none")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vmap_matches_torch(name):
+    ours, theirs = CASES[name]
+    batch = _rand(0, 4, 3, 6, 6)
+    got = torch.vmap(ours)(batch)
+    torch.testing.assert_close(got, torch.vmap(theirs)(batch), rtol=1e-12, atol=1e-12)
+
+
+def test_grad_transform_is_refused_clearly():
+    """torch.func.grad over a torch.library custom op needs autograd support that this torch's
+    custom ops do not have: torch's own error, not a crash inside our kernels."""
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda s: ops.relu(s).sum())(_rand(0, 3, 4))
+
+
+def _quietly(jit_function, *args):
+    """torch.jit.* warns that it is deprecated (and trace, about Python values it freezes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jit_function(*args)
+
+
+def _trace(fn, *example):
+    return _quietly(torch.jit.trace, fn, example)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+def test_jit_trace_records_our_op_and_replays_it(name, requires_grad):
+    ours, theirs = CASES[name]
+    traced = _trace(ours, _rand(0, 3, 6, 6).requires_grad_(requires_grad))
+    assert any(node.kind().startswith("oxkernels::") for node in traced.inlined_graph.nodes())
+    fresh = _rand(5, 3, 6, 6).requires_grad_()
+    reference = _rand(5, 3, 6, 6).requires_grad_()
+    got, expected = traced(fresh), theirs(reference)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    incoming = _rand(6, *expected.shape)
+    got.backward(incoming)
+    expected.backward(incoming)
+    torch.testing.assert_close(fresh.grad, reference.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_traced_model_saves_loads_and_trains_like_torch(model):
+    from oxkernels import models
+
+    torch.manual_seed(0)
+    ours = models.build_model(model)
+    reference = models.torch_reference(model)
+    reference.load_state_dict(ours.state_dict())
+    shape = (5, 1, 28, 28) if model == "mlp" else (3, 3, 32, 32)
+    buffer = io.BytesIO()
+    _quietly(torch.jit.save, _trace(ours, torch.randn(shape)), buffer)
+    buffer.seek(0)
+    loaded = _quietly(torch.jit.load, buffer)
+    x = torch.randn(shape)
+    out, expected = loaded(x), reference(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    grads = dict(loaded.named_parameters())
+    for key, parameter in reference.named_parameters():
+        torch.testing.assert_close(grads[key].grad, parameter.grad, rtol=1e-4, atol=1e-5)
