@@ -12,13 +12,7 @@
 
 #include "core/isa.h"
 #include "core/threading.h"
-
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-// GCC 12 flags the intentionally undefined pass-through operand inside its own
-// AVX-512 intrinsic headers (sqrt, max); not a problem of this file.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+#include "cpu/simd.h"
 
 namespace ox {
 
@@ -69,53 +63,18 @@ void adam_range_plain(const AdamTensor& t, int64_t b, int64_t e, const AdamConst
 }
 
 #if defined(__AVX512F__) || defined(__AVX2__)
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-using vf = __m512;
-using vmask = __mmask16;
-static inline vmask tail_mask(int64_t n) { return static_cast<vmask>((1u << n) - 1u); }
-static inline vf load(const float* p) { return _mm512_loadu_ps(p); }
-static inline vf load(const float* p, vmask k) { return _mm512_maskz_loadu_ps(k, p); }
-static inline void store(float* p, vf x) { _mm512_storeu_ps(p, x); }
-static inline void store(float* p, vf x, vmask k) { _mm512_mask_storeu_ps(p, k, x); }
-static inline vf set1(float x) { return _mm512_set1_ps(x); }
-static inline vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
-static inline vf sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-static inline vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-static inline vf div(vf a, vf b) { return _mm512_div_ps(a, b); }
-static inline vf vsqrt(vf a) { return _mm512_sqrt_ps(a); }
-static inline vf vmax2(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-#else
-constexpr int kLanes = 8;
-using vf = __m256;
-using vmask = __m256i;
-static inline vmask tail_mask(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-static inline vf load(const float* p) { return _mm256_loadu_ps(p); }
-static inline vf load(const float* p, vmask k) { return _mm256_maskload_ps(p, k); }
-static inline void store(float* p, vf x) { _mm256_storeu_ps(p, x); }
-static inline void store(float* p, vf x, vmask k) { _mm256_maskstore_ps(p, k, x); }
-static inline vf set1(float x) { return _mm256_set1_ps(x); }
-static inline vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
-static inline vf sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-static inline vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-static inline vf div(vf a, vf b) { return _mm256_div_ps(a, b); }
-static inline vf vsqrt(vf a) { return _mm256_sqrt_ps(a); }
-static inline vf vmax2(vf a, vf b) { return _mm256_max_ps(a, b); }
-static inline vf fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-#endif
+using V = Vec<float>;
+using vf = V::R;
 
 // Loads/stores either a full vector or the first n lanes (tail).
 struct Full {
-  static vf ld(const float* p) { return load(p); }
-  static void st(float* p, vf x) { store(p, x); }
+  static vf ld(const float* p) { return V::loadu(p); }
+  static void st(float* p, vf x) { V::storeu(p, x); }
 };
 struct Tail {
-  vmask k;
-  vf ld(const float* p) const { return load(p, k); }
-  void st(float* p, vf x) const { store(p, x, k); }
+  V::M k;
+  vf ld(const float* p) const { return V::loadz(k, p); }
+  void st(float* p, vf x) const { V::store(p, k, x); }
 };
 
 // The element formula on one vector of lanes at offset i; IO is Full or Tail.
@@ -125,24 +84,24 @@ static inline void adam_vector(const IO& io, float* p, float* gp, float* m, floa
                                const AdamConstants<float>& c, vf step_size, vf inv_bc2_sqrt) {
   vf g = io.ld(gp), theta = io.ld(p), mi = io.ld(m), vi = io.ld(v);
   if (c.scaled) {
-    g = div(g, set1(c.grad_scale));
+    g = V::div(g, V::set1(c.grad_scale));
     io.st(gp, g);
   }
-  if (c.maximize) g = sub(set1(0.0f), g);
-  if (c.l2) g = add(g, mul(theta, set1(c.weight_decay)));
-  if (c.decoupled) theta = mul(theta, set1(c.decay_factor));
-  const vf diff = sub(g, mi);
-  mi = fmadd(set1(c.lerp_coeff), diff, c.lerp_from_grad ? g : mi);
-  vi = add(mul(vi, set1(c.beta2)), mul(mul(set1(c.one_minus_beta2), g), g));
+  if (c.maximize) g = V::sub(V::set1(0.0f), g);
+  if (c.l2) g = V::add(g, V::mul(theta, V::set1(c.weight_decay)));
+  if (c.decoupled) theta = V::mul(theta, V::set1(c.decay_factor));
+  const vf diff = V::sub(g, mi);
+  mi = V::fma(V::set1(c.lerp_coeff), diff, c.lerp_from_grad ? g : mi);
+  vi = V::add(V::mul(vi, V::set1(c.beta2)), V::mul(V::mul(V::set1(c.one_minus_beta2), g), g));
   io.st(m, mi);
   io.st(v, vi);
   vf vhat = vi;
   if (kAmsgrad) {
-    vhat = vmax2(io.ld(vmax), vi);
+    vhat = V::max(io.ld(vmax), vi);
     io.st(vmax, vhat);
   }
-  const vf denom = fmadd(vsqrt(vhat), inv_bc2_sqrt, set1(c.eps));
-  io.st(p, sub(theta, div(mul(step_size, mi), denom)));
+  const vf denom = V::fma(V::sqrt(vhat), inv_bc2_sqrt, V::set1(c.eps));
+  io.st(p, V::sub(theta, V::div(V::mul(step_size, mi), denom)));
 }
 
 template <bool kAmsgrad>
@@ -153,14 +112,14 @@ static void adam_range_vec(const AdamTensor& t, int64_t b, int64_t e, const Adam
   float* m = static_cast<float*>(t.exp_avg);
   float* v = static_cast<float*>(t.exp_avg_sq);
   float* vmax = static_cast<float*>(t.max_exp_avg_sq);
-  const vf step_size = set1(step_size_s), inv_bc2_sqrt = set1(inv_bc2_sqrt_s);
+  const vf step_size = V::set1(step_size_s), inv_bc2_sqrt = V::set1(inv_bc2_sqrt_s);
   int64_t i = b;
   const Full full;
-  for (; i + kLanes <= e; i += kLanes)
+  for (; i + V::L <= e; i += V::L)
     adam_vector<kAmsgrad>(full, p + i, gp + i, m + i, v + i, kAmsgrad ? vmax + i : nullptr, c, step_size,
                           inv_bc2_sqrt);
   if (i < e) {
-    const Tail tail{tail_mask(e - i)};
+    const Tail tail{V::mask(e - i)};
     adam_vector<kAmsgrad>(tail, p + i, gp + i, m + i, v + i, kAmsgrad ? vmax + i : nullptr, c, step_size,
                           inv_bc2_sqrt);
   }

@@ -1,6 +1,6 @@
-// The SIMD vocabulary of the CPU convolution kernels (conv*.cpp), compiled per ISA
-// like them: Vec<T> (L lanes, masked tails), 64-byte aligned Scratch, and the padded,
-// phase-split image buffers every kernel reads its input from.
+// What the CPU convolution kernels (conv*.cpp) share, compiled per ISA like them:
+// 64-byte aligned Scratch, and the padded, phase-split image buffers every kernel reads
+// its input from. Their vectors are simd.h's Vec<T>.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -11,120 +11,10 @@
 #include "conv.h"
 #include "core/isa.h"
 #include "core/threading.h"
-
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "cpu/simd.h"
 
 namespace ox {
 namespace OX_ISA {
-
-// ---- a minimal SIMD vocabulary: L lanes, masked tails ---------------------
-template <class T> struct Vec;
-
-#if defined(__AVX512F__)
-template <> struct Vec<float> {
-  using R = __m512;
-  using M = __mmask16;
-  static constexpr int L = 16;
-  static M mask(int64_t n) { return n >= L ? M(0xFFFF) : M((1u << (n > 0 ? n : 0)) - 1u); }
-  static R zero() { return _mm512_setzero_ps(); }
-  static R set1(float v) { return _mm512_set1_ps(v); }
-  static R loadu(const float* p) { return _mm512_loadu_ps(p); }
-  static R loadz(M m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static void store(float* p, M m, R v) { _mm512_mask_storeu_ps(p, m, v); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static float sum(R v) {
-    alignas(64) float t[16];
-    _mm512_store_ps(t, v);
-    float r = 0;
-    for (int i = 0; i < 16; ++i) r += t[i];
-    return r;
-  }
-};
-template <> struct Vec<double> {
-  using R = __m512d;
-  using M = __mmask8;
-  static constexpr int L = 8;
-  static M mask(int64_t n) { return n >= L ? M(0xFF) : M((1u << (n > 0 ? n : 0)) - 1u); }
-  static R zero() { return _mm512_setzero_pd(); }
-  static R set1(double v) { return _mm512_set1_pd(v); }
-  static R loadu(const double* p) { return _mm512_loadu_pd(p); }
-  static R loadz(M m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
-  static void store(double* p, M m, R v) { _mm512_mask_storeu_pd(p, m, v); }
-  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
-  static R add(R a, R b) { return _mm512_add_pd(a, b); }
-  static double sum(R v) {
-    alignas(64) double t[8];
-    _mm512_store_pd(t, v);
-    double r = 0;
-    for (int i = 0; i < 8; ++i) r += t[i];
-    return r;
-  }
-};
-#elif defined(__AVX2__)
-template <> struct Vec<float> {
-  using R = __m256;
-  using M = __m256i;
-  static constexpr int L = 8;
-  static M mask(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n > L ? L : n)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static R zero() { return _mm256_setzero_ps(); }
-  static R set1(float v) { return _mm256_set1_ps(v); }
-  static R loadu(const float* p) { return _mm256_loadu_ps(p); }
-  static R loadz(M m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static void store(float* p, M m, R v) { _mm256_maskstore_ps(p, m, v); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static float sum(R v) {
-    float t[8];
-    _mm256_storeu_ps(t, v);
-    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
-  }
-};
-template <> struct Vec<double> {
-  using R = __m256d;
-  using M = __m256i;
-  static constexpr int L = 4;
-  static M mask(int64_t n) {
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n > L ? L : n), _mm256_setr_epi64x(0, 1, 2, 3));
-  }
-  static R zero() { return _mm256_setzero_pd(); }
-  static R set1(double v) { return _mm256_set1_pd(v); }
-  static R loadu(const double* p) { return _mm256_loadu_pd(p); }
-  static R loadz(M m, const double* p) { return _mm256_maskload_pd(p, m); }
-  static void store(double* p, M m, R v) { _mm256_maskstore_pd(p, m, v); }
-  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
-  static R add(R a, R b) { return _mm256_add_pd(a, b); }
-  static double sum(R v) {
-    double t[4];
-    _mm256_storeu_pd(t, v);
-    return (t[0] + t[1]) + (t[2] + t[3]);
-  }
-};
-#else
-template <class T> struct ScalarVec {
-  using R = T;
-  using M = bool;
-  static constexpr int L = 1;
-  static M mask(int64_t n) { return n > 0; }
-  static R zero() { return T(0); }
-  static R set1(T v) { return v; }
-  static R loadu(const T* p) { return *p; }
-  static R loadz(M m, const T* p) { return m ? *p : T(0); }
-  static void store(T* p, M m, R v) {
-    if (m) *p = v;
-  }
-  static R fma(R a, R b, R c) { return a * b + c; }
-  static R add(R a, R b) { return a + b; }
-  static T sum(R v) { return v; }
-};
-template <> struct Vec<float> : ScalarVec<float> {};
-template <> struct Vec<double> : ScalarVec<double> {};
-#endif
 
 constexpr int64_t kBatchBlock = 8;  // images per backward block (fixed: determinism)
 

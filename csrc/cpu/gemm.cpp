@@ -18,87 +18,26 @@
 
 #include "core/isa.h"
 #include "core/threading.h"
+#include "cpu/simd.h"
 #include "cpu/vexp.h"
-
-#if defined(__AVX2__) || defined(__AVX512F__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // false positives in GCC 12's AVX-512 headers
-#include <immintrin.h>
-#endif
-
-#define OX_INLINE inline __attribute__((always_inline))
 
 namespace ox {
 namespace OX_ISA {
 
-// ---- vector abstraction: one register of W lanes --------------------------------------------
-
-template <class T> struct ScalarVec {  // W = 1: the portable fallback (and all float64 work)
-  using S = T;
-  using R = T;
-  static constexpr int W = 1;
-  static OX_INLINE R zero() { return T(0); }
-  static OX_INLINE R set1(T x) { return x; }
-  static OX_INLINE R load(const T* p) { return *p; }
-  static OX_INLINE R loadn(const T* p, int) { return *p; }
-  static OX_INLINE void store(T* p, R v) { *p = v; }
-  static OX_INLINE void storen(T* p, R v, int) { *p = v; }
-  static OX_INLINE R fma(R a, R b, R c) { return a * b + c; }
-  static OX_INLINE R add(R a, R b) { return a + b; }
-  static OX_INLINE R mul(R a, R b) { return a * b; }
-  static OX_INLINE R relu(R a) { return a < T(0) ? T(0) : a; }  // NaN stays NaN, as in torch
-  static OX_INLINE R sigmoid(R a) {
-    if constexpr (std::is_same_v<T, float>) return vsigmoid(a);  // the sigmoid op's float32 formula
-    else return T(1) / (T(1) + std::exp(-a));
-  }
-};
-
-#if defined(__AVX512F__)
-struct VecF {
-  using S = float;
-  using R = __m512;
-  static constexpr int W = 16;
-  static OX_INLINE __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
-  static OX_INLINE R zero() { return _mm512_setzero_ps(); }
-  static OX_INLINE R set1(float x) { return _mm512_set1_ps(x); }
-  static OX_INLINE R load(const float* p) { return _mm512_loadu_ps(p); }
-  static OX_INLINE R loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
-  static OX_INLINE void store(float* p, R v) { _mm512_storeu_ps(p, v); }
-  static OX_INLINE void storen(float* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static OX_INLINE R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
-  static OX_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
-  static OX_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }  // NaN stays NaN
-};
-#elif defined(__AVX2__)
-struct VecF {
-  using S = float;
-  using R = __m256;
-  static constexpr int W = 8;
-  static OX_INLINE __m256i mask(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static OX_INLINE R zero() { return _mm256_setzero_ps(); }
-  static OX_INLINE R set1(float x) { return _mm256_set1_ps(x); }
-  static OX_INLINE R load(const float* p) { return _mm256_loadu_ps(p); }
-  static OX_INLINE R loadn(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
-  static OX_INLINE void store(float* p, R v) { _mm256_storeu_ps(p, v); }
-  static OX_INLINE void storen(float* p, R v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
-  static OX_INLINE R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
-  static OX_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
-  static OX_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static OX_INLINE R relu(R a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }  // NaN stays NaN
-};
-#endif
+// Vectors: simd.h's Vec<float> in the SIMD builds; Scalar<T> for the scalar build and for
+// all float64 work (float64 is here for gradcheck, not speed).
+using VecF = Vec<float>;
 
 template <class V> static OX_INLINE typename V::R apply_act(Activation act, typename V::R x) {
-  if (act == Activation::relu) return V::relu(x);
+  if (act == Activation::relu) return V::max(V::zero(), x);  // NaN stays NaN, as in torch
   if (act == Activation::sigmoid) {  // float32: vexp.h's formula, the sigmoid op's results bit for bit
 #if defined(__AVX512F__)
-    if constexpr (V::W > 1) return vsigmoid16(x); else
+    if constexpr (V::L > 1) return vsigmoid16(x); else
 #elif defined(__AVX2__)
-    if constexpr (V::W > 1) return vsigmoid8(x); else
+    if constexpr (V::L > 1) return vsigmoid8(x); else
 #endif
-    return V::sigmoid(x);
+    if constexpr (std::is_same_v<typename V::S, float>) return vsigmoid(x);
+    else return 1.0 / (1.0 + std::exp(-x));
   }
   return x;
 }
@@ -116,7 +55,7 @@ template <> struct Tiles<VecF, true> { static constexpr int MR = 16, NV = 1, KC 
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
 template <> struct Tiles<VecF, true> { static constexpr int MR = 12, NV = 1, KC = 256, MC = 120, NC = 2048; };
 #endif
-template <class T> struct Tiles<ScalarVec<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
+template <class T> struct Tiles<Scalar<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
 
 // ---- packing --------------------------------------------------------------------------------
 
@@ -311,7 +250,7 @@ static void tile(int64_t kc, const typename V::S* __restrict pa, const typename 
                  const Epilogue& ep, const Operands& direct) {
   using S = typename V::S;
   using R = typename V::R;
-  constexpr int W = V::W, NR = NV * W;
+  constexpr int W = V::L, NR = NV * W;
   R acc[MR][NV];
 #pragma GCC unroll 32
   for (int i = 0; i < MR; ++i)
@@ -328,7 +267,7 @@ static void tile(int64_t kc, const typename V::S* __restrict pa, const typename 
     R b[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v)
-      b[v] = b_full ? V::load(pb + v * W) : V::loadn(pb + v * W, b_lanes[v]);
+      b[v] = b_full ? V::loadu(pb + v * W) : V::loadz(V::mask(b_lanes[v]), pb + v * W);
 #pragma GCC unroll 32
     for (int i = 0; i < MR; ++i) {
       R a;
@@ -354,14 +293,14 @@ static void tile(int64_t kc, const typename V::S* __restrict pa, const typename 
       R x = acc[i][v];
       if (scale) x = V::mul(x, alpha);
       if (read_c) {
-        const R old = n == W ? V::load(c + j0) : V::loadn(c + j0, n);
+        const R old = n == W ? V::loadu(c + j0) : V::loadz(V::mask(n), c + j0);
         x = ep.first ? V::fma(beta, old, x) : V::add(x, old);
       }
       if (ep.last) {
-        if (bias) x = V::add(x, n == W ? V::load(bias + j0) : V::loadn(bias + j0, n));
+        if (bias) x = V::add(x, n == W ? V::loadu(bias + j0) : V::loadz(V::mask(n), bias + j0));
         x = apply_act<V>(ep.act, x);
       }
-      if (n == W) V::store(c + j0, x); else V::storen(c + j0, x, n);
+      if (n == W) V::storeu(c + j0, x); else V::store(c + j0, V::mask(n), x);
     }
   }
 }
@@ -377,7 +316,7 @@ template <class V, class P> static TileFn<V, P> pick_tile(bool direct_a, bool di
 }
 
 // A row-major A without a prologue can be read in place (gemm_block), vector kernels only.
-template <class V> static bool a_row_major_plain(const GemmArgs& g) { return V::W > 1 && g.a_cs == 1 && !g.aux; }
+template <class V> static bool a_row_major_plain(const GemmArgs& g) { return V::L > 1 && g.a_cs == 1 && !g.aux; }
 
 // Packing buffers: one pair per thread, grown on demand, 64-byte aligned, kept for reuse.
 template <class T> static T* scratch(int which, int64_t count) {
@@ -396,7 +335,7 @@ template <class T> static T* scratch(int which, int64_t count) {
 template <class V, class P>
 static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   using S = typename V::S;
-  constexpr int MR = P::MR, NR = P::NV * V::W;
+  constexpr int MR = P::MR, NR = P::NV * V::L;
   const S* A = static_cast<const S*>(g.A);
   const S* B = static_cast<const S*>(g.B);
   const S* aux = static_cast<const S*>(g.aux);
@@ -421,7 +360,7 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
     const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
     for (int64_t pc = 0; pc < K; pc += kc_step) {
       const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
-      const bool direct_b = V::W > 1 && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
+      const bool direct_b = V::L > 1 && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
       const TileFn<V, P> run_tile = pick_tile<V, P>(direct_a, direct_b);
       const S* b_block = B + pc * g.b_rs + jc * g.b_cs;
       if (!direct_b) pack_b(b_block, g.b_rs, g.b_cs, kc, nc, NR, pb);
@@ -454,12 +393,12 @@ template <class S> static void epilogue_only(const GemmArgs& g) {
       S* c = C + i * g.c_rs + j;
       S x = g.beta != 0.0 ? static_cast<S>(g.beta) * *c : S(0);
       if (bias) x += bias[j];
-      *c = apply_act<ScalarVec<S>>(g.act, x);
+      *c = apply_act<Scalar<S>>(g.act, x);
     }
 }
 
 template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
-  constexpr int MR = P::MR, NR = P::NV * V::W;
+  constexpr int MR = P::MR, NR = P::NV * V::L;
   if (g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) return epilogue_only<typename V::S>(g);
   int64_t threads = g.one_thread ? 1 : num_threads();
@@ -485,22 +424,22 @@ template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
 }
 
 void gemm(const GemmArgs& g, bool f64) {
-  if (f64) return gemm_run<ScalarVec<double>>(g);
+  if (f64) return gemm_run<Scalar<double>>(g);
 #if defined(__AVX512F__) || defined(__AVX2__)
-  if (g.N <= VecF::W) gemm_run<VecF, Tiles<VecF, true>>(g);
+  if (g.N <= VecF::L) gemm_run<VecF, Tiles<VecF, true>>(g);
   else gemm_run<VecF>(g);
 #else
-  gemm_run<ScalarVec<float>>(g);
+  gemm_run<Scalar<float>>(g);
 #endif
 }
 
 void gemm_tile(int* mr, int* nr) {
 #if defined(__AVX512F__) || defined(__AVX2__)
   *mr = Tiles<VecF>::MR;
-  *nr = Tiles<VecF>::NV * VecF::W;
+  *nr = Tiles<VecF>::NV * VecF::L;
 #else
-  *mr = Tiles<ScalarVec<float>>::MR;
-  *nr = Tiles<ScalarVec<float>>::NV;
+  *mr = Tiles<Scalar<float>>::MR;
+  *nr = Tiles<Scalar<float>>::NV;
 #endif
 }
 

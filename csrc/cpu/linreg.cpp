@@ -5,10 +5,8 @@
 #include <cstring>
 
 #include "core/isa.h"
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include "core/threading.h"
+#include "cpu/simd.h"
 #include "linreg_sample.h"
 
 namespace ox {
@@ -75,96 +73,51 @@ constexpr int kMicroRows = 4;
 
 static inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// Vectors of W lanes for the micro-kernels below (W = 1 in the scalar build).
-template <class T> struct Simd {
-  using V = T;
-  static constexpr int W = 1;
-  static V load(const T* p) { return *p; }
-  static void store(T* p, V v) { *p = v; }
-  static V set1(T x) { return x; }
-  static V fmadd(V a, V b, V c) { return a * b + c; }
-};
-#if defined(__AVX512F__)
-template <> struct Simd<double> {
-  using V = __m512d;
-  static constexpr int W = 8;
-  static V load(const double* p) { return _mm512_loadu_pd(p); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static V set1(double x) { return _mm512_set1_pd(x); }
-  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-};
-template <> struct Simd<float> {
-  using V = __m512;
-  static constexpr int W = 16;
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V set1(float x) { return _mm512_set1_ps(x); }
-  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-};
-#elif defined(__AVX2__)
-template <> struct Simd<double> {
-  using V = __m256d;
-  static constexpr int W = 4;
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(double x) { return _mm256_set1_pd(x); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-};
-template <> struct Simd<float> {
-  using V = __m256;
-  static constexpr int W = 8;
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-};
-#endif
-
 // Rt[r][b] = Σ_c Xt[r][c] ThT[c][b] − yt[r]; register block of 4 rows × kVec thetas. The θ block
 // (dp × kVec) is the outer loop, so it stays in L1 while the tile's rows stream past it.
 template <class T>
 static void tile_residuals(const T* Xt, const T* yt, const T* ThT, int64_t dp, int64_t Bp, T* Rt) {
-  using S = Simd<T>;
-  constexpr int NV = kVec / S::W;
+  using S = Vec<T>;  // L lanes (1 in the scalar build)
+  constexpr int NV = kVec / S::L;
   for (int64_t b0 = 0; b0 < Bp; b0 += kVec)
     for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows) {
-      typename S::V acc[kMicroRows][NV];
+      typename S::R acc[kMicroRows][NV];
       for (int i = 0; i < kMicroRows; ++i)
         for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(-yt[r0 + i]);
       for (int64_t c = 0; c < dp; ++c) {
         const T* th = ThT + c * Bp + b0;
-        typename S::V tv[NV];
-        for (int v = 0; v < NV; ++v) tv[v] = S::load(th + v * S::W);
+        typename S::R tv[NV];
+        for (int v = 0; v < NV; ++v) tv[v] = S::loadu(th + v * S::L);
         for (int i = 0; i < kMicroRows; ++i) {
-          const typename S::V xv = S::set1(Xt[(r0 + i) * dp + c]);
-          for (int v = 0; v < NV; ++v) acc[i][v] = S::fmadd(xv, tv[v], acc[i][v]);
+          const typename S::R xv = S::set1(Xt[(r0 + i) * dp + c]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(xv, tv[v], acc[i][v]);
         }
       }
       for (int i = 0; i < kMicroRows; ++i)
-        for (int v = 0; v < NV; ++v) S::store(Rt + (r0 + i) * Bp + b0 + v * S::W, acc[i][v]);
+        for (int v = 0; v < NV; ++v) S::storeu(Rt + (r0 + i) * Bp + b0 + v * S::L, acc[i][v]);
     }
 }
 
 // Gp[b][c] += Σ_r Rt[r][b] Xt[r][c]; register block of 4 thetas × kVec columns.
 template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, int64_t Bp, T* Gp) {
-  using S = Simd<T>;
-  constexpr int NV = kVec / S::W;
+  using S = Vec<T>;  // L lanes (1 in the scalar build)
+  constexpr int NV = kVec / S::L;
   for (int64_t b0 = 0; b0 < Bp; b0 += kMicroRows)
     for (int64_t c0 = 0; c0 < dp; c0 += kVec) {
-      typename S::V acc[kMicroRows][NV];
+      typename S::R acc[kMicroRows][NV];
       for (int i = 0; i < kMicroRows; ++i)
-        for (int v = 0; v < NV; ++v) acc[i][v] = S::load(Gp + (b0 + i) * dp + c0 + v * S::W);
+        for (int v = 0; v < NV; ++v) acc[i][v] = S::loadu(Gp + (b0 + i) * dp + c0 + v * S::L);
       for (int r = 0; r < kTileRows; ++r) {
         const T* x = Xt + r * dp + c0;
-        typename S::V xv[NV];
-        for (int v = 0; v < NV; ++v) xv[v] = S::load(x + v * S::W);
+        typename S::R xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = S::loadu(x + v * S::L);
         for (int i = 0; i < kMicroRows; ++i) {
-          const typename S::V rv = S::set1(Rt[r * Bp + b0 + i]);
-          for (int v = 0; v < NV; ++v) acc[i][v] = S::fmadd(rv, xv[v], acc[i][v]);
+          const typename S::R rv = S::set1(Rt[r * Bp + b0 + i]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(rv, xv[v], acc[i][v]);
         }
       }
       for (int i = 0; i < kMicroRows; ++i)
-        for (int v = 0; v < NV; ++v) S::store(Gp + (b0 + i) * dp + c0 + v * S::W, acc[i][v]);
+        for (int v = 0; v < NV; ++v) S::storeu(Gp + (b0 + i) * dp + c0 + v * S::L, acc[i][v]);
     }
 }
 
@@ -175,24 +128,24 @@ template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, i
 // Thp holds θ_b padded to dp columns; G is B × dp.
 template <class T>
 static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t dp, int64_t B, bool want_grad, T* G, T* L) {
-  using S = Simd<T>;
-  constexpr int NV = kVec / S::W;
+  using S = Vec<T>;  // L lanes (1 in the scalar build)
+  constexpr int NV = kVec / S::L;
   for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows)
     for (int64_t b = 0; b < B; ++b) {
       const T* th = Thp + b * dp;
-      typename S::V acc[kMicroRows][NV];
+      typename S::R acc[kMicroRows][NV];
       for (int i = 0; i < kMicroRows; ++i)
         for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(T(0));
       for (int64_t c0 = 0; c0 < dp; c0 += kVec)
         for (int v = 0; v < NV; ++v) {
-          const typename S::V tv = S::load(th + c0 + v * S::W);
+          const typename S::R tv = S::loadu(th + c0 + v * S::L);
           for (int i = 0; i < kMicroRows; ++i)
-            acc[i][v] = S::fmadd(S::load(Xt + (r0 + i) * dp + c0 + v * S::W), tv, acc[i][v]);
+            acc[i][v] = S::fma(S::loadu(Xt + (r0 + i) * dp + c0 + v * S::L), tv, acc[i][v]);
         }
       T res[kMicroRows];
       for (int i = 0; i < kMicroRows; ++i) {
         T lanes[kVec];
-        for (int v = 0; v < NV; ++v) S::store(lanes + v * S::W, acc[i][v]);
+        for (int v = 0; v < NV; ++v) S::storeu(lanes + v * S::L, acc[i][v]);
         res[i] = sum_lanes(lanes) - yt[r0 + i];
         L[b] += res[i] * res[i];
       }
@@ -200,11 +153,11 @@ static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t dp, int
         T* g = G + b * dp;
         for (int64_t c0 = 0; c0 < dp; c0 += kVec)
           for (int v = 0; v < NV; ++v) {
-            T* gp = g + c0 + v * S::W;
-            typename S::V gv = S::load(gp);
+            T* gp = g + c0 + v * S::L;
+            typename S::R gv = S::loadu(gp);
             for (int i = 0; i < kMicroRows; ++i)
-              gv = S::fmadd(S::set1(res[i]), S::load(Xt + (r0 + i) * dp + c0 + v * S::W), gv);
-            S::store(gp, gv);
+              gv = S::fma(S::set1(res[i]), S::loadu(Xt + (r0 + i) * dp + c0 + v * S::L), gv);
+            S::storeu(gp, gv);
           }
       }
     }
@@ -220,28 +173,28 @@ constexpr int64_t kNarrow = 32;
 template <class T>
 static void tile_transposed(const T* XtT, const T* yt, const T* theta, int64_t stride, int64_t B, bool want_grad,
                             T* Gl, T* Ll) {
-  using S = Simd<T>;
-  constexpr int NV = kVec / S::W;
+  using S = Vec<T>;  // L lanes (1 in the scalar build)
+  constexpr int NV = kVec / S::L;
   for (int r0 = 0; r0 < kTileRows; r0 += kVec)
     for (int64_t b = 0; b < B; ++b) {
       const T* th = theta + b * stride;
-      typename S::V acc[NV];
+      typename S::R acc[NV];
       for (int v = 0; v < NV; ++v) acc[v] = S::set1(T(0));
       for (int64_t c = 0; c < stride; ++c) {
-        const typename S::V tc = S::set1(th[c]);
-        for (int v = 0; v < NV; ++v) acc[v] = S::fmadd(tc, S::load(XtT + c * kTileRows + r0 + v * S::W), acc[v]);
+        const typename S::R tc = S::set1(th[c]);
+        for (int v = 0; v < NV; ++v) acc[v] = S::fma(tc, S::loadu(XtT + c * kTileRows + r0 + v * S::L), acc[v]);
       }
       T* l = Ll + b * kVec;
       for (int v = 0; v < NV; ++v) {
-        acc[v] = S::fmadd(S::set1(T(-1)), S::load(yt + r0 + v * S::W), acc[v]);  // − y (exact)
-        S::store(l + v * S::W, S::fmadd(acc[v], acc[v], S::load(l + v * S::W)));
+        acc[v] = S::fma(S::set1(T(-1)), S::loadu(yt + r0 + v * S::L), acc[v]);  // − y (exact)
+        S::storeu(l + v * S::L, S::fma(acc[v], acc[v], S::loadu(l + v * S::L)));
       }
       if (want_grad)
         for (int64_t c = 0; c < stride; ++c) {
           T* g = Gl + (b * stride + c) * kVec;
           const T* x = XtT + c * kTileRows + r0;
           for (int v = 0; v < NV; ++v)
-            S::store(g + v * S::W, S::fmadd(acc[v], S::load(x + v * S::W), S::load(g + v * S::W)));
+            S::storeu(g + v * S::L, S::fma(acc[v], S::loadu(x + v * S::L), S::loadu(g + v * S::L)));
         }
     }
 }
