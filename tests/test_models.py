@@ -102,3 +102,20 @@ def test_state_dicts_interchangeable(name, activation, kwargs):
 def test_build_model_torch_backend():
     assert isinstance(models.build_model("lenet", "torch"), models.TorchLeNet)
     assert isinstance(models.build_model("mlp", "torch", "sigmoid").act1, torch.nn.Sigmoid)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_models_on_the_meta_device_propagate_shapes_like_torch(name, activation):
+    """Built and run on the meta device (shape inference, deferred initialisation), our models
+    answer as torch's do: meta outputs and gradients of the same shapes, no kernel runs."""
+    results = []
+    with torch.device("meta"):
+        for model in (models.build_model(name, "oxkernels", activation), models.torch_reference(name, activation)):
+            out = model(torch.empty(_input(name, 5).shape))
+            out.sum().backward()
+            results.append((out, [p.grad for p in model.parameters()]))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert ours.is_meta and ours.shape == theirs.shape
+    assert all(g.is_meta for g in our_grads)
+    assert [g.shape for g in our_grads] == [g.shape for g in their_grads]

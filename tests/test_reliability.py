@@ -353,3 +353,45 @@ def test_cuda_repeated_calls_are_bit_identical(name):
         results.append([o.cpu().numpy() for o in outs if o is not None])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def _as_torch(args, device_of):
+    """args with every array a torch tensor, on device_of(slot)."""
+    import torch
+
+    def move(x, slot):
+        return torch.from_numpy(x).to(device_of(slot)) if isinstance(x, np.ndarray) else x
+
+    return [[move(a, (i, j)) for j, a in enumerate(x)] if isinstance(x, list) else move(x, (i, None))
+            for i, x in enumerate(_fresh(args))]
+
+
+def _meta_call(name, args, kwargs):
+    """The call's outputs, or None where it refused with a TypeError naming a meta argument."""
+    try:
+        return _outputs_as_tensors(_call(name, args, kwargs))
+    except TypeError as error:
+        assert "is on device meta; oxkernels runs on cpu and cuda" in str(error), error
+        return None
+
+
+def _outputs_as_tensors(result):
+    return [] if result is None else [r for r in (result if isinstance(result, (tuple, list)) else [result])
+                                      if r is not None]
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_meta_tensors_give_meta_shapes_or_type_errors(name):
+    """A meta tensor (like an MPS or XPU one) has no memory a kernel could read. Where the op's
+    main input is one, the op answers as torch's ops do, with meta outputs of the right shapes
+    (the custom op's fake implementation); otherwise it refuses with a TypeError naming the
+    device. Never a kernel reading a null pointer."""
+    pytest.importorskip("torch")
+    args, kwargs = _case(name)
+    expected = [tuple(o.shape) for o in _run(name, args, kwargs)] if name not in IN_PLACE else None
+    outputs = _meta_call(name, _as_torch(args, lambda slot: "meta"), kwargs)
+    if outputs is not None and expected is not None:
+        assert [tuple(o.shape) for o in outputs] == expected
+        assert all(o.is_meta for o in outputs)
+    for meta_slot in _slots(args):  # one argument on meta, the others on the CPU
+        _meta_call(name, _as_torch(args, lambda slot: "meta" if slot == meta_slot else "cpu"), kwargs)

@@ -28,6 +28,10 @@ void set_source_dtype(View& v, const std::string& name) {
   std::strncpy(v.source_dtype, name.c_str(), sizeof(v.source_dtype) - 1);
 }
 
+void set_source_device(View& v, const std::string& name) {
+  std::strncpy(v.source_device, name.c_str(), sizeof(v.source_device) - 1);
+}
+
 bool load_numpy(py::handle src, View& v) {
   auto a = py::reinterpret_borrow<py::array>(src);
   if (a.ndim() > kMaxRank) throw py::value_error("arrays of more than 8 dimensions are not supported");
@@ -95,9 +99,13 @@ bool load_torch(py::handle handle, View& v) {
   if (attr(src, g_names.is_cuda).ptr() == Py_True) {
     v.device = Device::cuda;
     v.device_index = static_cast<int>(PyLong_AsLong(call(src, g_names.get_device).ptr()));
-  } else {
-    v.device = attr(src, g_names.is_cpu).ptr() == Py_True ? Device::cpu : Device::unsupported;
+  } else if (attr(src, g_names.is_cpu).ptr() == Py_True) {
+    v.device = Device::cpu;
     v.device_index = 0;
+  } else {  // meta, mps, xpu, ...: its data pointer is nothing a kernel may touch
+    v.device = Device::unsupported;
+    v.device_index = 0;
+    set_source_device(v, py::str(handle.attr("device")).cast<std::string>());
   }
   v.data = PyLong_AsVoidPtr(call(src, g_names.data_ptr).ptr());
   v.ndim = ndim;
@@ -140,6 +148,8 @@ bool load_dlpack(py::handle src, View& v, py::object& keep_alive) {
   v.device = t.device.device_type == 1 ? Device::cpu : t.device.device_type == 2 ? Device::cuda
                                                                                  : Device::unsupported;
   v.device_index = t.device.device_id;
+  if (v.device == Device::unsupported)
+    set_source_device(v, "dlpack(device_type=" + std::to_string(t.device.device_type) + ")");
   v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.ndim = t.ndim;
   v.writable = true;

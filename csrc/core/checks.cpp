@@ -47,11 +47,18 @@ std::string shape_str(const View& v) {
   return s + ")";
 }
 
+void check_device(const char* op, const char* arg, const View& v) {
+  if (v.device == Device::unsupported)
+    type_error(op, ": argument '", arg, "' is on device ", v.source_device[0] ? v.source_device : "unknown",
+               "; oxkernels runs on cpu and cuda arrays");
+}
+
 static std::string dtype_of(const View& v) {
   return v.dtype == DType::unsupported && v.source_dtype[0] ? v.source_dtype : dtype_name(v.dtype);
 }
 
 void check_dtype(const char* op, const char* arg, const View& v, std::initializer_list<DType> allowed) {
+  check_device(op, arg, v);
   for (DType t : allowed)
     if (v.dtype == t) return;
   std::string want;
@@ -111,6 +118,7 @@ void check_same_dtype(const char* op, const char* arg, const View& v, const char
 }
 
 void check_same_device(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref) {
+  check_device(op, arg, v);
   if (v.device != ref.device || v.device_index != ref.device_index)
     type_error(op, ": argument '", arg, "' is on ", device_name(v.device), ":", v.device_index,
                " but '", ref_arg, "' is on ", device_name(ref.device), ":", ref.device_index,

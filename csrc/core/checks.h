@@ -12,6 +12,9 @@ namespace ox {
 
 std::string shape_str(const View& v);
 
+// A CPU or CUDA array (a meta tensor, say, has no memory a kernel could read).
+void check_device(const char* op, const char* arg, const View& v);
+// check_device, then one of the allowed dtypes (the first check of every op's main input).
 void check_dtype(const char* op, const char* arg, const View& v, std::initializer_list<DType> allowed);
 void check_rank(const char* op, const char* arg, const View& v, int rank);
 void check_rank_between(const char* op, const char* arg, const View& v, int lo, int hi);

@@ -242,8 +242,7 @@ void adam_check(const char* op, const View* params, const View* grads, const Vie
       check_same_dtype(op, arg.c_str(), p, "params[0]", params[0]);
     }
     if (p.device == Device::cuda) check_dtype(op, arg.c_str(), p, {DType::f32, DType::bf16, DType::f16});
-    else if (p.device == Device::cpu) check_dtype(op, arg.c_str(), p, {DType::f32, DType::f64});
-    else type_error(op, ": argument '", arg, "' must be on the CPU or a CUDA device");
+    else check_dtype(op, arg.c_str(), p, {DType::f32, DType::f64});  // also refuses other devices
     if (p.numel() > 0) check_contiguous(op, arg.c_str(), p);
     check_writable(op, arg.c_str(), p);
     check_numel_fits(op, arg.c_str(), p);

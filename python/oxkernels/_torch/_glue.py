@@ -2,7 +2,7 @@
 
 cuda_stream(t): the handle of torch's current CUDA stream for a CUDA tensor, 0 otherwise.
 
-use_custom_op(): whether a call must take the registered custom op, not the eager path.
+use_custom_op(x): whether a call on x must take the registered custom op, not the eager path.
 
 lean_apply(Function): Function.apply without its Python wrapper.
 
@@ -10,7 +10,7 @@ first_order(op): marks a Function's backward as not differentiable itself.
 
 autograd.Function.apply's Python layer binds default arguments for setup_context and
 unwraps functorch wrappers; our Functions need neither, because every eager entry point
-asks use_custom_op() first and so never runs inside a functorch transform (vmap, grad, ...).
+asks use_custom_op(x) first and so never runs inside a functorch transform (vmap, grad, ...).
 Skipping that layer saves ~2.5 µs per call, a few percent of a small layer's
 forward+backward. On a torch without the internal, the public apply runs."""
 import functools
@@ -36,14 +36,15 @@ _is_compiling = torch.compiler.is_compiling
 _jit_tracing = torch._C._get_tracing_state
 
 
-def use_custom_op() -> bool:
-    """True while torch.compile traces the call, inside functorch transforms (vmap, ...) and
-    under torch.jit.trace. The first two hand us wrapper tensors with no memory a kernel could
-    read; the registered custom op is what both know how to handle (torch.vmap batches it with
-    its own fallback rule). The jit tracer records dispatcher ops only: a kernel writing through
-    data pointers would be missing from its graph, which would then return the empty output
-    buffer, so the trace must see the custom op."""
-    return (_is_compiling() or _jit_tracing() is not None
+def use_custom_op(x: torch.Tensor) -> bool:
+    """True for a meta tensor x, while torch.compile traces the call, inside functorch
+    transforms (vmap, ...) and under torch.jit.trace. Meta tensors, and the wrapper tensors of
+    the next two, have no memory a kernel could read; the registered custom op is what all three
+    know how to handle (its fake implementation gives a meta tensor the output's shape, and
+    torch.vmap batches the op with its own fallback rule). The jit tracer records dispatcher
+    ops only: a kernel writing through data pointers would be missing from its graph, which
+    would then return the empty output buffer, so the trace must see the custom op."""
+    return (x.is_meta or _is_compiling() or _jit_tracing() is not None
             or (_functorch_active is not None and _functorch_active()))
 
 

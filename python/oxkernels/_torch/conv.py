@@ -229,12 +229,12 @@ _fused_apply = lean_apply(FusedFunction)
 
 def eager_conv2d(x, weight, bias, stride, padding):
     """torch.ops.oxkernels.conv2d semantics: the custom op while compiling, else the fast path."""
-    if use_custom_op():
+    if use_custom_op(x):
         return torch.ops.oxkernels.conv2d(x, weight, bias, stride, padding)
     return _conv_apply(x, weight, bias, stride, padding)
 
 
 def eager_conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool):
-    if use_custom_op():
+    if use_custom_op(x):
         return torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool)
     return _fused_apply(x, weight, bias, stride, padding, pool)

@@ -123,7 +123,7 @@ _ce_apply = lean_apply(_CrossEntropyFn)
 
 
 def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
-    if use_custom_op():
+    if use_custom_op(logits):
         return cross_entropy_op(logits, target, reduction, label_smoothing, ignore_index)
     if logits.requires_grad and torch.is_grad_enabled():
         return _ce_apply(logits, target, reduction, label_smoothing, ignore_index)
@@ -184,7 +184,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
             return out, None
 
     def apply(x, dim):
-        if use_custom_op():
+        if use_custom_op(x):
             return forward_op(x, dim)
         if x.requires_grad and torch.is_grad_enabled():
             return EagerFn.apply(x, dim)
