@@ -114,6 +114,10 @@ bool load_torch(py::handle handle, View& v) {
     v.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
     v.strides[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), i));
   }
+  if (!v.data && v.numel() > 0 && v.device != Device::unsupported) {  // a FakeTensor, say: no storage
+    v.device = Device::unsupported;
+    set_source_device(v, py::str(handle.attr("device")).cast<std::string>() + " but has no storage (a fake tensor?)");
+  }
   return true;
 }
 

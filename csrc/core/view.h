@@ -25,7 +25,7 @@ struct View {
   int64_t strides[kMaxRank] = {};  // in elements, not bytes
   bool writable = true;
   char source_dtype[24] = {};      // the producer's dtype name, for messages
-  char source_device[24] = {};     // the producer's device name when unsupported, for messages
+  char source_device[48] = {};     // the producer's device name when unsupported, for messages
 
   int64_t numel() const {
     int64_t n = 1;

@@ -31,21 +31,27 @@ def cuda_stream(t: torch.Tensor) -> int:
     return _raw_stream(t.get_device())
 
 
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None) or (lambda: False)
 _is_compiling = torch.compiler.is_compiling
 _jit_tracing = torch._C._get_tracing_state
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None) or (lambda: 0)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def use_custom_op(x: torch.Tensor) -> bool:
-    """True for a meta tensor x, while torch.compile traces the call, inside functorch
-    transforms (vmap, ...) and under torch.jit.trace. Meta tensors, and the wrapper tensors of
-    the next two, have no memory a kernel could read; the registered custom op is what all three
-    know how to handle (its fake implementation gives a meta tensor the output's shape, and
-    torch.vmap batches the op with its own fallback rule). The jit tracer records dispatcher
-    ops only: a kernel writing through data pointers would be missing from its graph, which
-    would then return the empty output buffer, so the trace must see the custom op."""
-    return (x.is_meta or _is_compiling() or _jit_tracing() is not None
-            or (_functorch_active is not None and _functorch_active()))
+    """Whether a call on x must go through torch's dispatcher (the registered custom op)
+    instead of handing x's memory to a kernel. It must where that memory is not x's values:
+    - x is a meta tensor, or a tensor subclass (FakeTensor, DTensor, ...), or a dispatch mode
+      is active (FakeTensorMode, FlopCounterMode, ...): the custom op's fake implementation
+      gives meta and fake tensors outputs of the right shapes, and modes and subclasses see
+      the op they expect, as they do torch's own;
+    - torch.compile is tracing, or a functorch transform (vmap, ...) is active: their wrapper
+      tensors hold no memory a kernel could read (torch.vmap batches the op by its fallback);
+    - torch.jit.trace is recording: it sees dispatcher ops only, so a kernel writing through a
+      data pointer would be missing from its graph, which would return the empty output.
+    (is_compiling() comes first: dynamo folds it to True and cannot trace some of the others.)"""
+    return (_is_compiling() or type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0
+            or _jit_tracing() is not None or _functorch_active())
 
 
 def lean_apply(function_class):
