@@ -407,3 +407,46 @@ def test_tensors_without_memory_give_shapes_or_type_errors(name, kind):
         assert [tuple(o.shape) for o in outputs] == expected
         assert all(o.is_meta or isinstance(o, FakeTensor) for o in outputs)
 
+
+
+FORKED_CHILD = r"""
+import os, sys
+import numpy as np
+import torch
+import oxkernels, oxkernels.nn  # noqa: F401  (loading the torch layer shares torch's OpenMP team)
+from oxkernels import ops
+
+assert oxkernels.info()["thread_pool"].startswith("OpenMP"), oxkernels.info()
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((512, 784), dtype=np.float32), rng.standard_normal((64, 784), dtype=np.float32)
+images, kernels = rng.standard_normal((64, 3, 32, 32), dtype=np.float32), rng.standard_normal((6, 3, 5, 5), dtype=np.float32)
+expected = [ops.linear(x, w, None, "relu"), ops.conv2d(images, kernels)]  # the parent runs OpenMP teams
+pid = os.fork()
+if pid == 0:
+    got = [ops.linear(x, w, None, "relu"), ops.conv2d(images, kernels)]
+    os._exit(0 if all(np.array_equal(a, b) for a, b in zip(got, expected)) else 3)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_ops_run_in_a_forked_child_after_the_parent_used_openmp(tmp_path):
+    """GNU OpenMP does not survive fork (a child waits forever for its parent's team, as
+    torch's own ops do): a forked child (DataLoader worker, multiprocessing with fork) must
+    still run our kernels, with the parent's results."""
+    pytest.importorskip("torch")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORKED_CHILD)
+    process = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own group: a hung child is killed with it
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the forked child hung in a kernel")
+    assert process.returncode == 0, stderr
