@@ -118,11 +118,56 @@ def test_modules_compile_fullgraph(rng):
 
 def test_modules_are_torch_modules():
     assert isinstance(onn.ReLU(), torch.nn.ReLU)
-    assert onn.ReLU(inplace=True).inplace  # accepted; the result is a new tensor
-    x = torch.tensor([-1.0, 2.0])
-    y = onn.ReLU(inplace=True)(x)
-    assert torch.equal(y, torch.tensor([0.0, 2.0])) and torch.equal(x, torch.tensor([-1.0, 2.0]))
     assert onn.Flatten(0, 1)(torch.zeros(2, 3, 4)).shape == (6, 4)
+
+
+def _inplace_relu_twins(rng, shape, transpose=False):
+    """The same float64 tensor twice, each the output of a multiplication (not a leaf), as
+    (ours, torch's) pairs of (leaf, tensor to apply ReLU(inplace=True) to)."""
+    x = torch.from_numpy(rng.standard_normal(shape))
+    pairs = []
+    for _ in range(2):
+        leaf = x.clone().requires_grad_(True)
+        y = leaf * 3
+        pairs.append((leaf, y.transpose(0, 1) if transpose else y))
+    return pairs
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["contiguous", "transposed"])
+def test_inplace_relu_overwrites_its_input_and_differentiates_like_torch(rng, transpose):
+    (ours_leaf, ours_y), (ref_leaf, ref_y) = _inplace_relu_twins(rng, (6, 7), transpose)
+    ours_out = onn.ReLU(inplace=True)(ours_y)
+    ref_out = torch.nn.ReLU(inplace=True)(ref_y)
+    assert ours_out is ours_y  # the input itself, overwritten
+    assert torch.equal(ours_y, ref_y) and ours_y._version == ref_y._version > 0
+    g = torch.from_numpy(rng.standard_normal(ref_out.shape))
+    ours_out.backward(g)
+    ref_out.backward(g)
+    assert torch.equal(ours_leaf.grad, ref_leaf.grad)
+
+
+def test_inplace_relu_without_grad_and_under_compile(rng):
+    x = torch.from_numpy(rng.standard_normal((5, 8)).astype(np.float32))
+    y = x.clone()
+    with torch.no_grad():
+        assert onn.ReLU(inplace=True)(y) is y
+    assert torch.equal(y, torch.relu(x))
+    model = torch.nn.Sequential(onn.Flatten(), onn.ReLU(inplace=True))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x.clone()), torch.relu(x))
+
+
+def test_inplace_relu_refuses_what_torch_refuses(rng):
+    """A leaf that requires grad cannot be overwritten, and a tensor that another op saved for
+    its backward must not be: autograd says so, for ours as for torch's."""
+    for relu in (onn.ReLU(inplace=True), torch.nn.ReLU(inplace=True)):
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            relu(torch.randn(3, requires_grad=True))
+        leaf = torch.randn(4, requires_grad=True)
+        saved = leaf.exp()  # exp saves its result for the backward
+        relu(saved)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved.sum().backward()
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid"])

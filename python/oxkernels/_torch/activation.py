@@ -83,11 +83,34 @@ relu_op, _ReluFn = _define("relu", _C.relu, _C.relu_backward)
 sigmoid_op, _SigmoidFn = _define("sigmoid", _C.sigmoid, _C.sigmoid_backward)
 
 
+class _ReluInPlaceFn(torch.autograd.Function):
+    """relu_(x): the kernel writes max(x, 0) over x (element-wise, so reading and writing
+    one buffer is safe). mark_dirty bumps x's version, so autograd still refuses a leaf
+    that requires grad and notices a tensor some other op saved being overwritten, as for
+    torch.relu_; the backward reads the result, which x now holds."""
+
+    @staticmethod
+    def forward(ctx, x):
+        _C.relu(x, x, cuda_stream(x))
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @first_order("relu")
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        out = torch.empty_like(y)
+        _C.relu_backward(grad.contiguous(), y, out, cuda_stream(y))
+        return out
+
+
 # The eager entry points, written out per op (no shared helper: every Python
 # call and attribute lookup is ≈ 0.1 µs on a path whose kernels take ~10 µs).
 _grad_enabled = torch.is_grad_enabled
 _relu_apply = lean_apply(_ReluFn)
 _sigmoid_apply = lean_apply(_SigmoidFn)
+_relu_inplace_apply = lean_apply(_ReluInPlaceFn)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +122,16 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x, memory_format=_CONTIGUOUS)
     _C.relu(x, out, cuda_stream(x))
     return out
+
+
+def relu_(x: torch.Tensor) -> torch.Tensor:
+    """relu(x) written over x, returning x (torch.relu_, nn.ReLU(inplace=True))."""
+    if use_custom_op(x) or not x.is_contiguous():  # the functional op, copied back: same effect
+        return x.copy_(relu(x))
+    if x.requires_grad and _grad_enabled():
+        return _relu_inplace_apply(x)
+    _C.relu(x, x, cuda_stream(x))
+    return x
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,11 @@ __all__ = ["ReLU", "Sigmoid", "Flatten"]
 
 
 class ReLU(torch.nn.ReLU):
-    """torch.nn.ReLU on the oxkernels kernel. inplace=True is accepted but the
-    result is always a new tensor (the input is not modified)."""
+    """torch.nn.ReLU on the oxkernels kernel; inplace=True writes the result over the input
+    and returns it, as torch's does."""
 
     def forward(self, x):
-        return _act.relu(x)
+        return _act.relu_(x) if self.inplace else _act.relu(x)
 
 
 class Sigmoid(torch.nn.Sigmoid):
