@@ -104,3 +104,46 @@ def test_traced_model_saves_loads_and_trains_like_torch(model):
     grads = dict(loaded.named_parameters())
     for key, parameter in reference.named_parameters():
         torch.testing.assert_close(grads[key].grad, parameter.grad, rtol=1e-4, atol=1e-5)
+
+
+def _flops(fn):
+    """Total FLOPs of fn() by FlopCounterMode. (The mode copies the formula registry when it is
+    created: our formulas must be registered by then, by loading oxkernels' torch layer.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import oxkernels.nn  # noqa: F401
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+W_STRIDED, W_WIDE = _rand(7, 5, 3, 3, 2), _rand(9, 5, 8)
+FLOP_CASES = {  # name -> (ours, torch's), on x of shape (4, 3, 9, 8) that requires grad
+    "linear": (lambda x: ops.linear(x, W_WIDE, None, "relu"), lambda x: F.relu(F.linear(x, W_WIDE))),
+    "conv2d": (lambda x: ops.conv2d(x, W_STRIDED, None, (2, 1), (1, 2)),
+               lambda x: F.conv2d(x, W_STRIDED, None, (2, 1), (1, 2))),
+    "conv2d_relu_maxpool2d": (lambda x: ops.conv2d_relu_maxpool2d(x, W_CONV, None, 1, 1),
+                              lambda x: F.max_pool2d(F.relu(F.conv2d(x, W_CONV, None, 1, 1)), 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOP_CASES))
+def test_flop_counter_counts_our_ops_as_torch_counts_its_own(name):
+    """FlopCounterMode, a dispatch mode, sees our custom ops and their registered formulas:
+    the same totals as torch's ops, forward and forward+backward."""
+    totals = []
+    for fn in FLOP_CASES[name]:
+        x = _rand(8, 4, 3, 9, 8).requires_grad_()
+        totals.append((_flops(lambda: fn(x.detach())), _flops(lambda: fn(x).square().sum().backward())))
+    assert totals[0] == totals[1] and totals[0][1] > totals[0][0] > 0
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_flop_counter_totals_our_models_as_their_torch_twins(model):
+    from oxkernels import models
+
+    x = torch.randn((5, 1, 28, 28) if model == "mlp" else (5, 3, 32, 32))
+    ours, theirs = models.build_model(model), models.torch_reference(model)
+    totals = [(_flops(lambda: net(x)), _flops(lambda: net(x).sum().backward())) for net in (ours, theirs)]
+    assert totals[0] == totals[1] and totals[0][0] > 0
