@@ -68,6 +68,27 @@ def test_extreme_logits_do_not_overflow(rng):
     assert np.all(np.isfinite(y)) and rel_err(y, F.log_softmax(torch.from_numpy(x).double(), -1)) < 1e-6
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_masked_classes_with_minus_inf_logits_like_torch(rng, device, reduction, eps):
+    """−inf logits (the usual way to mask classes out): without label smoothing the loss is
+    finite and the masked classes get zero gradient; with it the loss is +inf, as in torch."""
+    x = (rng.standard_normal((17, 10)) * 3).astype(np.float32)
+    t = _targets(rng, 17, 10)
+    x[np.arange(17), (t + 1) % 10] = -np.inf  # one masked class per row, never the target
+    x[np.arange(4), (t[:4] + 2) % 10] = -np.inf
+    g = torch.tensor(1.0 if reduction != "none" else np.ones(17), dtype=torch.float64)
+    ref, dx_ref = _torch_ce(torch.from_numpy(x).double(), t, g, reduction=reduction, label_smoothing=eps)
+    xt = torch.from_numpy(x).to(device).requires_grad_(True)
+    loss = ops.cross_entropy(xt, torch.from_numpy(t).to(device), reduction, eps)
+    assert torch.isfinite(loss).all() == (eps == 0)
+    torch.testing.assert_close(loss.cpu().double(), ref, rtol=1e-6, atol=1e-6)
+    if eps == 0:
+        loss.backward(g.float().to(device))
+        torch.testing.assert_close(xt.grad.cpu().double(), dx_ref, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_ignore_index_and_all_ignored_like_torch(rng, reduction):
     x = rng.standard_normal((7, 5))

@@ -42,8 +42,8 @@ unsigned row_blocks(int64_t rows) {
 
 // ℓ_i per row into `dst` (the output for 'none', else the workspace); NaN for an invalid target.
 template <class T>
-__global__ void ce_rows_kernel(const T* x, const int64_t* t, int64_t N, int64_t C, T keep, T smooth, int64_t ignore,
-                               T* dst) {
+__global__ void ce_rows_kernel(const T* x, const int64_t* t, int64_t N, int64_t C, T keep, T smooth, bool smoothing,
+                               int64_t ignore, T* dst) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (int64_t i = blockIdx.x * int64_t(kWarps) + warp; i < N; i += int64_t(gridDim.x) * kWarps) {
     const T* xi = x + i * C;
@@ -52,7 +52,9 @@ __global__ void ce_rows_kernel(const T* x, const int64_t* t, int64_t N, int64_t 
     if (lane == 0) {
       const int64_t ti = t[i];
       T l = 0;
-      if (ti != ignore) l = (ti < 0 || ti >= C) ? T(NAN) : lse - keep * xi[ti] - smooth * sum_x;
+      // As on the CPU, the smoothing term only when ε ≠ 0: with a −inf logit (a masked class)
+      // Σx is −inf, and 0·(−inf) would make the loss NaN.
+      if (ti != ignore) l = (ti < 0 || ti >= C) ? T(NAN) : lse - keep * xi[ti] - (smoothing ? smooth * sum_x : T(0));
       dst[i] = l;
     }
   }
@@ -155,7 +157,7 @@ void ce_forward(const View& logits, const View& target, const CrossEntropy& ce, 
   T* rows = ce.reduction == Reduction::none ? out.ptr<T>() : ws.ptr<T>();
   if (N > 0) {
     ce_rows_kernel<<<row_blocks(N), kThreads, 0, s>>>(logits.ptr<T>(), target.ptr<int64_t>(), N, C, keep, smooth,
-                                                      ce.ignore_index, rows);
+                                                      ce.label_smoothing != 0, ce.ignore_index, rows);
     cuda_check_launch("cross_entropy");
   }
   if (ce.reduction != Reduction::none) {
