@@ -222,6 +222,22 @@ def test_cuda_out_of_range_rows_give_nan(rng):
 
 
 @requires_cuda
+def test_cuda_workspace_must_own_what_the_kernels_write(rng):
+    """The raw kernel's workspace: a stride-0 view has enough elements but one double of
+    memory, so it is refused rather than written past its end."""
+    from oxkernels import _C
+
+    X, y, theta = (torch.from_numpy(a).cuda() for a in problem(rng, 1000, 3, None))
+    out = torch.empty_like(theta)
+    need = _C.linreg_cuda_workspace_numel(1000, 3, 1)
+    fake = torch.zeros(1, dtype=torch.float64, device="cuda").expand(need)
+    with pytest.raises(ValueError, match="'workspace' must be contiguous"):
+        _C.linreg_grad(X, y, theta, None, out, 0, fake)
+    with pytest.raises(TypeError, match="'workspace' must be float64"):
+        _C.linreg_grad(X, y, theta, None, out, 0, torch.zeros(need, dtype=torch.float32, device="cuda"))
+
+
+@requires_cuda
 def test_cuda_gradcheck_and_mixed_devices(rng):
     X, y, theta = (torch.from_numpy(a).cuda() for a in problem(rng, 17, 3, 4))
     theta.requires_grad_(True)
