@@ -70,10 +70,9 @@ void adam_check_hyper(const char* op, const AdamHyper& h);
 void adam_step_cpu(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
                    const double* grad_scale);
 
-// CUDA: one launch over all tensors (more only for very long lists). lr_device,
-// grad_scale and found_inf are device float32 scalars or nullptr.
-void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, int device_index,
-                    const AdamHyper& h, const float* lr_device, const float* grad_scale, const float* found_inf,
-                    uintptr_t stream);
+// CUDA: one launch over all tensors (more only for very long lists), on the current device.
+// lr_device, grad_scale and found_inf are device float32 scalars or nullptr.
+void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
+                    const float* lr_device, const float* grad_scale, const float* found_inf, uintptr_t stream);
 
 }  // namespace ox

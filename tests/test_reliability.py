@@ -331,31 +331,6 @@ def test_ten_thousand_calls_do_not_grow_memory(name):
     assert growth < 2048, f"{name}: resident memory grew by {growth} kB over 10 000 calls"
 
 
-def _to_cuda(args):
-    import torch
-
-    def move(x):
-        return torch.from_numpy(x).cuda() if isinstance(x, np.ndarray) else x
-
-    return [[move(a) for a in x] if isinstance(x, list) else move(x) for x in _fresh(args)]
-
-
-@requires_cuda
-@pytest.mark.parametrize("name", OP_NAMES)
-def test_cuda_repeated_calls_are_bit_identical(name):
-    """No CUDA kernel uses floating-point atomics, so two runs give the same bits."""
-    args, kwargs = _case(name, seed=5)
-    results = []
-    for _ in range(2):
-        cuda_args = _to_cuda(args)
-        result = _call(name, cuda_args, kwargs)
-        outs = IN_PLACE[name](cuda_args) if name in IN_PLACE else (
-            list(result) if isinstance(result, (tuple, list)) else [result])
-        results.append([o.cpu().numpy() for o in outs if o is not None])
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-
-
 def _as_torch(args, device_of):
     """args with every array a torch tensor, on device_of(slot)."""
     import torch
@@ -365,6 +340,49 @@ def _as_torch(args, device_of):
 
     return [[move(a, (i, j)) for j, a in enumerate(x)] if isinstance(x, list) else move(x, (i, None))
             for i, x in enumerate(_fresh(args))]
+
+
+def _outputs_of(name, args, result):
+    """An op's outputs: its results, or the arrays it updated in place."""
+    if name in IN_PLACE:
+        return IN_PLACE[name](args)
+    return [o for o in (result if isinstance(result, (tuple, list)) else [result]) if o is not None]
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_cuda_repeated_calls_are_bit_identical(name):
+    """No CUDA kernel uses floating-point atomics, so two runs give the same bits."""
+    args, kwargs = _case(name, seed=5)
+    results = []
+    for _ in range(2):
+        cuda_args = _as_torch(args, lambda slot: "cuda")
+        outs = _outputs_of(name, cuda_args, _call(name, cuda_args, kwargs))
+        results.append([o.cpu().numpy() for o in outs])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_cuda_ops_run_on_their_arrays_device_not_the_current_one(name):
+    """Arrays on cuda:1 while cuda:0 is current (torch leaves the current device to the user):
+    the kernels run on cuda:1 and give the CPU's results, and cuda:0 stays current."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    args, kwargs = _case(name, seed=3)
+    cpu_args = _as_torch(args, lambda slot: "cpu")
+    expected = _outputs_of(name, cpu_args, _call(name, cpu_args, kwargs))
+    with torch.cuda.device(0):
+        gpu_args = _as_torch(args, lambda slot: "cuda:1")
+        got = _outputs_of(name, gpu_args, _call(name, gpu_args, kwargs))
+        torch.cuda.synchronize(1)
+        assert torch.cuda.current_device() == 0
+    for a, b in zip(got, expected):
+        assert a.device == torch.device("cuda:1")
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
 
 
 def _memoryless_call(name, args, kwargs):

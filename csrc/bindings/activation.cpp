@@ -9,7 +9,7 @@ static void bind_activation_pair(py::module_& m, const char* fwd_name, const cha
       fwd_name,
       [fwd_name, act](View x, View out, uintptr_t stream) {
         activation_check(fwd_name, x, out);
-        if (x.device == Device::cuda) OX_CUDA_CALL(fwd_name, activation_forward_cuda(act, x, out, stream));
+        if (x.device == Device::cuda) OX_CUDA_CALL(fwd_name, x, activation_forward_cuda(act, x, out, stream));
         else activation_forward_cpu(act, x, out);
       },
       py::arg("x"), py::arg("out"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
@@ -17,7 +17,7 @@ static void bind_activation_pair(py::module_& m, const char* fwd_name, const cha
       bwd_name,
       [bwd_name, act](View grad, View y, View out, uintptr_t stream) {
         activation_backward_check(bwd_name, grad, y, out);
-        if (grad.device == Device::cuda) OX_CUDA_CALL(bwd_name, activation_backward_cuda(act, grad, y, out, stream));
+        if (grad.device == Device::cuda) OX_CUDA_CALL(bwd_name, grad, activation_backward_cuda(act, grad, y, out, stream));
         else activation_backward_cpu(act, grad, y, out);
       },
       py::arg("grad"), py::arg("y"), py::arg("out"), py::arg("stream") = 0,

@@ -28,11 +28,11 @@ void run_step(const char* op, const std::vector<AdamTensor>& tensors, const View
               const double* host_grad_scale, const View* lr_device, const View* grad_scale_device,
               const View* found_inf_device, uintptr_t stream) {
   if (first.device == Device::cuda) {
-    OX_CUDA_CALL(op, adam_step_cuda(tensors.data(), static_cast<int64_t>(tensors.size()), first.dtype,
-                                    first.device_index, h,
-                                    lr_device ? lr_device->ptr<float>() : nullptr,
-                                    grad_scale_device ? grad_scale_device->ptr<float>() : nullptr,
-                                    found_inf_device ? found_inf_device->ptr<float>() : nullptr, stream));
+    OX_CUDA_CALL(op, first,
+                 adam_step_cuda(tensors.data(), static_cast<int64_t>(tensors.size()), first.dtype, h,
+                                lr_device ? lr_device->ptr<float>() : nullptr,
+                                grad_scale_device ? grad_scale_device->ptr<float>() : nullptr,
+                                found_inf_device ? found_inf_device->ptr<float>() : nullptr, stream));
   } else {
     adam_step_cpu(tensors.data(), static_cast<int64_t>(tensors.size()), first.dtype, h, host_grad_scale);
   }

@@ -32,7 +32,7 @@ OX_BINDINGS(bind_conv) {
         const ConvShape s = conv2d_check(op, x, w, opt(b), sh, sw, ph, pw);
         check_output(op, "out", y, x, {s.N, s.O, s.OH, s.OW});
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_forward_cuda(s, x, w, opt(b), y, stream));
+          OX_CUDA_CALL(op, x, conv2d_forward_cuda(s, x, w, opt(b), y, stream));
         else
           conv2d_forward_cpu(s, x, w, opt(b), y);
       },
@@ -49,7 +49,7 @@ OX_BINDINGS(bind_conv) {
         check_shape(op, "grad_out", gy, {s.N, s.O, s.OH, s.OW});
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_backward_cuda(s, gy, x, w, opt(gx), opt(gw), opt(gb),
+          OX_CUDA_CALL(op, x, conv2d_backward_cuda(s, gy, x, w, opt(gx), opt(gw), opt(gb),
                                                 grad_workspace(op, s, x, gw, gb, workspace), stream));
         else
           conv2d_backward_cpu(s, gy, x, w, opt(gx), opt(gw), opt(gb));
@@ -72,7 +72,7 @@ OX_BINDINGS(bind_conv) {
         check_contiguous(op, "indices", idx);
         check_writable(op, "indices", idx);
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_forward_cuda(s, pool, x, w, opt(b), out, idx, stream));
+          OX_CUDA_CALL(op, x, conv2d_relu_maxpool2d_forward_cuda(s, pool, x, w, opt(b), out, idx, stream));
         else
           conv2d_relu_maxpool2d_forward_cpu(s, pool, x, w, opt(b), out, idx);
       },
@@ -96,7 +96,7 @@ OX_BINDINGS(bind_conv) {
         check_contiguous(op, "indices", idx);
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
+          OX_CUDA_CALL(op, x, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
                                                                grad_workspace(op, s, x, gw, gb, workspace), stream));
         else
           conv2d_relu_maxpool2d_backward_cpu(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb));

@@ -55,7 +55,7 @@ static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, dou
     require_cuda_build(op);
     [[maybe_unused]] const View* ws = gemm_workspace(op, a, {&g}, workspace);
     py::gil_scoped_release release;
-    OX_CUDA_CALL(op, gemm_cuda(g, a.dtype, stream, ws ? ws->data : nullptr));
+    OX_CUDA_CALL(op, a, gemm_cuda(g, a.dtype, stream, ws ? ws->data : nullptr));
   } else {
     py::gil_scoped_release release;
     gemm_cpu(g, a.dtype);
@@ -92,7 +92,7 @@ OX_BINDINGS(bind_linear) {
           const GemmArgs fwd = linear_forward_gemm(x, weight, b, act, out);
           [[maybe_unused]] const View* ws = gemm_workspace(op, x, {&fwd}, workspace);
           py::gil_scoped_release release;
-          OX_CUDA_CALL(op, linear_cuda(x, weight, b, act, out, stream, ws));
+          OX_CUDA_CALL(op, x, linear_cuda(x, weight, b, act, out, stream, ws));
         } else {
           py::gil_scoped_release release;
           linear_cpu(x, weight, b, act, out);
@@ -118,7 +118,7 @@ OX_BINDINGS(bind_linear) {
           const GemmArgs gw = dw ? linear_grad_w_gemm(grad_out, x, y, act, *dw) : GemmArgs{};
           [[maybe_unused]] const View* ws = gemm_workspace(op, x, {&gx, &gw}, workspace);
           py::gil_scoped_release release;
-          OX_CUDA_CALL(op, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream, ws));
+          OX_CUDA_CALL(op, x, linear_backward_cuda(grad_out, x, weight, y, act, dx, dw, db, stream, ws));
         } else {
           py::gil_scoped_release release;
           linear_backward_cpu(grad_out, x, weight, y, act, dx, dw, db);

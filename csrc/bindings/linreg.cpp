@@ -15,7 +15,7 @@ OX_BINDINGS(bind_linreg) {
         linreg_check("linreg_grad", X, y, theta, r, out, true);
         if (X.device == Device::cuda) {
           if (!workspace) value_error("linreg_grad: a CUDA call needs argument 'workspace'");
-          OX_CUDA_CALL("linreg_grad", linreg_grad_cuda(X, y, theta, r, out, *workspace, stream));
+          OX_CUDA_CALL("linreg_grad", X, linreg_grad_cuda(X, y, theta, r, out, *workspace, stream));
         } else {
           linreg_grad_cpu(X, y, theta, r, out);
         }
@@ -29,7 +29,7 @@ OX_BINDINGS(bind_linreg) {
         linreg_check("linreg_loss", X, y, theta, nullptr, out, false);
         if (X.device == Device::cuda) {
           if (!workspace) value_error("linreg_loss: a CUDA call needs argument 'workspace'");
-          OX_CUDA_CALL("linreg_loss", linreg_loss_cuda(X, y, theta, out, *workspace, stream));
+          OX_CUDA_CALL("linreg_loss", X, linreg_loss_cuda(X, y, theta, out, *workspace, stream));
         } else {
           linreg_loss_cpu(X, y, theta, out);
         }
@@ -39,9 +39,11 @@ OX_BINDINGS(bind_linreg) {
 
   // float64 entries the CUDA linreg_grad / linreg_loss need as workspace.
   m.def("linreg_cuda_workspace_numel", [](int64_t m_rows, int64_t d, int64_t B) {
-    int64_t numel = 0;
-    OX_CUDA_CALL("linreg_cuda_workspace_numel", numel = linreg_cuda_workspace_numel(m_rows, d, B));
-    return numel;
+#if defined(OX_WITH_CUDA)
+    return linreg_cuda_workspace_numel(m_rows, d, B);  // a size: no device involved
+#else
+    no_cuda("linreg_cuda_workspace_numel");
+#endif
   });
 
   m.def(
@@ -64,7 +66,7 @@ OX_BINDINGS(bind_linreg) {
         }
         linreg_fit_check(a, p);
         if (X.device == Device::cuda)
-          OX_CUDA_CALL("linreg fit", linreg_fit_cuda(a, p, stream));
+          OX_CUDA_CALL("linreg fit", X, linreg_fit_cuda(a, p, stream));
         else
           linreg_fit_cpu(a, p);
       },

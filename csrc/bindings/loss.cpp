@@ -31,7 +31,7 @@ OX_BINDINGS(bind_loss) {
             check_output(op, "grad_logits", *grad_logits, logits, {logits.shape[0]});
         }
         if (logits.device == Device::cuda)
-          OX_CUDA_CALL(op, cross_entropy_forward_cuda(logits, target, ce, out, cuda_workspace(op, workspace, logits),
+          OX_CUDA_CALL(op, logits, cross_entropy_forward_cuda(logits, target, ce, out, cuda_workspace(op, workspace, logits),
                                                       stream));
         else
           cross_entropy_forward_cpu(logits, target, ce, out, opt(grad_logits));
@@ -53,7 +53,7 @@ OX_BINDINGS(bind_loss) {
         if (logits.ndim == 2) check_output(op, "out", out, logits, {logits.shape[0], logits.shape[1]});
         else check_output(op, "out", out, logits, {logits.shape[0]});
         if (logits.device == Device::cuda)
-          OX_CUDA_CALL(op, cross_entropy_backward_cuda(grad, logits, target, ce, out,
+          OX_CUDA_CALL(op, logits, cross_entropy_backward_cuda(grad, logits, target, ce, out,
                                                        cuda_workspace(op, workspace, logits), stream));
         else
           cross_entropy_backward_cpu(grad, logits, target, ce, out);
@@ -70,7 +70,7 @@ OX_BINDINGS(bind_loss) {
         [fwd, log](View x, int dim, View out, uintptr_t stream) {
           if (dim < 0) dim += x.ndim;
           softmax_check(fwd, x, dim, out);
-          if (x.device == Device::cuda) OX_CUDA_CALL(fwd, softmax_forward_cuda(x, dim, log, out, stream));
+          if (x.device == Device::cuda) OX_CUDA_CALL(fwd, x, softmax_forward_cuda(x, dim, log, out, stream));
           else softmax_forward_cpu(x, dim, log, out);
         },
         py::arg("x"), py::arg("dim"), py::arg("out"), py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
@@ -84,7 +84,7 @@ OX_BINDINGS(bind_loss) {
           for (int i = 0; same && i < grad.ndim; ++i) same = y.shape[i] == grad.shape[i];
           if (!same) value_error(bwd, ": argument 'y' must have the shape of 'grad' ", shape_str(grad), ", got ",
                                  shape_str(y));
-          if (grad.device == Device::cuda) OX_CUDA_CALL(bwd, softmax_backward_cuda(grad, y, dim, log, out, stream));
+          if (grad.device == Device::cuda) OX_CUDA_CALL(bwd, grad, softmax_backward_cuda(grad, y, dim, log, out, stream));
           else softmax_backward_cpu(grad, y, dim, log, out);
         },
         py::arg("grad"), py::arg("y"), py::arg("dim"), py::arg("out"), py::arg("stream") = 0,

@@ -12,7 +12,7 @@ OX_BINDINGS(bind_pool) {
         int64_t ho, wo;
         max_pool2d_check("max_pool2d", x, p, &ho, &wo);
         max_pool2d_check_out("max_pool2d", "out", out, x, ho, wo);
-        if (x.device == Device::cuda) OX_CUDA_CALL("max_pool2d", max_pool2d_forward_cuda(x, p, out, stream));
+        if (x.device == Device::cuda) OX_CUDA_CALL("max_pool2d", x, max_pool2d_forward_cuda(x, p, out, stream));
         else max_pool2d_forward_cpu(x, p, out);
       },
       py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
@@ -29,7 +29,7 @@ OX_BINDINGS(bind_pool) {
         else check_shape(op, "grad", grad, {x.shape[0], ho, wo});
         if (x.ndim == 4) check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2], x.shape[3]});
         else check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2]});
-        if (x.device == Device::cuda) OX_CUDA_CALL(op, max_pool2d_backward_cuda(grad, x, p, out, stream));
+        if (x.device == Device::cuda) OX_CUDA_CALL(op, x, max_pool2d_backward_cuda(grad, x, p, out, stream));
         else max_pool2d_backward_cpu(grad, x, p, out);
       },
       py::arg("grad"), py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "core/checks.h"
+#include "core/cuda_device.h"
 #include "core/view.h"
 
 namespace py = pybind11;
@@ -24,12 +25,17 @@ int register_binder(Binder binder);
   static void fn(py::module_& m)
 
 // CUDA entry points exist only in CUDA builds; elsewhere a CUDA array is an error.
+// OX_CUDA_CALL(op, array, call) runs call with array's device current (core/cuda_device.h).
 [[noreturn]] void no_cuda(const char* op);
 #if defined(OX_WITH_CUDA)
-#define OX_CUDA_CALL(op, call) call
+#define OX_CUDA_CALL(op, array, call)                                 \
+  do {                                                                \
+    const ::ox::CudaDeviceScope ox_device_scope_((op), (array).device_index); \
+    call;                                                             \
+  } while (0)
 inline void require_cuda_build(const char*) {}
 #else
-#define OX_CUDA_CALL(op, call) ::ox::no_cuda(op)
+#define OX_CUDA_CALL(op, array, call) ::ox::no_cuda(op)
 inline void require_cuda_build(const char* op) { no_cuda(op); }
 #endif
 

@@ -166,19 +166,6 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(AdamLaunch L, AdamScalar
   }
 }
 
-// Launches on the params' device, restoring the caller's current device after.
-struct DeviceGuard {
-  int previous = -1;
-  explicit DeviceGuard(int device) {
-    cuda_check(cudaGetDevice(&previous), "adam_step: cudaGetDevice");
-    if (previous != device) cuda_check(cudaSetDevice(device), "adam_step: cudaSetDevice");
-    else previous = -1;
-  }
-  ~DeviceGuard() {
-    if (previous >= 0) cudaSetDevice(previous);
-  }
-};
-
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <class P>
@@ -218,11 +205,9 @@ void launch_all(const AdamTensor* tensors, int64_t count, const AdamScalars& s, 
 
 }  // namespace
 
-void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, int device_index,
-                    const AdamHyper& h, const float* lr_device, const float* grad_scale, const float* found_inf,
-                    uintptr_t stream) {
+void adam_step_cuda(const AdamTensor* tensors, int64_t count, DType param_dtype, const AdamHyper& h,
+                    const float* lr_device, const float* grad_scale, const float* found_inf, uintptr_t stream) {
   if (count <= 0) return;
-  DeviceGuard guard(device_index);
   AdamScalars s{};
   s.lr_host = h.lr;
   s.weight_decay_d = h.weight_decay;
