@@ -402,3 +402,22 @@ def test_cuda_grad_scaler(rng):
     assert rel_err(flat(models[0].parameters()), flat(models[1].parameters())) < 5e-6
     for p, q in zip(models[0].parameters(), models[1].parameters()):
         assert float(opts[0].state[p]["step"]) == float(opts[1].state[q]["step"]) == 5.0
+
+
+@requires_cuda
+def test_cuda_skipped_step_leaves_mixed_step_counts(rng):
+    """A state dict can put one param's step count on the CPU and another's on the GPU. With a
+    GradScaler that finds inf grads, the skipped step must leave both counts where they were
+    (the CPU count used to be bumped on the host before the kernel saw found_inf)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(13, 5).cuda()
+    x, y = torch.randn(17, 13, device="cuda"), torch.randn(17, 5, device="cuda")
+    opt = ox_optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.state[model.bias]["step"] = opt.state[model.bias]["step"].cpu()  # mixed placement, by hand
+    scaler = torch.amp.GradScaler("cuda", init_scale=256.0)
+    opt.zero_grad()
+    scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
+    scaler.step(opt)
+    assert [float(opt.state[p]["step"]) for p in (model.weight, model.bias)] == [1.0, 1.0]

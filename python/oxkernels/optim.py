@@ -250,6 +250,10 @@ class Adam(Optimizer):
                 states.append(None)
         live = [st for st in states if st is not None]
         steps_on_device = any(st["step"].is_cuda for st in live)
+        if steps_on_device:  # all of them then: a step skipped for inf grads must leave every count
+            for p, st in zip(params, states):
+                if st is not None and not st["step"].is_cuda:
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
         cache = _GroupCache(_C.AdamGroup(params, states, amsgrad, _increment_version), params, amsgrad,
                             steps_on_device)
         while len(self._caches) <= index:
