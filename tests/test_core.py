@@ -53,6 +53,32 @@ def test_set_isa_rejects_unknown_and_unsupported():
         oxkernels.set_isa("auto")
 
 
+THREADS_FOLLOW_TORCH = """
+import torch
+import oxkernels, oxkernels.nn  # noqa: F401  (loads the torch layer: torch's OpenMP team)
+assert oxkernels.info()["thread_pool"].startswith("OpenMP"), oxkernels.info()
+seen = []
+for n in (1, 2, 1):
+    torch.set_num_threads(n)
+    seen.append(oxkernels.get_num_threads())
+oxkernels.set_num_threads(2)  # chosen here: torch's count no longer applies
+torch.set_num_threads(1)
+seen.append(oxkernels.get_num_threads())
+print(seen)
+"""
+
+
+def test_threads_follow_torch_until_chosen():
+    """On torch's OpenMP team our kernels use as many threads as torch.set_num_threads left
+    (read at each call), until oxkernels.set_num_threads chooses a count. (A subprocess:
+    both counts are process-wide.)"""
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", THREADS_FOLLOW_TORCH], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[1,", "2,", "1,", "2]"]
+
+
 def test_set_num_threads_round_trip():
     before = oxkernels.get_num_threads()
     try:

@@ -167,23 +167,36 @@ Pool& pool() {
   return *g_pool;
 }
 
+// GNU OpenMP's entry point for `#pragma omp parallel` (Intel's runtime exports it too):
+// runs body(data) on a team of `threads` threads, the caller one of them, and returns
+// when all have finished. Null until share_openmp_threads() finds it in the process.
+using GompParallel = void (*)(void (*body)(void*), void* data, unsigned threads, unsigned flags);
+std::atomic<GompParallel> g_gomp_parallel{nullptr};
+
+// omp_get_max_threads: the team size torch.set_num_threads chose (what torch's own
+// parallel ops use), found with GOMP_parallel.
+using OmpMaxThreads = int (*)();
+std::atomic<OmpMaxThreads> g_omp_max_threads{nullptr};
+
+// Whether set_num_threads chose our count; until then, on torch's team it is torch's.
+std::atomic<bool> g_count_chosen{false};
+
 }  // namespace
 
-int num_threads() { return pool().threads(); }
+int num_threads() {
+  if (!g_count_chosen.load(std::memory_order_relaxed) && g_gomp_parallel.load(std::memory_order_acquire))
+    if (OmpMaxThreads team = g_omp_max_threads.load(std::memory_order_acquire)) return std::max(1, team());
+  return pool().threads();
+}
 
 void set_num_threads(int n) {
+  g_count_chosen.store(true, std::memory_order_relaxed);
   Pool& p = pool();
   if (n < 1) n = 1;
   if (n != p.threads()) p.resize(n);
 }
 
 namespace {
-
-// GNU OpenMP's entry point for `#pragma omp parallel` (Intel's runtime exports it too):
-// runs body(data) on a team of `threads` threads, the caller one of them, and returns
-// when all have finished. Null until share_openmp_threads() finds it in the process.
-using GompParallel = void (*)(void (*body)(void*), void* data, unsigned threads, unsigned flags);
-std::atomic<GompParallel> g_gomp_parallel{nullptr};
 
 // One parallel_for on an OpenMP team: the same chunks as the pool's (chunk c is
 // [n·c/chunks, n·(c+1)/chunks)), claimed from a counter by whichever team thread is free.
@@ -214,7 +227,12 @@ bool share_openmp_threads(bool enable) {
   static const int atfork_registered = pthread_atfork(nullptr, nullptr, stop_sharing_in_child);
   (void)atfork_registered;
   GompParallel found = nullptr;
-  if (enable) found = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+  OmpMaxThreads team = nullptr;
+  if (enable) {
+    found = reinterpret_cast<GompParallel>(dlsym(RTLD_DEFAULT, "GOMP_parallel"));
+    team = reinterpret_cast<OmpMaxThreads>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  }
+  g_omp_max_threads.store(team, std::memory_order_release);
   g_gomp_parallel.store(found, std::memory_order_release);
   return found != nullptr;
 }

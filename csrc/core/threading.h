@@ -13,8 +13,11 @@
 
 namespace ox {
 
+// Threads a parallel_for uses: on torch's OpenMP team (below), torch's current count
+// (omp_get_max_threads, as torch.set_num_threads left it) until set_num_threads chooses
+// one; on our pool, the pool's size.
 int num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // n >= 1; from then on this count, on either
 
 // Run parallel_for on the OpenMP runtime already loaded in the process (torch's)
 // instead of our own pool, when enable is true and the runtime is found; returns

@@ -30,8 +30,9 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for the CPU kernels (default: torch's count when torch is loaded,
-    else $OXKERNELS_NUM_THREADS, else the number of cores)."""
+    """Threads for the CPU kernels, from now on. Until this is called they follow torch's
+    count (torch.set_num_threads, read at each call) once torch is loaded, else
+    $OXKERNELS_NUM_THREADS, else the number of cores."""
     _C.set_num_threads(int(n))
 
 

@@ -27,10 +27,11 @@ def load():
         torch.int64: 4, torch.int32: 5, torch.uint8: 6, torch.int8: 7, torch.bool: 8,
     }
     _C.set_torch_types(torch.Tensor, codes)
-    _C.set_num_threads(torch.get_num_threads())
     # Our parallel loops on torch's OpenMP threads rather than a second pool competing for the
-    # same cores (see share_openmp_threads in csrc/core/threading.h); OXKERNELS_OWN_POOL=1 keeps ours.
-    _C.share_openmp_threads(os.environ.get("OXKERNELS_OWN_POOL", "") != "1")
+    # same cores (see share_openmp_threads in csrc/core/threading.h), as many as torch uses at
+    # each call; OXKERNELS_OWN_POOL=1 keeps our pool, sized as torch's count is now.
+    if not _C.share_openmp_threads(os.environ.get("OXKERNELS_OWN_POOL", "") != "1"):
+        _C.set_num_threads(torch.get_num_threads())
     _loaded = True
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
