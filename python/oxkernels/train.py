@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as oxdata
+from .progress import Progress
 
 try:
     import torch
@@ -303,7 +304,7 @@ def fit(config: TrainConfig, out_dir=None, save=None, resume=None, *, data_root=
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_batches.set_epoch(epoch)
-            bar = oxdata.Progress(train_batches.num_samples, f"epoch {epoch + 1}/{cfg.epochs}",
+            bar = Progress(train_batches.num_samples, f"epoch {epoch + 1}/{cfg.epochs}",
                                   unit="img", enabled=progress)
             try:
                 train_loss, seconds = train_epoch(stepped, loss_fn, optimizer, train_batches,
