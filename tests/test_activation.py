@@ -168,6 +168,11 @@ def test_inplace_relu_refuses_what_torch_refuses(rng):
         relu(saved)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             saved.sum().backward()
+        weight, data = torch.randn(4, requires_grad=True), torch.randn(4)
+        product = weight * data  # saves data (no grad of its own) for weight's gradient
+        relu(data)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            product.sum().backward()
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid"])
