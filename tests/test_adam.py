@@ -130,6 +130,20 @@ def test_grad_scale_divides_and_writes_back_unscaled_grads(rng):
         assert rel_err(g[i], g0[i]) < 1e-7
 
 
+def test_torch_arrays_written_in_place_get_new_versions():
+    """A parameter that a graph saved, then updated by adam_step: backward through that graph
+    raises, as after torch's own optimizers (the step bumps the version counters it writes)."""
+    param, grad = torch.randn(5, requires_grad=True), torch.randn(5)
+    exp_avg, exp_avg_sq = torch.zeros(5), torch.zeros(5)
+    saved = param * param  # saves param for its own backward
+    versions = [t._version for t in (param, exp_avg, exp_avg_sq)]
+    with torch.no_grad():
+        adam_step([param], [grad], [exp_avg], [exp_avg_sq], 1, 1e-2, 0.9, 0.999, 1e-8)
+    assert all(t._version > v for t, v in zip((param, exp_avg, exp_avg_sq), versions))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
 def test_single_arrays_and_empty_inputs(rng):
     p = rng.standard_normal(5).astype(np.float32)
     g = rng.standard_normal(5).astype(np.float32)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from . import _C
+from ._torch._glue import increment_version
 
 __all__ = ["FusedTrainer", "ParallelTrainer"]
 
@@ -272,7 +273,7 @@ class FusedTrainer:
 
     def _bump_versions(self):
         # In-place writes outside autograd: mark them, as optimizer.step() does.
-        torch._C._increment_version(self._params + [p.grad for p in self._params])
+        increment_version(self._params + [p.grad for p in self._params])
 
     # --- training -------------------------------------------------------------------------
 

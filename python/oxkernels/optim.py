@@ -35,7 +35,7 @@ from torch.optim import optimizer as _torch_optimizer
 from torch.optim.optimizer import Optimizer
 
 from . import _C, _torch
-from ._torch._glue import cuda_stream
+from ._torch._glue import cuda_stream, increment_version
 
 __all__ = ["Adam", "AdamW"]
 
@@ -51,7 +51,6 @@ _LEAN_STEP = None not in (_global_optimizer_pre_hooks, _global_optimizer_post_ho
 _is_compiling = torch.compiler.is_compiling
 _STALE = _C.ADAM_STALE
 # In-place updates bump the params' version counters, as torch's own in-place ops do.
-_increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
 
 
 def _scalar(x, name):
@@ -254,7 +253,7 @@ class Adam(Optimizer):
             for p, st in zip(params, states):
                 if st is not None and not st["step"].is_cuda:
                     st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-        cache = _GroupCache(_C.AdamGroup(params, states, amsgrad, _increment_version), params, amsgrad,
+        cache = _GroupCache(_C.AdamGroup(params, states, amsgrad, increment_version), params, amsgrad,
                             steps_on_device)
         while len(self._caches) <= index:
             self._caches.append(None)

@@ -6,6 +6,9 @@ use_custom_op(x): whether a call on x must take the registered custom op, not th
 
 lean_apply(Function): Function.apply without its Python wrapper.
 
+increment_version(tensors): what every torch in-place op does to the tensors it wrote, so that
+a graph that saved one of them notices.
+
 first_order(op): marks a Function's backward as not differentiable itself.
 
 autograd.Function.apply's Python layer binds default arguments for setup_context and
@@ -52,6 +55,9 @@ def use_custom_op(x: torch.Tensor) -> bool:
     (is_compiling() comes first: dynamo folds it to True and cannot trace some of the others.)"""
     return (_is_compiling() or type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0
             or _jit_tracing() is not None or _functorch_active())
+
+
+increment_version = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
 
 
 def lean_apply(function_class):

@@ -8,7 +8,7 @@ dx = g·y·(1 − y); so only y is saved.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
+from ._glue import cuda_stream, first_order, increment_version, lean_apply, use_custom_op
 
 
 
@@ -108,7 +108,6 @@ class _ReluInPlaceFn(torch.autograd.Function):
 # The eager entry points, written out per op (no shared helper: every Python
 # call and attribute lookup is ≈ 0.1 µs on a path whose kernels take ~10 µs).
 _grad_enabled = torch.is_grad_enabled
-_increment_version = torch._C._increment_version
 _relu_apply = lean_apply(_ReluFn)
 _sigmoid_apply = lean_apply(_SigmoidFn)
 _relu_inplace_apply = lean_apply(_ReluInPlaceFn)
@@ -132,7 +131,7 @@ def relu_(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad and _grad_enabled():
         return _relu_inplace_apply(x)
     _C.relu(x, x, cuda_stream(x))
-    _increment_version(x)  # as any in-place op: a graph that saved x must notice the change
+    increment_version(x)  # as any in-place op: a graph that saved x must notice the change
     return x
 
 

@@ -57,3 +57,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps,
         return
     stream = stream_of(params[0]) if params else 0
     _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, maxes, *args, stream)
+    if kind == TORCH:  # written in place: as torch's optimizers do, so that a graph that saved one notices
+        from .._torch._glue import increment_version
+
+        increment_version([*params, *exp_avgs, *exp_avg_sqs, *maxes, *(grads if grad_scale is not None else ())])
