@@ -421,3 +421,49 @@ def test_cuda_skipped_step_leaves_mixed_step_counts(rng):
     scaler.scale(torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
     scaler.step(opt)
     assert [float(opt.state[p]["step"]) for p in (model.weight, model.bias)] == [1.0, 1.0]
+
+
+def _stepped(make_opt, *, steps=3):
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = make_opt([p])
+    for _ in range(steps):
+        p.grad = torch.ones(3)
+        opt.step()
+    return p, opt
+
+
+@pytest.mark.parametrize("edit", ["clear", "pop", "new_mapping", "replace_entry"])
+def test_state_edited_between_steps_is_used_as_torch_uses_it(edit):
+    """Clearing, removing or replacing the optimizer's state between steps: the next step
+    starts from what the state now holds, as torch's Adam does (the cached native group
+    used to keep stepping the old moments)."""
+    results = []
+    for make in (lambda ps: ox_optim.Adam(ps, lr=0.1), lambda ps: torch.optim.Adam(ps, lr=0.1)):
+        p, opt = _stepped(make)
+        if edit == "clear":
+            opt.state.clear()
+        elif edit == "pop":
+            opt.state.pop(p)
+        elif edit == "new_mapping":
+            opt.state = type(opt.state)(dict)
+        else:
+            opt.state[p] = {k: torch.zeros_like(v) for k, v in opt.state[p].items()}
+        p.grad = -torch.ones(3)
+        opt.step()
+        results.append((p.detach().clone(), float(opt.state[p]["step"])))
+    (ours, our_step), (theirs, their_step) = results
+    assert our_step == their_step
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_param_replaced_in_its_group_is_stepped_as_torch_steps_it():
+    results = []
+    for make in (lambda ps: ox_optim.Adam(ps, lr=0.1), lambda ps: torch.optim.Adam(ps, lr=0.1)):
+        p, opt = _stepped(make, steps=1)
+        q = torch.nn.Parameter(torch.zeros(3))
+        opt.param_groups[0]["params"][0] = q
+        p.grad, q.grad = torch.ones(3), torch.ones(3)
+        opt.step()
+        results.append((p.detach().clone(), q.detach().clone()))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs)

@@ -139,7 +139,10 @@ View view_of(const py::handle& obj, const std::string& what) {
 class AdamGroup {
  public:
   // bump(list_of_params) marks in-place updates for autograd (torch._C._increment_version).
-  AdamGroup(py::list params, py::list states, bool amsgrad, py::object bump) : amsgrad_(amsgrad), bump_(bump) {
+  // params is the group's own list and state_map the optimizer's state (param -> dict): a step
+  // finds the group stale when either no longer holds what the group was built from.
+  AdamGroup(py::list params, py::list states, bool amsgrad, py::object bump, py::object state_map)
+      : amsgrad_(amsgrad), bump_(bump), params_(params), state_map_(state_map) {
     const char* op = "Adam";
     const size_t n = params.size();
     if (states.size() != n) value_error(op, ": one state per param expected");
@@ -195,9 +198,14 @@ class AdamGroup {
     tensors_.clear();
     host_steps_.clear();
     py::list updated;
+    if (static_cast<size_t>(PyList_GET_SIZE(params_.ptr())) != entries_.size()) return kStale;
     for (size_t i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       PyObject* param = e.param.ptr();
+      if (PyList_GET_ITEM(params_.ptr(), i) != param) return kStale;  // the group's list was edited
+      if (!state_map_.is_none() &&  // the optimizer's state for param was cleared, removed or replaced
+          PyDict_GetItem(state_map_.ptr(), param) != (e.has_state ? e.state.ptr() : nullptr))
+        return kStale;
       py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(param, str_grad));
       if (!grad) throw py::error_already_set();
       if (data_ptr_of(param) != e.param_view.data) return kStale;  // p.data was replaced
@@ -320,6 +328,8 @@ class AdamGroup {
 
   bool amsgrad_;
   py::object bump_;
+  py::list params_;
+  py::object state_map_;
   std::vector<Entry> entries_;
   const Entry* first_ = nullptr;
   std::vector<AdamTensor> tensors_;
@@ -348,8 +358,8 @@ OX_BINDINGS(bind_adam) {
 
   py::class_<AdamGroup>(m, "AdamGroup",
                         "One cached param group of oxkernels.optim.Adam (internal).")
-      .def(py::init<py::list, py::list, bool, py::object>(), py::arg("params"), py::arg("states"),
-           py::arg("amsgrad"), py::arg("bump") = py::none())
+      .def(py::init<py::list, py::list, bool, py::object, py::object>(), py::arg("params"), py::arg("states"),
+           py::arg("amsgrad"), py::arg("bump") = py::none(), py::arg("state_map") = py::none())
       .def("step", &AdamGroup::step, py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
            py::arg("weight_decay"), py::arg("decoupled"), py::arg("amsgrad"), py::arg("maximize"),
            py::arg("lr_device") = py::none(), py::arg("grad_scale") = py::none(),
