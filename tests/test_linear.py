@@ -151,6 +151,29 @@ def test_nan_propagates_like_torch(rng):
         oxkernels.set_isa("auto")
 
 
+@pytest.mark.parametrize("rows", [4, 33])  # 33: both packing paths of the AVX-512 product
+def test_relu_backward_drops_infinite_gradients_where_relu_is_off_like_torch(rows):
+    """An inf or NaN incoming gradient where the relu output is 0 contributes nothing (torch's
+    threshold_backward selects); on every ISA (the scalar and AVX2 prologues used to multiply
+    it by 0, giving NaN)."""
+    x, w = torch.ones(rows, 3), torch.ones(20, 3)
+    b = torch.zeros(20)
+    b[0] = -10.0  # output column 0 is off for every row
+    dy = torch.ones(rows, 20)
+    dy[0, 0], dy[1, 0] = float("inf"), float("nan")
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    torch.relu(torch.nn.functional.linear(xr, wr, b)).backward(dy)
+    order = ["scalar", "avx2", "avx512"]
+    try:
+        for isa in order[: order.index(oxkernels.info()["isa_best"]) + 1]:
+            oxkernels.set_isa(isa)
+            xo, wo = x.clone().requires_grad_(), w.clone().requires_grad_()
+            linear(xo, wo, b, "relu").backward(dy)
+            assert torch.equal(xo.grad, xr.grad) and torch.equal(wo.grad, wr.grad), isa
+    finally:
+        oxkernels.set_isa("auto")
+
+
 @pytest.mark.parametrize("activation", ACTS)
 def test_gradcheck_float64(rng, activation):
     x, w, b = make(rng, (3, 4), 5, 6, dtype=torch.float64)

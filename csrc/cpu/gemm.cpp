@@ -88,11 +88,13 @@ static OX_INLINE void transpose16(__m512 r[16]) {
 #endif
 
 
-// g(y) of the prologue: the activation's derivative written in terms of its output y.
-template <class T, Activation G> static OX_INLINE T grad_of(T y) {
-  if constexpr (G == Activation::relu) return y > T(0) ? T(1) : T(0);
-  else if constexpr (G == Activation::sigmoid) return y * (T(1) - y);
-  else return T(1);
+// The prologue: dy·g'(y), the activation's derivative written in terms of its output y. For relu
+// a select, not dy·[y > 0]: an inf or NaN dy where y ≤ 0 gives 0, as torch's threshold_backward
+// and our relu_backward do (a product would give NaN).
+template <class T, Activation G> static OX_INLINE T times_grad_of(T dy, T y) {
+  if constexpr (G == Activation::relu) return y > T(0) ? dy : T(0);
+  else if constexpr (G == Activation::sigmoid) return dy * (y * (T(1) - y));
+  else return dy;
 }
 
 // A'[i0.., k] (mc × kc) → MR-tall panels, panel p at out + p·MR·kc, element (i, k) at k·MR + i;
@@ -113,7 +115,7 @@ static void pack_a_impl(const T* A, int64_t rs, int64_t cs, const T* aux, int64_
       for (int i = 0; i < rows; ++i) {
         const int64_t off = i * rs + k * cs;
         T v = a[off];
-        if constexpr (G != Activation::none) v *= grad_of<T, G>(y[off]);
+        if constexpr (G != Activation::none) v = times_grad_of<T, G>(v, y[off]);
         q[i] = v;
       }
     }

@@ -23,11 +23,12 @@ template <class T> __device__ __forceinline__ T act_of(Activation act, T x) {
   return x;
 }
 
-// g(y): the activation's derivative from its output y.
-template <class T> __device__ __forceinline__ T grad_of(Activation g, T y) {
-  if (g == Activation::relu) return y > T(0) ? T(1) : T(0);
-  if (g == Activation::sigmoid) return y * (T(1) - y);
-  return T(1);
+// dy·g'(y): the activation's derivative from its output y; for relu a select, so that an inf or
+// NaN dy where y ≤ 0 gives 0 (as torch's threshold_backward and the CPU prologue).
+template <class T> __device__ __forceinline__ T times_grad_of(Activation g, T dy, T y) {
+  if (g == Activation::relu) return y > T(0) ? dy : T(0);
+  if (g == Activation::sigmoid) return dy * (y * (T(1) - y));
+  return dy;
 }
 
 // C[m, n] = act(alpha·acc + beta·C[m, n] + bias[n]).
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(GemmArgs g, T alpha, T be
         if (m < g.M && k < k_end) {
           const int64_t off = m * g.a_rs + k * g.a_cs;
           v = A[off];
-          if (aux) v *= grad_of(g.aux_grad, aux[off]);
+          if (aux) v = times_grad_of(g.aux_grad, v, aux[off]);
         }
         As[kk][mm] = v;
       }
