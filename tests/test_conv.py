@@ -409,6 +409,20 @@ def test_bad_pool_and_backward_arguments():
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
     with pytest.raises(TypeError, match="'indices' must be uint8"):
         ops.conv2d_relu_maxpool2d_backward(np.ones_like(out), idx.astype(np.int64), x, w)
+    bad = idx.copy()
+    bad.flat[-1] = 4  # a 2x2 window has positions 0..3 (and 255: no gradient)
+    with pytest.raises(ValueError, match="'indices' holds 4 at flat position"):
+        ops.conv2d_relu_maxpool2d_backward(np.ones_like(out), bad, x, w)
+
+
+@pytest.mark.parametrize("stride,padding", [((2**62, 1), 0), (1, (2**61, 0)), ((1, 2**31 + 1), 0)])
+def test_stride_and_padding_beyond_the_kernels_range_are_refused(stride, padding):
+    """Sizes whose padded buffers would wrap int64 (they used to crash the kernels); the native
+    entry point, since the public op could not even allocate such an output."""
+    x, w = np.ones((1, 1, 1, 4), np.float32), np.ones((1, 1, 1, 1), np.float32)
+    (sh, sw), (ph, pw) = [(v, v) if isinstance(v, int) else v for v in (stride, padding)]
+    with pytest.raises(ValueError, match="'stride' must be in|'padding' must be in"):
+        _C.conv2d(x, w, None, sh, sw, ph, pw, np.empty((1, 1, 1, 1), np.float32), 0)
 
 
 @pytest.mark.parametrize("fn", ["conv2d", "conv2d_relu_maxpool2d"])

@@ -119,6 +119,39 @@ def test_dlpack_producer_is_accepted():
     np.testing.assert_allclose(out, oxkernels.ops.linreg_grad(X, y, th), rtol=1e-12)
 
 
+def test_dlpack_exports_live_through_the_call_as_optional_and_list_arguments():
+    """A producer that exports a fresh buffer each time: the export must outlive argument
+    loading when it is an optional argument (a bias) or a list element (adam's params)."""
+    class Fresh:
+        def __init__(self, n, value):
+            self.n, self.value = n, value
+
+        def __dlpack__(self, *args, **kw):
+            return np.full(self.n, self.value, np.float32).__dlpack__(*args, **kw)
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    n = 1 << 16
+    a, b, out = np.ones((4, 8), np.float32), np.ones((8, n), np.float32), np.empty((4, n), np.float32)
+    for _ in range(3):
+        _C.gemm(a, b, out, bias=Fresh(n, 5.0))
+        assert np.all(out == 13.0)
+
+
+@pytest.mark.exhausts_memory
+def test_an_exception_inside_a_parallel_kernel_is_raised_not_fatal():
+    """std::bad_alloc thrown by a kernel's scratch allocation on a worker or OpenMP team thread:
+    a MemoryError each time, and the pool still works after (it used to abort the process)."""
+    x, w = np.ones((16, 1, 1, 1), np.float32), np.ones((0, 1, 1, 1), np.float32)
+    pad = 2**20  # empty outputs, but padded scratch of 2^42 values per block of images
+    grad_out = np.empty((16, 0, 2 * pad + 1, 2 * pad + 1), np.float32)
+    for _ in range(3):
+        with pytest.raises(MemoryError):
+            _C.conv2d_backward(grad_out, x, w, 1, 1, pad, pad, None, np.empty((0, 1, 1, 1), np.float32), None)
+    np.testing.assert_array_equal(oxkernels.ops.relu(np.array([-1.0, 2.0], np.float32)), [0.0, 2.0])
+
+
 def test_readonly_output_is_rejected():
     rng = np.random.default_rng(2)
     X, y, th = rng.standard_normal((5, 2)), rng.standard_normal(5), rng.standard_normal(3)
@@ -126,3 +159,26 @@ def test_readonly_output_is_rejected():
     out.setflags(write=False)
     with pytest.raises(ValueError, match="'out'.*read-only"):
         _C.linreg_grad(X, y, th, None, out, 0)
+
+
+def test_outputs_sharing_memory_with_what_the_kernel_reads_are_refused():
+    """The native entry points of kernels that read an input while writing an output refuse an
+    output in the same memory (the public ops always allocate fresh ones); these used to give
+    wrong results silently."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="'out' shares memory with argument 'a'"):
+        _C.gemm(a, a.copy(), a)
+    x, w = rng.standard_normal((8, 8)).astype(np.float32), rng.standard_normal((8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="'out' shares memory with argument 'x'"):
+        _C.linear(x, w, None, x[:, :8])
+    y = oxkernels.ops.linear(x, w)
+    with pytest.raises(ValueError, match="'grad_x' shares memory with argument 'x'"):
+        _C.linear_backward(np.ones_like(y), x, w, None, None, x, None, None)
+    images = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    grad = np.ones((1, 2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="'out' shares memory with argument 'x'"):
+        _C.max_pool2d_backward(grad, images, images, 3, 3, 3, 3)
+    separate = np.empty_like(images)
+    _C.max_pool2d_backward(grad, images, separate, 3, 3, 3, 3)  # a separate output is fine
+    np.testing.assert_array_equal(separate, oxkernels.ops.max_pool2d_backward(grad, images, 3))

@@ -16,4 +16,4 @@ cp "$so" "$pkg/oxkernels/"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-PYTHONPATH="$pkg" python3 -m pytest -q -p no:cacheprovider -m "not slow and not measures_memory" "${@:-tests}"
+PYTHONPATH="$pkg" python3 -m pytest -q -p no:cacheprovider -m "not slow and not measures_memory and not exhausts_memory" "${@:-tests}"

@@ -197,6 +197,10 @@ class FusedMlpNative {
     if (images.device != Device::cpu) type_error(kOp, ": images must be on the CPU");
     const View img = as_rows(images, K, "images");
     const int64_t N = img.shape[0];
+    // Everything the host code reads must be CPU memory (a CUDA array here would be read by the CPU).
+    check_same_device(kOp, "labels", labels, "images", images);
+    check_same_device(kOp, "order", order, "images", images);
+    check_same_device(kOp, "scale", scale, "images", images);
     check_dtype(kOp, "labels", labels, {DType::i64});
     check_shape(kOp, "labels", labels, {N});
     check_contiguous(kOp, "labels", labels);

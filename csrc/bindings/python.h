@@ -54,7 +54,13 @@ namespace pybind11 { namespace detail {
 template <> struct type_caster<ox::View> {
   PYBIND11_TYPE_CASTER(ox::View, const_name("Array"));
   py::object keep_alive;
-  bool load(handle src, bool) { return ox::load_view(src, value, keep_alive); }
+  bool load(handle src, bool) {
+    if (!ox::load_view(src, value, keep_alive)) return false;
+    // A DLPack export lives as long as its capsule: keep that until the call returns, not just as
+    // long as this caster (std::optional's and std::vector's casters are gone once loaded).
+    if (keep_alive) loader_life_support::add_patient(keep_alive);
+    return true;
+  }
   static handle cast(const ox::View&, return_value_policy, handle) {
     throw py::type_error("ox::View cannot be returned to Python");
   }

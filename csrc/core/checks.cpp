@@ -79,17 +79,21 @@ void check_rank_between(const char* op, const char* arg, const View& v, int lo, 
 }
 
 void check_shape(const char* op, const char* arg, const View& v, std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims)  // a size computed from other arguments that went negative (an overflow)
+    if (d < 0 && d != kAnySize)
+      value_error(op, ": the shape expected for argument '", arg, "' is out of range (a size of ", d,
+                  "): check the arguments it is computed from");
   bool ok = v.ndim == static_cast<int>(dims.size());
   int i = 0;
   for (int64_t d : dims) {
-    if (ok && d >= 0 && v.shape[i] != d) ok = false;
+    if (ok && d != kAnySize && v.shape[i] != d) ok = false;
     ++i;
   }
   if (ok) return;
   std::string want = "(";
   i = 0;
   for (int64_t d : dims) {
-    want += (i++ ? ", " : "") + (d >= 0 ? std::to_string(d) : std::string("*"));
+    want += (i++ ? ", " : "") + (d != kAnySize ? std::to_string(d) : std::string("*"));
   }
   want += dims.size() == 1 ? ",)" : ")";
   value_error(op, ": argument '", arg, "' must have shape ", want, ", got ", shape_str(v));
@@ -159,6 +163,26 @@ void check_numel_fits(const char* op, const char* arg, const View& v) {
     if (n > static_cast<__int128>(std::numeric_limits<int64_t>::max() / 16))
       value_error(op, ": argument '", arg, "' has too many elements (shape ", shape_str(v), ")");
   }
+}
+
+// [lo, hi]: the bytes v's elements occupy (false when it has none).
+static bool byte_span(const View& v, uintptr_t* lo, uintptr_t* hi) {
+  if (v.numel() == 0 || !v.data) return false;
+  int64_t first = 0, last = 0;
+  for (int i = 0; i < v.ndim; ++i) (v.strides[i] < 0 ? first : last) += v.strides[i] * (v.shape[i] - 1);
+  const int64_t size = dtype_size(v.dtype) > 0 ? dtype_size(v.dtype) : 1;
+  *lo = reinterpret_cast<uintptr_t>(v.data) + first * size;
+  *hi = reinterpret_cast<uintptr_t>(v.data) + (last + 1) * size - 1;
+  return true;
+}
+
+void check_no_overlap(const char* op, const char* out_arg, const View& out, const char* in_arg, const View& in) {
+  uintptr_t out_lo, out_hi, in_lo, in_hi;
+  if (!byte_span(out, &out_lo, &out_hi) || !byte_span(in, &in_lo, &in_hi)) return;
+  if (out.device != in.device || out.device_index != in.device_index) return;
+  if (out_lo <= in_hi && in_lo <= out_hi)
+    value_error(op, ": argument '", out_arg, "' shares memory with argument '", in_arg, "', which the kernel ",
+                "still reads while it writes '", out_arg, "'; pass a separate output");
 }
 
 }  // namespace ox

@@ -2,6 +2,7 @@
 // argument, says what was expected and what came, and throws ArgTypeError
 // (dtype, device, not an array) or ArgValueError (shape, rank, values).
 #pragma once
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 
@@ -18,7 +19,9 @@ void check_device(const char* op, const char* arg, const View& v);
 void check_dtype(const char* op, const char* arg, const View& v, std::initializer_list<DType> allowed);
 void check_rank(const char* op, const char* arg, const View& v, int rank);
 void check_rank_between(const char* op, const char* arg, const View& v, int lo, int hi);
-// Expected extents; -1 accepts any size in that dimension.
+// Expected extents; kAnySize accepts any size in that dimension, and any other negative one
+// (a size computed from arguments that overflowed) is an error.
+constexpr int64_t kAnySize = INT64_MIN;
 void check_shape(const char* op, const char* arg, const View& v, std::initializer_list<int64_t> dims);
 // v has exactly ref's shape (the message shows both).
 void check_same_shape(const char* op, const char* arg, const View& v, const View& ref);
@@ -34,6 +37,9 @@ void check_output(const char* op, const char* arg, const View& v, const View& re
 // CUDA scratch: required when need > 0; same device and dtype as ref, contiguous,
 // writable, at least `need` elements. Returns it (or null when none is needed).
 const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need);
+// An output a kernel writes while still reading `in`: their memory must not overlap (their
+// byte ranges, conservatively: interleaved views count as overlapping).
+void check_no_overlap(const char* op, const char* out_arg, const View& out, const char* in_arg, const View& in);
 // Element counts of the ranges our kernels index with int64 must not overflow.
 void check_numel_fits(const char* op, const char* arg, const View& v);
 

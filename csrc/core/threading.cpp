@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -30,6 +31,31 @@ struct InPoolCall {
   bool outer = t_in_pool_call;
   InPoolCall() { t_in_pool_call = true; }
   ~InPoolCall() { t_in_pool_call = outer; }
+};
+
+// The first exception any chunk of one call threw (std::bad_alloc from a kernel's scratch, say).
+// Chunks run on threads that must not unwind (a pool worker, an OpenMP team thread): each
+// catches, the call still waits for every chunk, and then the caller rethrows.
+class FirstError {
+ public:
+  template <class F> void run(F&& chunk) {
+    try {
+      chunk();
+    } catch (...) {
+      if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+    }
+  }
+  void rethrow() {
+    if (!failed_.load(std::memory_order_acquire)) return;
+    std::exception_ptr error = error_;
+    error_ = nullptr;
+    failed_.store(false, std::memory_order_release);
+    std::rethrow_exception(error);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
 };
 
 int default_threads() {
@@ -91,6 +117,7 @@ class Pool {
     cv_.notify_all();
     run_claimed(gen);
     while (done_.load(std::memory_order_acquire) < chunks) cpu_relax();
+    error_.rethrow();
     return true;
   }
 
@@ -110,7 +137,7 @@ class Pool {
       if (!claims_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire))
         continue;
       const int64_t begin = n_ * next / chunks, end = n_ * (next + 1) / chunks;
-      if (begin < end) fn_(ctx_, begin, end);
+      if (begin < end) error_.run([&] { fn_(ctx_, begin, end); });
       done_.fetch_add(1, std::memory_order_acq_rel);
       word = claims_.load(std::memory_order_acquire);
     }
@@ -152,6 +179,7 @@ class Pool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> claims_{0};
   std::atomic<int64_t> done_{0};
+  FirstError error_;
   std::atomic<bool> quit_{false};
   RangeFn fn_ = nullptr;
   void* ctx_ = nullptr;
@@ -205,6 +233,7 @@ struct TeamCall {
   RangeFn fn;
   void* ctx;
   std::atomic<int64_t> next{0};
+  FirstError error;
 };
 
 void team_body(void* data) {
@@ -212,7 +241,7 @@ void team_body(void* data) {
   InPoolCall inside;
   for (int64_t c = call.next.fetch_add(1); c < call.chunks; c = call.next.fetch_add(1)) {
     const int64_t begin = call.n * c / call.chunks, end = call.n * (c + 1) / call.chunks;
-    if (begin < end) call.fn(call.ctx, begin, end);
+    if (begin < end) call.error.run([&] { call.fn(call.ctx, begin, end); });
   }
 }
 
@@ -245,8 +274,9 @@ void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   if (GompParallel gomp = g_gomp_parallel.load(std::memory_order_acquire)) {
     const int64_t chunks = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
     if (chunks <= 1) return fn(ctx, 0, n);
-    TeamCall call{n, chunks, fn, ctx};
+    TeamCall call{n, chunks, fn, ctx, {}, {}};
     gomp(team_body, &call, static_cast<unsigned>(chunks), 0);
+    call.error.rethrow();
     return;
   }
   if (!pool().try_run(n, grain, fn, ctx)) fn(ctx, 0, n);

@@ -279,6 +279,7 @@ void fused_mlp_check(const char* op, const FusedMlp& net) {
     const std::initializer_list<int64_t> dims = {B, s.O, s.OH / cv.pool, s.OW / cv.pool};
     check_output(op, cat("conv ", c, " out").c_str(), cv.out, ref, dims);
     check_output(op, cat("conv ", c, " dout").c_str(), cv.dout, ref, dims);
+    check_same_device(op, "conv indices", cv.idx, "layer 0 weight", ref);
     check_dtype(op, "conv indices", cv.idx, {DType::u8});
     check_shape(op, "conv indices", cv.idx, dims);
     check_contiguous(op, "conv indices", cv.idx);
@@ -287,6 +288,7 @@ void fused_mlp_check(const char* op, const FusedMlp& net) {
   int64_t features = net.convs > 0 ? per_sample(net.conv[net.convs - 1].out) : net.x.shape[1];
   check_like(op, "x", net.x, "layer 0 weight", ref);
   check_writable(op, "x", net.x);
+  check_same_device(op, "target", net.target, "layer 0 weight", ref);
   check_shape(op, "target", net.target, {B});
   check_dtype(op, "target", net.target, {DType::i64});
   check_contiguous(op, "target", net.target);

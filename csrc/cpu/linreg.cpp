@@ -523,7 +523,8 @@ void linreg_fit_check(const FitArgs& a, const FitParams& p) {
   check_dtype(op, "seed", a.seed, {DType::i64});
   check_shape(op, "seed", a.seed, {B});
   check_contiguous(op, "seed", a.seed);
-  if (p.steps < 0) value_error(op, ": argument 'steps' must be >= 0, got ", p.steps);
+  if (p.steps < 0 || p.steps > (int64_t(1) << 40))
+    value_error(op, ": argument 'steps' must be in [0, 2^40], got ", p.steps);
   if (n == 0) value_error(op, ": argument 'X' has no rows; there is nothing to fit");
   if (p.method != FitMethod::gd) {
     if (p.batch < 1) value_error(op, ": argument 'batch_size' must be >= 1, got ", p.batch);
