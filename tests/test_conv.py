@@ -510,6 +510,10 @@ def test_modules_reject_unsupported_arguments():
     with pytest.raises(ValueError, match="pool"):
         onn.ConvReLUMaxPool2d(3, 6, 3, pool=0)
     assert onn.Conv2d(3, 6, 3, padding="same").padding == (1, 1)
+    assert onn.Conv2d(3, 6, 3, stride=[1, 1], padding="same").padding == (1, 1)  # a list, as torch takes
+    for module in (onn.Conv2d, onn.ConvReLUMaxPool2d):  # torch refuses 'same' for strided convolutions
+        with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+            module(3, 6, 3, stride=2, padding="same")
 
 
 # ---- CUDA (skipped without a GPU) -------------------------------------------------------

@@ -196,6 +196,14 @@ def test_softmax_any_dim(rng, shape, dim, name):
     torch.library.opcheck(getattr(torch.ops.oxkernels, name), (small, 1))
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_module_reads_its_reduction_at_each_call_like_torch(rng, reduction):
+    x, t = torch.randn(5, 4), torch.from_numpy(_targets(rng, 5, 4))
+    ours, theirs = onn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    ours.reduction = theirs.reduction = reduction
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
+
+
 def test_module_and_compile(rng):
     x = torch.from_numpy(rng.standard_normal((17, 10)).astype(np.float32))
     t = torch.from_numpy(_targets(rng, 17, 10, ignore_frac=0.2, ignore_index=3))

@@ -131,6 +131,16 @@ def test_module_arguments():
                          ({"return_indices": True}, "return_indices"), ({"ceil_mode": True}, "ceil_mode")]:
         with pytest.raises(ValueError, match=name):
             onn.MaxPool2d(2, **kwargs)
+    with pytest.raises(ValueError, match="stride"):  # torch: "stride should not be zero"
+        onn.MaxPool2d(2, stride=0)(torch.randn(1, 1, 4, 4))
+
+
+def test_module_reads_its_attributes_at_each_call_like_torch():
+    x = torch.randn(1, 2, 8, 8)
+    ours, theirs = onn.MaxPool2d(2), torch.nn.MaxPool2d(2)
+    for m in (ours, theirs):
+        m.kernel_size, m.stride = 4, 2
+    assert torch.equal(ours(x), theirs(x)) and ours(x).shape == (1, 2, 3, 3)
 
 
 def test_empty_batch():

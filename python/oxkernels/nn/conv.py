@@ -8,13 +8,20 @@ from ..ops.conv import conv2d, conv2d_relu_maxpool2d
 __all__ = ["Conv2d", "ConvReLUMaxPool2d"]
 
 
-def _resolve_padding(cls: str, padding, kernel_size):
-    """'valid' → 0, 'same' → k//2 for odd kernels (stride 1); other strings are errors."""
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _resolve_padding(cls: str, padding, kernel_size, stride):
+    """'valid' → 0, 'same' → k//2 for odd kernels and stride 1 (as torch, which refuses 'same'
+    for strided convolutions); other strings are errors."""
     if not isinstance(padding, str):
         return padding
     if padding == "valid":
         return 0
-    ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    if padding == "same" and any(s != 1 for s in _pair(stride)):
+        raise ValueError(f"{cls}: padding='same' needs stride 1, got stride={stride!r}")
+    ks = _pair(kernel_size)
     if padding == "same" and all(k % 2 == 1 for k in ks):
         return tuple(k // 2 for k in ks)
     raise ValueError(
@@ -33,9 +40,7 @@ class Conv2d(torch.nn.Conv2d):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None):
         name = type(self).__name__
-        if isinstance(padding, str) and padding == "same" and stride not in (1, (1, 1)):
-            raise ValueError(f"{name}: padding='same' needs stride 1")
-        padding = _resolve_padding(name, padding, kernel_size)
+        padding = _resolve_padding(name, padding, kernel_size, stride)
         _require(name, "dilation", dilation if isinstance(dilation, int) else tuple(dilation), (1, (1, 1)))
         _require(name, "groups", groups, (1,))
         _require(name, "padding_mode", padding_mode, ("zeros",))
@@ -56,7 +61,7 @@ class ConvReLUMaxPool2d(torch.nn.Conv2d):
         name = type(self).__name__
         if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 15:
             raise ValueError(f"{name}: pool must be an int in [1, 15], got {pool!r}")
-        padding = _resolve_padding(name, padding, kernel_size)
+        padding = _resolve_padding(name, padding, kernel_size, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias,
                          device=device, dtype=dtype)
         self.pool = pool

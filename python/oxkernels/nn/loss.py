@@ -18,12 +18,12 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             raise ValueError("oxkernels.nn.CrossEntropyLoss: argument 'weight' (class weights) is not supported; "
                              "pass weight=None")
         super().__init__(None, size_average, ignore_index, reduce, reduction, label_smoothing)
-        self._reduction_code = _reduction("CrossEntropyLoss", self.reduction)
+        _reduction("CrossEntropyLoss", self.reduction)  # checked now; read again at each call, as torch does
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"CrossEntropyLoss: argument 'label_smoothing' must be in [0, 1], got {label_smoothing}")
 
     def forward(self, input, target):
         if input.dim() > 2:  # (N, C, d1, …, dk): the public op lays the elements out as rows
             return cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index)
-        return _loss.cross_entropy(input, target, self._reduction_code, float(self.label_smoothing),
-                                   int(self.ignore_index))
+        return _loss.cross_entropy(input, target, _reduction("CrossEntropyLoss", self.reduction),
+                                   float(self.label_smoothing), int(self.ignore_index))

@@ -27,8 +27,19 @@ class MaxPool2d(torch.nn.MaxPool2d):
             if bad:
                 raise ValueError(f"oxkernels.nn.MaxPool2d: argument '{name}'={getattr(self, name)!r} is not supported "
                                  "(padding=0, dilation=1, return_indices=False, ceil_mode=False only)")
-        # torch keeps stride=kernel_size when stride is None or empty
-        self._geometry = _geometry("MaxPool2d", kernel_size, stride if stride else None)
+        self._geometry_of = None  # (kernel_size, stride) the cached geometry was computed from
+        self._geometry()
+
+    def _geometry(self):
+        """(kh, kw, sh, sw) from the current attributes (torch reads them at each call too);
+        stride None or empty means kernel_size, as in torch."""
+        key = (self.kernel_size, self.stride)
+        if key != self._geometry_of:
+            stride = None if self.stride is None or (isinstance(self.stride, (tuple, list)) and not self.stride) \
+                else self.stride
+            self._geometry_value = _geometry("MaxPool2d", self.kernel_size, stride)
+            self._geometry_of = key
+        return self._geometry_value
 
     def forward(self, x):
-        return _pool.max_pool2d(x, *self._geometry)
+        return _pool.max_pool2d(x, *self._geometry())
