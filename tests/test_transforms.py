@@ -56,6 +56,21 @@ def test_grad_transform_is_refused_clearly():
         torch.func.grad(lambda s: ops.relu(s).sum())(_rand(0, 3, 4))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func.jvp scripts a helper of its own
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_mode_ad_is_refused_not_silently_zero(name):
+    """torch.func.jvp and forward_ad dual tensors: our ops carry no tangents, and torch's custom
+    ops would drop them silently (a zero or missing derivative): refused instead."""
+    ours, _ = CASES[name]
+    sample = _rand(0, 3, 6, 6)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(ours, (sample,), (torch.ones_like(sample),))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        ours(fwAD.make_dual(sample, torch.ones_like(sample)))
+
+
 def _quietly(jit_function, *args):
     """torch.jit.* warns that it is deprecated (and trace, about Python values it freezes)."""
     with warnings.catch_warnings():

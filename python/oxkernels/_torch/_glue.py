@@ -39,6 +39,7 @@ _is_compiling = torch.compiler.is_compiling
 _jit_tracing = torch._C._get_tracing_state
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None) or (lambda: 0)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_forward_ad = torch.autograd.forward_ad
 
 
 def use_custom_op(x: torch.Tensor) -> bool:
@@ -52,9 +53,18 @@ def use_custom_op(x: torch.Tensor) -> bool:
       tensors hold no memory a kernel could read (torch.vmap batches the op by its fallback);
     - torch.jit.trace is recording: it sees dispatcher ops only, so a kernel writing through a
       data pointer would be missing from its graph, which would return the empty output.
-    (is_compiling() comes first: dynamo folds it to True and cannot trace some of the others.)"""
-    return (_is_compiling() or type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0
-            or _jit_tracing() is not None or _functorch_active())
+    (is_compiling() comes first: dynamo folds it to True and cannot trace some of the others.)
+
+    Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) raises instead: neither
+    path carries tangents, and torch's custom ops drop them silently."""
+    if _is_compiling():
+        return True
+    if _forward_ad._current_level >= 0:
+        raise NotImplementedError("oxkernels ops do not implement forward-mode AD (torch.func.jvp, jacfwd, "
+                                  "torch.autograd.forward_ad): their tangents would be lost; use reverse mode, "
+                                  "or torch's ops inside the forward-mode computation")
+    return (type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0 or _jit_tracing() is not None
+            or _functorch_active())
 
 
 increment_version = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
