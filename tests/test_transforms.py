@@ -25,20 +25,27 @@ def _rand(seed, *shape):
 W_CONV, W_LIN, B_LIN = _rand(1, 4, 3, 3, 3), _rand(2, 5, 6), _rand(3, 5)
 TARGET = torch.tensor([0, 2, 4, 1, 3, 2])
 
-# name -> (ours, torch's), each applied to one (3, 6, 6) sample of a batch of 4
-CASES = {
-    "relu": (ops.relu, torch.relu),
-    "sigmoid": (ops.sigmoid, torch.sigmoid),
-    "max_pool2d": (lambda s: ops.max_pool2d(s, 2), lambda s: F.max_pool2d(s, 2)),
-    "softmax": (lambda s: ops.softmax(s, 0), lambda s: torch.softmax(s, 0)),
-    "log_softmax": (lambda s: ops.log_softmax(s, -1), lambda s: torch.log_softmax(s, -1)),
-    "linear": (lambda s: ops.linear(s, W_LIN, B_LIN, "sigmoid"), lambda s: torch.sigmoid(F.linear(s, W_LIN, B_LIN))),
-    "conv2d": (lambda s: ops.conv2d(s, W_CONV, None, 1, 1), lambda s: F.conv2d(s, W_CONV, None, 1, 1)),
-    "conv2d_relu_maxpool2d": (lambda s: ops.conv2d_relu_maxpool2d(s, W_CONV, None, 1, 1),
-                              lambda s: F.max_pool2d(F.relu(F.conv2d(s, W_CONV, None, 1, 1)), 2)),
-    "cross_entropy": (lambda s: ops.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, "none"),
-                      lambda s: F.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, reduction="none")),
-}
+
+def _cases(w_conv, w_lin, b_lin):
+    """name -> (ours, torch's), each applied to one (3, 6, 6) sample (of a batch of 4 under vmap)."""
+    return {
+        "relu": (ops.relu, torch.relu),
+        "sigmoid": (ops.sigmoid, torch.sigmoid),
+        "max_pool2d": (lambda s: ops.max_pool2d(s, 2), lambda s: F.max_pool2d(s, 2)),
+        "softmax": (lambda s: ops.softmax(s, 0), lambda s: torch.softmax(s, 0)),
+        "log_softmax": (lambda s: ops.log_softmax(s, -1), lambda s: torch.log_softmax(s, -1)),
+        "linear": (lambda s: ops.linear(s, w_lin, b_lin, "sigmoid"),
+                   lambda s: torch.sigmoid(F.linear(s, w_lin, b_lin))),
+        "conv2d": (lambda s: ops.conv2d(s, w_conv, None, 1, 1), lambda s: F.conv2d(s, w_conv, None, 1, 1)),
+        "conv2d_relu_maxpool2d": (lambda s: ops.conv2d_relu_maxpool2d(s, w_conv, None, 1, 1),
+                                  lambda s: F.max_pool2d(F.relu(F.conv2d(s, w_conv, None, 1, 1)), 2)),
+        "cross_entropy": (lambda s: ops.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, "none"),
+                          lambda s: F.cross_entropy(s.reshape(6, -1)[:, :5], TARGET, reduction="none")),
+    }
+
+
+CASES = _cases(W_CONV, W_LIN, B_LIN)
+FLOAT32_CASES = _cases(W_CONV.float(), W_LIN.float(), B_LIN.float())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -69,6 +76,37 @@ def test_forward_mode_ad_is_refused_not_silently_zero(name):
 
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         ours(fwAD.make_dual(sample, torch.ones_like(sample)))
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT32_CASES))
+def test_autocast_runs_our_ops_in_float32(name):
+    """Under torch.autocast our ops follow torch's float32 policy: a bfloat16 input is cast up and
+    the result is exactly the float32 op's; outside autocast bfloat16 stays refused."""
+    ours, _ = FLOAT32_CASES[name]
+    sample = _rand(0, 3, 6, 6).float().bfloat16()
+    expected = ours(sample.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ours(sample)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    with pytest.raises(TypeError, match="bfloat16"):
+        ours(sample)
+
+
+def test_autocast_model_mixing_torch_and_our_layers_trains():
+    """torch layers give bfloat16 activations under autocast; ours take them (as float32) and the
+    gradients reach every parameter."""
+    from oxkernels import nn as oxnn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 5), oxnn.ReLU(), oxnn.MaxPool2d(2), oxnn.Conv2d(6, 16, 5),
+                                oxnn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(1600, 32), oxnn.Linear(32, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(torch.randn(4, 3, 32, 32))
+        loss = oxnn.CrossEntropyLoss()(logits, torch.tensor([0, 3, 5, 9]))
+    assert logits.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
 
 
 def _quietly(jit_function, *args):

@@ -40,6 +40,7 @@ _jit_tracing = torch._C._get_tracing_state
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None) or (lambda: 0)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _forward_ad = torch.autograd.forward_ad
+_autocast = getattr(torch._C, "_is_any_autocast_enabled", None) or (lambda: False)
 
 
 def use_custom_op(x: torch.Tensor) -> bool:
@@ -52,7 +53,8 @@ def use_custom_op(x: torch.Tensor) -> bool:
     - torch.compile is tracing, or a functorch transform (vmap, ...) is active: their wrapper
       tensors hold no memory a kernel could read (torch.vmap batches the op by its fallback);
     - torch.jit.trace is recording: it sees dispatcher ops only, so a kernel writing through a
-      data pointer would be missing from its graph, which would return the empty output.
+      data pointer would be missing from its graph, which would return the empty output;
+    - autocast is on: the dispatcher casts low-precision inputs to float32 (_torch/amp.py).
     (is_compiling() comes first: dynamo folds it to True and cannot trace some of the others.)
 
     Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) raises instead: neither
@@ -63,8 +65,8 @@ def use_custom_op(x: torch.Tensor) -> bool:
         raise NotImplementedError("oxkernels ops do not implement forward-mode AD (torch.func.jvp, jacfwd, "
                                   "torch.autograd.forward_ad): their tangents would be lost; use reverse mode, "
                                   "or torch's ops inside the forward-mode computation")
-    return (type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0 or _jit_tracing() is not None
-            or _functorch_active())
+    return (type(x) not in _PLAIN or x.is_meta or _dispatch_modes() > 0 or _autocast()
+            or _jit_tracing() is not None or _functorch_active())
 
 
 increment_version = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
