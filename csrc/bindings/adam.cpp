@@ -195,8 +195,12 @@ class AdamGroup {
            std::optional<View> grad_scale_device, std::optional<View> found_inf_device, uintptr_t stream) {
     const char* op = "Adam";
     if (amsgrad != amsgrad_) return kStale;
-    tensors_.clear();
-    host_steps_.clear();
+    // Per call, not members: two threads stepping one optimizer (a user's race on the params)
+    // must not also share these while the GIL is released.
+    std::vector<AdamTensor> tensors;
+    std::vector<const View*> host_steps;
+    tensors.reserve(entries_.size());
+    host_steps.reserve(entries_.size());
     py::list updated;
     if (static_cast<size_t>(PyList_GET_SIZE(params_.ptr())) != entries_.size()) return kStale;
     for (size_t i = 0; i < entries_.size(); ++i) {
@@ -221,11 +225,11 @@ class AdamGroup {
       t.exp_avg_sq = e.exp_avg_sq_view.data;
       t.max_exp_avg_sq = amsgrad ? e.max_view.data : nullptr;
       t.numel = p.numel();
-      tensors_.push_back(t);
-      host_steps_.push_back(&e.step_view);
+      tensors.push_back(t);
+      host_steps.push_back(&e.step_view);
       updated.append(e.param);
     }
-    if (tensors_.empty()) return kDone;
+    if (tensors.empty()) return kDone;
     const AdamHyper h = make_adam_hyper(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize);
     adam_check_hyper(op, h);
     const View& first = first_->param_view;
@@ -233,20 +237,20 @@ class AdamGroup {
     if (grad_scale_device) check_device_scalar(op, "grad_scale", *grad_scale_device, first);
     if (found_inf_device) check_device_scalar(op, "found_inf", *found_inf_device, first);
     // Step counts: host ones incremented here, device ones by the kernel.
-    for (size_t k = 0; k < tensors_.size(); ++k) {
-      const View& s = *host_steps_[k];
+    for (size_t k = 0; k < tensors.size(); ++k) {
+      const View& s = *host_steps[k];
       if (s.device == Device::cuda) {
-        tensors_[k].step_device = s.ptr<float>();
+        tensors[k].step_device = s.ptr<float>();
       } else if (s.dtype == DType::f64) {
-        tensors_[k].step = (*s.ptr<double>() += 1.0);
+        tensors[k].step = (*s.ptr<double>() += 1.0);
       } else {
-        tensors_[k].step = (*s.ptr<float>() += 1.0f);
+        tensors[k].step = (*s.ptr<float>() += 1.0f);
       }
     }
     const double* gs = opt(grad_scale);
     {
       py::gil_scoped_release release;
-      run_step(op, tensors_, first, h, gs, opt(lr_device), opt(grad_scale_device), opt(found_inf_device), stream);
+      run_step(op, tensors, first, h, gs, opt(lr_device), opt(grad_scale_device), opt(found_inf_device), stream);
     }
     if (!bump_.is_none()) bump_(updated);
     return kDone;
@@ -332,8 +336,6 @@ class AdamGroup {
   py::object state_map_;
   std::vector<Entry> entries_;
   const Entry* first_ = nullptr;
-  std::vector<AdamTensor> tensors_;
-  std::vector<const View*> host_steps_;
 };
 
 }  // namespace
