@@ -250,7 +250,7 @@ void team_body(void* data) {
 // GNU OpenMP does not survive fork: a child whose parent ran a team waits forever for the
 // team's threads. A forked child therefore leaves OpenMP alone and runs on the pool, whose
 // caller claims every chunk that no worker takes (the child has none: same chunks, same bits).
-void stop_sharing_in_child() { g_gomp_parallel.store(nullptr, std::memory_order_release); }
+static void stop_sharing_in_child() { g_gomp_parallel.store(nullptr, std::memory_order_release); }
 
 bool share_openmp_threads(bool enable) {
   static const int atfork_registered = pthread_atfork(nullptr, nullptr, stop_sharing_in_child);
