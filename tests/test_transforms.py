@@ -13,6 +13,8 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch")
+# torch.vmap runs our ops by its per-sample fallback and says so once per op
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 F = torch.nn.functional
 
 from oxkernels import ops  # noqa: E402
@@ -56,11 +58,31 @@ def test_vmap_matches_torch(name):
     torch.testing.assert_close(got, torch.vmap(theirs)(batch), rtol=1e-12, atol=1e-12)
 
 
-def test_grad_transform_is_refused_clearly():
-    """torch.func.grad over a torch.library custom op needs autograd support that this torch's
-    custom ops do not have: torch's own error, not a crash inside our kernels."""
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.grad(lambda s: ops.relu(s).sum())(_rand(0, 3, 4))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_func_grad_jacrev_and_per_sample_grads_match_torch(name):
+    """torch.func.grad, jacrev and vmap(grad) (per-sample gradients) over our ops: torch's
+    results. (Inside these transforms our ops run as autograd.Functions with setup_context around
+    the custom ops, which torch's own custom-op autograd is not.)"""
+    ours, theirs = CASES[name]
+    sample, batch = _rand(0, 3, 6, 6), _rand(1, 4, 3, 6, 6)
+
+    def loss(op):
+        return lambda s: (op(s) ** 2).sum()
+
+    torch.testing.assert_close(torch.func.grad(loss(ours))(sample), torch.func.grad(loss(theirs))(sample),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.func.jacrev(ours)(sample), torch.func.jacrev(theirs)(sample),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.vmap(torch.func.grad(loss(ours)))(batch),
+                               torch.vmap(torch.func.grad(loss(theirs)))(batch), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["relu", "linear", "conv2d"])
+def test_func_second_derivatives_are_refused(name):
+    """Our gradients are first order: a transform that differentiates them again raises."""
+    ours, _ = CASES[name]
+    with pytest.raises(RuntimeError, match="second derivatives are not implemented"):
+        torch.func.jacrev(torch.func.grad(lambda s: (ours(s) ** 3).sum()))(_rand(0, 3, 6, 6))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.func.jvp scripts a helper of its own
@@ -200,3 +222,27 @@ def test_flop_counter_totals_our_models_as_their_torch_twins(model):
     ours, theirs = models.build_model(model), models.torch_reference(model)
     totals = [(_flops(lambda: net(x)), _flops(lambda: net(x).sum().backward())) for net in (ours, theirs)]
     assert totals[0] == totals[1] and totals[0][0] > 0
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_per_sample_parameter_gradients_of_the_course_models_match_torch(model):
+    """The torch.func recipe for per-sample gradients (vmap of grad of functional_call), on our
+    models and their torch twins with the same weights."""
+    from oxkernels import models
+
+    torch.manual_seed(0)
+    ours, theirs = models.build_model(model), models.torch_reference(model)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn((3, 1, 28, 28) if model == "mlp" else (3, 3, 32, 32))
+    y = torch.tensor([1, 0, 7])
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+
+    def per_sample(net):
+        def loss(p, xi, yi):
+            return F.cross_entropy(torch.func.functional_call(net, p, (xi[None],)), yi[None])
+
+        return torch.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+    got, expected = per_sample(ours), per_sample(theirs)
+    for key in params:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)

@@ -9,6 +9,9 @@ lean_apply(Function): Function.apply without its Python wrapper.
 increment_version(tensors): what every torch in-place op does to the tensors it wrote, so that
 a graph that saved one of them notices.
 
+register_autograd / dispatcher_op / call_backward: the custom ops' autograd, in a form that
+torch.func's transforms (grad, jacrev, vmap of grad) accept as well.
+
 first_order(op): marks a Function's backward as not differentiable itself.
 
 autograd.Function.apply's Python layer binds default arguments for setup_context and
@@ -70,6 +73,61 @@ def use_custom_op(x: torch.Tensor) -> bool:
 
 
 increment_version = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
+
+
+# torch.func's transforms need autograd.Functions with a separate setup_context; the one torch
+# builds for a custom op's register_autograd has none, so grad/jacrev over it fail. Inside a
+# transform our ops therefore run as Functions of that form around the same custom ops: the
+# forward op with its registered setup_context and backward, and each backward op called from
+# there as a Function whose own derivative raises (first order, as everywhere).
+_AUTOGRAD = {}  # custom op -> (setup_context, backward), as registered
+_TRANSFORM_READY = {}  # custom op -> its Function's apply
+
+
+def register_autograd(op, backward, setup_context):
+    """op.register_autograd(backward, setup_context=...), remembered for the transforms."""
+    op.register_autograd(backward, setup_context=setup_context)
+    _AUTOGRAD[op] = (setup_context, backward)
+
+
+def _in_transform() -> bool:
+    return not _is_compiling() and _functorch_active()
+
+
+def _function(name, forward, setup_context, backward):
+    return type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)}).apply
+
+
+def dispatcher_op(op):
+    """The custom op, or inside a torch.func transform the Function around it."""
+    if not _in_transform():
+        return op
+    if op not in _TRANSFORM_READY:
+        setup_context, backward = _AUTOGRAD[op]
+        _TRANSFORM_READY[op] = _function(f"{op._name}_function", op, setup_context, backward)
+    return _TRANSFORM_READY[op]
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+def call_backward(op, *args):
+    """A backward custom op, called from a registered backward (inside a transform as a Function
+    whose derivative raises: our gradients are first order)."""
+    if not _in_transform():
+        return op(*args)
+    if op not in _TRANSFORM_READY:
+        message = (f"oxkernels.{op._name}: second derivatives are not implemented (the backward is a native "
+                   "kernel without autograd); use the torch op where a double backward is needed")
+
+        def second_derivative(ctx, *grads):
+            raise RuntimeError(message)
+
+        _TRANSFORM_READY[op] = _function(f"{op._name}_function", op, _no_context, second_derivative)
+    return _TRANSFORM_READY[op](*args)
 
 
 def lean_apply(function_class):

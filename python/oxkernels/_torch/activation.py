@@ -8,7 +8,8 @@ dx = g·y·(1 − y); so only y is saved.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, increment_version, lean_apply, use_custom_op
+from ._glue import (call_backward, cuda_stream, dispatcher_op, first_order, increment_version, lean_apply,
+                    register_autograd, use_custom_op)
 
 
 
@@ -50,9 +51,9 @@ def _define(name: str, forward_kernel, backward_kernel):
 
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return backward_op(grad.contiguous(), y)
+        return call_backward(backward_op, grad.contiguous(), y)
 
-    forward_op.register_autograd(backward, setup_context=setup_context)
+    register_autograd(forward_op, backward, setup_context)
 
     class EagerFn(torch.autograd.Function):
         """Same kernels without the custom-op dispatch (≈ 4 µs cheaper per call).
@@ -115,7 +116,7 @@ _relu_inplace_apply = lean_apply(_ReluInPlaceFn)
 
 def relu(x: torch.Tensor) -> torch.Tensor:
     if use_custom_op(x):
-        return relu_op(x)
+        return dispatcher_op(relu_op)(x)
     if x.requires_grad and _grad_enabled():
         return _relu_apply(x)
     x = x.contiguous()  # no autograd needed: the kernel directly
@@ -137,7 +138,7 @@ def relu_(x: torch.Tensor) -> torch.Tensor:
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     if use_custom_op(x):
-        return sigmoid_op(x)
+        return dispatcher_op(sigmoid_op)(x)
     if x.requires_grad and _grad_enabled():
         return _sigmoid_apply(x)
     x = x.contiguous()

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
+from ._glue import (call_backward, cuda_stream, dispatcher_op, first_order, lean_apply, register_autograd,
+                    use_custom_op)
 
 
 def _out_hw(x, weight, stride, padding):
@@ -97,11 +98,11 @@ def _conv2d_grad(ctx, grad):
     stride, padding = ctx.geometry
     nx, nw, nb = ctx.needs_input_grad[:3]
     needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
-    gx, gw, gb = torch.ops.oxkernels.conv2d_backward(grad, x, weight, stride, padding, needs)
+    gx, gw, gb = call_backward(conv2d_backward, grad, x, weight, stride, padding, needs)
     return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None
 
 
-conv2d.register_autograd(_conv2d_grad, setup_context=_conv2d_setup)
+register_autograd(conv2d, _conv2d_grad, _conv2d_setup)
 
 
 # ---- fused conv → ReLU → max-pool --------------------------------------------
@@ -172,12 +173,11 @@ def _fused_grad(ctx, grad, _grad_idx):
     stride, padding, pool = ctx.geometry
     nx, nw, nb = ctx.needs_input_grad[:3]
     needs = [bool(nx), bool(nw), bool(nb and ctx.has_bias)]
-    gx, gw, gb = torch.ops.oxkernels.conv2d_relu_maxpool2d_backward(grad, idx, x, weight, stride, padding, pool,
-                                                                   needs)
+    gx, gw, gb = call_backward(conv2d_relu_maxpool2d_backward, grad, idx, x, weight, stride, padding, pool, needs)
     return _or_none(gx, needs[0]), _or_none(gw, needs[1]), _or_none(gb, needs[2]), None, None, None
 
 
-conv2d_relu_maxpool2d.register_autograd(_fused_grad, setup_context=_fused_setup)
+register_autograd(conv2d_relu_maxpool2d, _fused_grad, _fused_setup)
 
 
 # ---- eager fast path ------------------------------------------------------------
@@ -230,11 +230,11 @@ _fused_apply = lean_apply(FusedFunction)
 def eager_conv2d(x, weight, bias, stride, padding):
     """torch.ops.oxkernels.conv2d semantics: the custom op while compiling, else the fast path."""
     if use_custom_op(x):
-        return torch.ops.oxkernels.conv2d(x, weight, bias, stride, padding)
+        return dispatcher_op(conv2d)(x, weight, bias, stride, padding)
     return _conv_apply(x, weight, bias, stride, padding)
 
 
 def eager_conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool):
     if use_custom_op(x):
-        return torch.ops.oxkernels.conv2d_relu_maxpool2d(x, weight, bias, stride, padding, pool)
+        return dispatcher_op(conv2d_relu_maxpool2d)(x, weight, bias, stride, padding, pool)
     return _fused_apply(x, weight, bias, stride, padding, pool)

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
+from ._glue import (call_backward, cuda_stream, dispatcher_op, first_order, lean_apply, register_autograd,
+                    use_custom_op)
 
 Tensor = torch.Tensor
 
@@ -95,12 +96,12 @@ def _op_backward(ctx, grad_out):
     x, weight, out = ctx.saved_tensors
     need_x, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_bias = ctx.has_bias and ctx.needs_input_grad[2]
-    dx, dw, db = torch.ops.oxkernels.linear_backward(grad_out, x, weight, out, ctx.activation, need_x,
-                                                     need_weight, need_bias)
+    dx, dw, db = call_backward(linear_backward_op, grad_out, x, weight, out, ctx.activation, need_x, need_weight,
+                               need_bias)
     return (dx if need_x else None, dw if need_weight else None, db if need_bias else None, None)
 
 
-linear_op.register_autograd(_op_backward, setup_context=_setup_context)
+register_autograd(linear_op, _op_backward, _setup_context)
 
 
 
@@ -145,7 +146,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation:
     if act is None:
         raise ValueError(f"linear: argument 'activation' must be None, 'relu' or 'sigmoid', got {activation!r}")
     if use_custom_op(x):
-        return torch.ops.oxkernels.linear(x, weight, bias, act)
+        return dispatcher_op(linear_op)(x, weight, bias, act)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _linear_apply(x, weight, bias, activation)

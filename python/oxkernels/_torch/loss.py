@@ -12,7 +12,8 @@ the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as a
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
+from ._glue import (call_backward, cuda_stream, dispatcher_op, first_order, lean_apply, register_autograd,
+                    use_custom_op)
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -75,12 +76,12 @@ def _ce_setup(ctx, inputs, output):
 
 def _ce_op_backward(ctx, grad):
     logits, target = ctx.saved_tensors
-    dx = cross_entropy_backward_op(grad.contiguous(), logits, target, ctx.reduction, ctx.label_smoothing,
-                                   ctx.ignore_index)
+    dx = call_backward(cross_entropy_backward_op, grad.contiguous(), logits, target, ctx.reduction,
+                       ctx.label_smoothing, ctx.ignore_index)
     return dx, None, None, None, None
 
 
-cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_setup)
+register_autograd(cross_entropy_op, _ce_op_backward, _ce_setup)
 
 
 class _CrossEntropyFn(torch.autograd.Function):
@@ -124,7 +125,7 @@ _ce_apply = lean_apply(_CrossEntropyFn)
 
 def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
     if use_custom_op(logits):
-        return cross_entropy_op(logits, target, reduction, label_smoothing, ignore_index)
+        return dispatcher_op(cross_entropy_op)(logits, target, reduction, label_smoothing, ignore_index)
     if logits.requires_grad and torch.is_grad_enabled():
         return _ce_apply(logits, target, reduction, label_smoothing, ignore_index)
     return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
@@ -159,9 +160,9 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
 
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return backward_op(grad.contiguous(), y, ctx.dim), None
+        return call_backward(backward_op, grad.contiguous(), y, ctx.dim), None
 
-    forward_op.register_autograd(backward, setup_context=setup_context)
+    register_autograd(forward_op, backward, setup_context)
 
     class EagerFn(torch.autograd.Function):
         """Same kernels without the custom-op dispatch, for eager mode."""
@@ -185,7 +186,7 @@ def _define_softmax(name: str, forward_kernel, backward_kernel):
 
     def apply(x, dim):
         if use_custom_op(x):
-            return forward_op(x, dim)
+            return dispatcher_op(forward_op)(x, dim)
         if x.requires_grad and torch.is_grad_enabled():
             return EagerFn.apply(x, dim)
         x = x.contiguous()

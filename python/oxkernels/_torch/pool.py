@@ -11,7 +11,7 @@ and re-reading an index tensor.
 import torch
 
 from .. import _C
-from ._glue import cuda_stream, first_order, lean_apply, use_custom_op
+from ._glue import call_backward, cuda_stream, dispatcher_op, first_order, lean_apply, register_autograd, use_custom_op
 
 
 
@@ -70,10 +70,11 @@ def _setup_context(ctx, inputs, output):
 
 def _op_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    return max_pool2d_backward_op(grad.contiguous(), x, ctx.kh, ctx.kw, ctx.sh, ctx.sw), None, None, None, None
+    grad_x = call_backward(max_pool2d_backward_op, grad.contiguous(), x, ctx.kh, ctx.kw, ctx.sh, ctx.sw)
+    return grad_x, None, None, None, None
 
 
-max_pool2d_op.register_autograd(_op_backward, setup_context=_setup_context)
+register_autograd(max_pool2d_op, _op_backward, _setup_context)
 
 
 class _MaxPool2dFn(torch.autograd.Function):
@@ -98,7 +99,7 @@ _apply = lean_apply(_MaxPool2dFn)
 
 def max_pool2d(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int) -> torch.Tensor:
     if use_custom_op(x):
-        return max_pool2d_op(x, kh, kw, sh, sw)
+        return dispatcher_op(max_pool2d_op)(x, kh, kw, sh, sw)
     if x.requires_grad and _grad_enabled():
         return _apply(x, kh, kw, sh, sw)
     return _forward(x, kh, kw, sh, sw)
