@@ -59,11 +59,7 @@ OX_BINDINGS(bind_linreg) {
         p.beta2 = beta2;
         p.eps = eps;
         FitArgs a{X, y, theta0, lr, seed, thetas, losses, indices, state, View{}};
-        if (scratch) {
-          check_same_device("linreg fit", "scratch", *scratch, "X", X);
-          check_writable("linreg fit", "scratch", *scratch);
-          a.scratch = *scratch;
-        }
+        if (scratch) a.scratch = *scratch;  // checked where a kernel needs it (linreg_fit_cuda)
         linreg_fit_check(a, p);
         if (X.device == Device::cuda)
           OX_CUDA_CALL("linreg fit", X, linreg_fit_cuda(a, p, stream));

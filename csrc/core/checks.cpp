@@ -144,15 +144,19 @@ void check_output(const char* op, const char* arg, const View& v, const View& re
   check_writable(op, arg, v);
 }
 
+void check_scratch(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref, int64_t need,
+                   DType dtype) {
+  check_same_device(op, arg, v, ref_arg, ref);
+  check_dtype(op, arg, v, {dtype});
+  check_contiguous(op, arg, v);
+  check_writable(op, arg, v);
+  if (v.numel() < need) value_error(op, ": argument '", arg, "' must hold at least ", need, " elements, got ", v.numel());
+}
+
 const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need) {
   if (need <= 0) return nullptr;
   if (!ws) value_error(op, ": argument 'workspace' is required for CUDA arrays of this shape (", need, " elements)");
-  check_same_device(op, "workspace", *ws, ref_arg, ref);
-  check_same_dtype(op, "workspace", *ws, ref_arg, ref);
-  check_contiguous(op, "workspace", *ws);
-  check_writable(op, "workspace", *ws);
-  if (ws->numel() < need)
-    value_error(op, ": argument 'workspace' must hold at least ", need, " elements, got ", ws->numel());
+  check_scratch(op, "workspace", *ws, ref_arg, ref, need, ref.dtype);
   return ws;
 }
 

@@ -34,8 +34,12 @@ void check_like(const char* op, const char* arg, const View& v, const char* ref_
 // A freshly allocated output: contiguous, writable, given shape, same dtype/device as ref.
 void check_output(const char* op, const char* arg, const View& v, const View& ref,
                   std::initializer_list<int64_t> dims);
-// CUDA scratch: required when need > 0; same device and dtype as ref, contiguous,
-// writable, at least `need` elements. Returns it (or null when none is needed).
+// Scratch a kernel writes `need` elements of `dtype` into from its data pointer: on ref's
+// device, of that dtype, contiguous, writable, at least `need` elements.
+void check_scratch(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref, int64_t need,
+                   DType dtype);
+// CUDA scratch: required when need > 0; check_scratch of ref's dtype. Returns it (or null
+// when none is needed).
 const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need);
 // An output a kernel writes while still reading `in`: their memory must not overlap (their
 // byte ranges, conservatively: interleaved views count as overlapping).

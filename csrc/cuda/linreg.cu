@@ -122,14 +122,7 @@ void evaluate(const View& X, const View& y, const View& theta, const View* rows,
                 " (shared-memory tile), got d = ", d, ", B = ", B);
   const int64_t nb = grid_blocks(m), chunk = (m + nb - 1) / nb;
   const int64_t E = B * (d + 1);
-  // The kernels write nb·(E + B) doubles from workspace.data: it must own them all.
-  check_same_device(op, "workspace", workspace, "X", X);
-  check_dtype(op, "workspace", workspace, {DType::f64});
-  check_contiguous(op, "workspace", workspace);
-  check_writable(op, "workspace", workspace);
-  if (workspace.numel() < nb * (E + B))
-    value_error(op, ": argument 'workspace' must hold at least ", nb * (E + B), " float64 entries, got ",
-                workspace.numel());
+  check_scratch(op, "workspace", workspace, "X", X, nb * (E + B), DType::f64);  // float64 partial sums
   const size_t smem = sizeof(T) * static_cast<size_t>(TR * (d + 1 + B + 1));
   partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, smem, stream>>>(
       X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), rows ? rows->ptr<int64_t>() : nullptr, n, m, d, B, chunk,
@@ -325,13 +318,8 @@ template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStr
     case 4: fit_small_kernel<T, 4><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
     default: {
       // fit_generic_kernel writes a dense (B, n) array of residuals from scratch.data.
-      check_same_device("linreg fit", "scratch", f.scratch, "X", f.X);
-      check_same_dtype("linreg fit", "scratch", f.scratch, "X", f.X);
-      check_contiguous("linreg fit", "scratch", f.scratch);
-      check_writable("linreg fit", "scratch", f.scratch);
-      if (!f.scratch.data || f.scratch.numel() < B * n)
-        value_error("linreg fit: argument 'scratch' must hold at least B*n = ", B * n, " entries, got ",
-                    f.scratch.numel());
+      if (!f.scratch.data) value_error("linreg fit: argument 'scratch' is required (B*n = ", B * n, " entries)");
+      check_scratch("linreg fit", "scratch", f.scratch, "X", f.X, B * n, f.X.dtype);
       fit_generic_kernel<T><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st, f.scratch.ptr<T>());
     }
   }

@@ -120,14 +120,18 @@ def call_backward(op, *args):
     if not _in_transform():
         return op(*args)
     if op not in _TRANSFORM_READY:
-        message = (f"oxkernels.{op._name}: second derivatives are not implemented (the backward is a native "
-                   "kernel without autograd); use the torch op where a double backward is needed")
+        message = _second_derivatives_message(op._name)
 
         def second_derivative(ctx, *grads):
             raise RuntimeError(message)
 
         _TRANSFORM_READY[op] = _function(f"{op._name}_function", op, _no_context, second_derivative)
     return _TRANSFORM_READY[op](*args)
+
+
+def _second_derivatives_message(op: str) -> str:
+    return (f"oxkernels.{op}: second derivatives are not implemented (the backward is a native kernel "
+            "without autograd); use the torch op where a double backward is needed")
 
 
 def lean_apply(function_class):
@@ -151,8 +155,7 @@ def first_order(op: str):
     those requires grad the gradients are constants indeed and come back as they are.
     (torch's once_differentiable costs ≈ 3 µs more per call and leaves the node unwired,
     so autograd.grad reports an unused input instead.)"""
-    message = (f"oxkernels.{op}: second derivatives are not implemented (the backward is a native kernel "
-               "without autograd); use the torch op where a double backward is needed").encode()
+    message = _second_derivatives_message(op).encode()
 
     def decorate(backward):
         @functools.wraps(backward)

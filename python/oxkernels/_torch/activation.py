@@ -84,11 +84,11 @@ relu_op, _ReluFn = _define("relu", _C.relu, _C.relu_backward)
 sigmoid_op, _SigmoidFn = _define("sigmoid", _C.sigmoid, _C.sigmoid_backward)
 
 
-class _ReluInPlaceFn(torch.autograd.Function):
+class _ReluInPlaceFn(_ReluFn):
     """relu_(x): the kernel writes max(x, 0) over x (element-wise, so reading and writing
     one buffer is safe). mark_dirty bumps x's version, so autograd still refuses a leaf
     that requires grad and notices a tensor some other op saved being overwritten, as for
-    torch.relu_; the backward reads the result, which x now holds."""
+    torch.relu_. The backward is relu's: it reads the result, which x now holds."""
 
     @staticmethod
     def forward(ctx, x):
@@ -96,14 +96,6 @@ class _ReluInPlaceFn(torch.autograd.Function):
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
-
-    @staticmethod
-    @first_order("relu")
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        out = torch.empty_like(y)
-        _C.relu_backward(grad.contiguous(), y, out, cuda_stream(y))
-        return out
 
 
 # The eager entry points, written out per op (no shared helper: every Python
