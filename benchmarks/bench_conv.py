@@ -9,7 +9,14 @@
 
 Test names end in _cpu or _cuda; CUDA cases synchronize inside the timed
 function and skip without a GPU.
+
+On the GPU torch runs twice: "torch" with its defaults, under which cuDNN may use
+TF32 tensor cores for float32 convolutions (torch.backends.cudnn.allow_tf32 is True
+by default: inputs rounded to 10 mantissa bits), and "torch-fp32" with allow_tf32
+off, the full float32 arithmetic that our kernels do.
 """
+import contextlib
+
 import pytest
 
 import oxkernels
@@ -59,6 +66,22 @@ def _timed(fn, device):
     return run
 
 
+IMPLS = ["oxkernels", "torch", "torch-fp32"]
+
+
+@contextlib.contextmanager
+def _torch_precision(impl, device):
+    """cuDNN's TF32 off for torch-fp32 (CUDA only: on the CPU it is the same as torch)."""
+    if impl == "torch-fp32" and device != "cuda":
+        pytest.skip("torch-fp32 differs from torch on CUDA only (cuDNN's TF32)")
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = before and impl != "torch-fp32"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 def _conv(impl):
     return ops.conv2d if impl == "oxkernels" else F.conv2d
 
@@ -87,7 +110,8 @@ def _run_conv(benchmark, layer, n, impl, device, backward):
 
     benchmark.group = f"conv: conv2d {'fwd+bwd' if backward else 'fwd'} {layer} N={n} ({device})"
     benchmark.extra_info.update(impl=impl, device=device, flops=_flops(layer, n, backward))
-    benchmark(_timed(step, device))
+    with _torch_precision(impl, device):
+        benchmark(_timed(step, device))
 
 
 def _run_fused(benchmark, layer, n, impl, device, backward):
@@ -107,9 +131,9 @@ def _run_fused(benchmark, layer, n, impl, device, backward):
                 block(x, w, b)
 
     benchmark.group = f"conv: conv-relu-pool {'fwd+bwd' if backward else 'fwd'} {layer} N={n} ({device})"
-    benchmark.extra_info.update(impl="oxkernels" if impl == "oxkernels" else "torch",
-                                device=device, flops=_flops(layer, n, backward))
-    benchmark(_timed(step, device))
+    benchmark.extra_info.update(impl=impl, device=device, flops=_flops(layer, n, backward))
+    with _torch_precision(impl, device):
+        benchmark(_timed(step, device))
 
 
 # (device, pass): the GPU fused block is timed forward+backward only, as in its issue's target
@@ -117,14 +141,14 @@ MODES = [("cpu", False), ("cpu", True), ("cuda", False), ("cuda", True)]
 MODE_IDS = [f"{device}-{'fwdbwd' if backward else 'fwd'}" for device, backward in MODES]
 
 
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layer,n", CASES, ids=IDS)
 @pytest.mark.parametrize("device,backward", MODES, ids=MODE_IDS)
 def test_conv2d(benchmark, device, backward, layer, n, impl):
     _run_conv(benchmark, layer, n, impl, device, backward)
 
 
-@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layer,n", CASES, ids=IDS)
 @pytest.mark.parametrize("device,backward", [m for m in MODES if m != ("cuda", False)],
                          ids=[i for m, i in zip(MODES, MODE_IDS) if m != ("cuda", False)])

@@ -134,7 +134,9 @@ def machine_description(device: str) -> str:
     import torch
 
     if device.startswith("cuda"):
-        return f"GPU {torch.cuda.get_device_name()}"
+        # torch's cuDNN convolutions may round float32 inputs to TF32 (its default); ours do not
+        tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+        return f"GPU {torch.cuda.get_device_name()}, torch's cuDNN TF32 {tf32}"
     cpu = platform.processor() or "CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
