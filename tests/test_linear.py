@@ -80,10 +80,12 @@ def test_other_isas(rng, isa):
 
 
 @pytest.mark.parametrize("need", ["all", "x", "weight", "bias", "x+bias"])
-def test_backward_is_the_same_for_one_and_two_threads(rng, need):
-    # With two threads the backward runs dx and (dW, db) side by side, each product in one
-    # thread; with one, one after the other. The results must be bit for bit the same, and
-    # agree with torch. Shapes above and below the size where the pair is used.
+def test_backward_is_the_same_for_any_thread_count(rng, need):
+    # With T >= 2 threads the backward runs column slices of dx and of dW side by side, each
+    # slice in one thread (with two: dx in one, dW and db in the other); with one, one product
+    # after the other. The results must be bit for bit the same, and agree with torch. Shapes
+    # above and below the size where the split is used; 3 to 5 threads oversubscribe a small
+    # machine, which changes the timing, not the slices.
     from oxkernels import _C
 
     old = oxkernels.get_num_threads()
@@ -94,7 +96,7 @@ def test_backward_is_the_same_for_one_and_two_threads(rng, need):
             y = torch.empty(rows, n)
             _C.linear(x, w, b, y, "relu")
             results = []
-            for threads in (1, 2, 1, 2):
+            for threads in (1, 2, 3, 4, 5, 1, 2):
                 oxkernels.set_num_threads(threads)
                 dx = poison(torch.empty(rows, k)) if need in ("all", "x", "x+bias") else None
                 dw = poison(torch.empty(n, k)) if need in ("all", "weight") else None

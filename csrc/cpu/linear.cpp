@@ -2,8 +2,10 @@
 // bias/activation epilogue and the act'(y) prologue; only db = Σ_rows dy ⊙ act'(y) is here.
 #include "linear.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "core/isa.h"
 
@@ -157,39 +159,65 @@ void linear_cpu(const View& x, const View& w, const View* bias, Activation act, 
   gemm_cpu(linear_forward_gemm(x, w, bias, act, y), x.dtype);
 }
 
+// Columns [k0, k1) of a product whose B and C are row-major in their columns (unit column
+// stride in C; B's column stride b_cs): C[:, k0:k1] = A' · B[:, k0:k1] is a product of its own,
+// with each element summed exactly as in the whole one (gemm.h).
+static GemmArgs column_slice(GemmArgs g, int64_t k0, int64_t k1, size_t element) {
+  g.B = static_cast<const char*>(g.B) + k0 * g.b_cs * static_cast<int64_t>(element);
+  g.C = static_cast<char*>(g.C) + k0 * static_cast<int64_t>(element);
+  g.N = k1 - k0;
+  g.one_thread = true;
+  return g;
+}
+
 void linear_backward_cpu(const View& dy, const View& x, const View& w, const View* y, Activation act,
                          const View* dx, const View* dw, const View* db) {
   const int64_t N = w.shape[0], K = w.shape[1], R = rows_of(dy);
-  bool pair = false;  // the two products side by side, one thread each
-  auto grad_x = [&] {
-    GemmArgs g = linear_grad_x_gemm(dy, w, y, act, *dx);
-    g.one_thread = pair;
-    gemm_cpu(g, x.dtype);
+  const bool f64 = x.dtype == DType::f64;
+  auto grad_b = [&] {
+    OX_ISA_DISPATCH(linear_bias_grad, dy.data, act != Activation::none ? y->data : nullptr, int(act), R, N,
+                    db->data, f64);
   };
-  auto grad_w_b = [&] {
-    if (dw) {
-      GemmArgs g = linear_grad_w_gemm(dy, x, y, act, *dw);
-      g.one_thread = pair;
-      gemm_cpu(g, x.dtype);
-    }
-    if (db)
-      OX_ISA_DISPATCH(linear_bias_grad, dy.data, act != Activation::none ? y->data : nullptr, int(act), R, N,
-                      db->data, x.dtype == DType::f64);
-  };
-  // dx = dz W and dW = dzᵀ x cost the same (R·N·K multiply-adds each) and share no output: with
-  // two threads, one computes dx and the other dW and db, each product whole in one thread (one
-  // wake-up for the backward instead of one per product, no split of small products into
-  // thin slices). The products sum in the same order either way (gemm.h), so the results do
-  // not depend on the thread count.
-  pair = dx && (dw || db) && num_threads() >= 2 && double(R) * double(N) * double(K) >= kGemmThreadingWork;
-  if (pair) {
-    parallel_for(2, 1, [&](int64_t b, int64_t e) {
-      for (int64_t job = b; job < e; ++job) job == 0 ? grad_x() : grad_w_b();
-    });
+  // dx = dz W (R×K) and dW = dzᵀ x (N×K) cost the same (R·N·K multiply-adds each) and share no
+  // output. With T ≥ 2 threads one parallel_for runs both: ⌈T/2⌉ jobs compute column slices
+  // of dx and the other ⌊T/2⌋ column slices of dW (the first of them db as well), each slice in
+  // one thread. One wake-up for the whole backward, no product cut into slices thinner than it
+  // needs (with two threads: dx whole in one, dW and db in the other). Every element is summed
+  // in the same order as by the whole product, so the results do not depend on the thread count.
+  const int64_t threads = num_threads();
+  const bool split = dx && (dw || db) && threads >= 2 && double(R) * double(N) * double(K) >= kGemmThreadingWork;
+  if (!split) {
+    if (dx) gemm_cpu(linear_grad_x_gemm(dy, w, y, act, *dx), x.dtype);
+    if (dw) gemm_cpu(linear_grad_w_gemm(dy, x, y, act, *dw), x.dtype);
+    if (db) grad_b();
     return;
   }
-  if (dx) grad_x();
-  grad_w_b();
+  const GemmArgs gx = linear_grad_x_gemm(dy, w, y, act, *dx);
+  const GemmArgs gw = dw ? linear_grad_w_gemm(dy, x, y, act, *dw) : GemmArgs{};
+  int mr = 0, nr = 0;
+  gemm_cpu_tile(&mr, &nr);
+  const int64_t k_tiles = (K + nr - 1) / nr;  // slices are whole column tiles
+  const int64_t w_jobs = dw ? std::min<int64_t>(threads / 2, k_tiles) : 1;  // without dW: db alone
+  const int64_t x_jobs = std::min<int64_t>(threads - w_jobs, k_tiles);
+  const size_t element = f64 ? sizeof(double) : sizeof(float);
+  auto slice = [&](int64_t job, int64_t jobs) {  // columns of job `job` of `jobs`
+    const int64_t k0 = std::min(K, k_tiles * job / jobs * nr), k1 = std::min(K, k_tiles * (job + 1) / jobs * nr);
+    return std::make_pair(k0, k1);
+  };
+  parallel_for(x_jobs + w_jobs, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t job = j0; job < j1; ++job) {
+      if (job < x_jobs) {
+        const auto [k0, k1] = slice(job, x_jobs);
+        if (k0 < k1) gemm_cpu(column_slice(gx, k0, k1, element), x.dtype);
+        continue;
+      }
+      const int64_t wj = job - x_jobs;
+      if (wj == 0 && db) grad_b();
+      if (!dw) continue;
+      const auto [k0, k1] = slice(wj, w_jobs);
+      if (k0 < k1) gemm_cpu(column_slice(gw, k0, k1, element), x.dtype);
+    }
+  });
 }
 
 }  // namespace ox
