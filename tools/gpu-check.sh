@@ -17,6 +17,8 @@
 #   TEST_FILTER="cuda or graph" SANITIZER_TOOLS=memcheck E2E_MLP_CASES=mlp-adam-b64 \
 #   BENCH_MAX_TIME=0.02 tools/gpu-check.sh bench_conv.py bench_linear.py
 # The full default run took 299 s there with the timeouts cutting racecheck and the benchmarks.
+# CPU_SUMMARIES="bench_linear.py" adds the CPU summaries on the host's 16 cores (the CPU code
+# is otherwise only ever timed on the 2-core development machine).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -59,6 +61,14 @@ timeout ${E2E_TIMEOUT:-120} python3 -m oxkernels bench --device cuda --epochs 2 
 log "kernel profile"
 timeout ${PROFILE_TIMEOUT:-90} python3 tools/gpu_profile.py ${PROFILE_CASES:-} >"$OUT/profile.log" 2>&1
 tail -4 "$OUT/profile.log"
+
+if [ -n "${CPU_SUMMARIES:-}" ]; then  # e.g. "bench_linear.py": the CPU side-by-side summaries on the host's cores
+  log "CPU summaries ($(nproc) cores)"
+  for suite in $CPU_SUMMARIES; do
+    timeout ${CPU_SUMMARY_TIMEOUT:-60} python3 "benchmarks/$suite" cpu >"$OUT/cpu-${suite%.py}.log" 2>&1
+    tail -n 4 "$OUT/cpu-${suite%.py}.log"
+  done
+fi
 
 log "benchmarks"
 timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/run.py --device cuda --max-time ${BENCH_MAX_TIME:-0.05} --write "$@" \
