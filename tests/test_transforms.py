@@ -184,6 +184,35 @@ def test_traced_model_saves_loads_and_trains_like_torch(model):
         torch.testing.assert_close(grads[key].grad, parameter.grad, rtol=1e-4, atol=1e-5)
 
 
+def _modules():
+    from oxkernels import nn as oxnn
+
+    return {"Linear": oxnn.Linear(6, 5, activation="relu"), "Conv2d": oxnn.Conv2d(3, 4, 3),
+            "ConvReLUMaxPool2d": oxnn.ConvReLUMaxPool2d(3, 4, 3), "MaxPool2d": oxnn.MaxPool2d(2),
+            "ReLU": oxnn.ReLU(), "Sigmoid": oxnn.Sigmoid(), "CrossEntropyLoss": oxnn.CrossEntropyLoss()}
+
+
+_SCRIPT_DEPRECATED = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@_SCRIPT_DEPRECATED
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_jit_script_refuses_our_modules_and_names_what_works(name):
+    module = _modules()[name]
+    for scripted in (module, torch.nn.Sequential(torch.nn.Identity(), module)):
+        with pytest.raises(NotImplementedError, match=rf"^{name} \(oxkernels.nn\): torch.jit.script .*torch.export"):
+            torch.jit.script(scripted)
+
+
+@_SCRIPT_DEPRECATED
+def test_jit_script_refuses_the_course_models():
+    from oxkernels import models
+
+    for model in ("mlp", "lenet"):
+        with pytest.raises(NotImplementedError, match="torch.jit.trace"):
+            torch.jit.script(models.build_model(model))
+
+
 class _Apply(torch.nn.Module):
     def __init__(self, fn):
         super().__init__()

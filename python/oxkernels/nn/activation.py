@@ -2,11 +2,12 @@
 import torch
 
 from .._torch import activation as _act
+from ._scripting import NotScriptable
 
 __all__ = ["ReLU", "Sigmoid", "Flatten"]
 
 
-class ReLU(torch.nn.ReLU):
+class ReLU(NotScriptable, torch.nn.ReLU):
     """torch.nn.ReLU on the oxkernels kernel; inplace=True writes the result over the input
     and returns it, as torch's does."""
 
@@ -14,7 +15,7 @@ class ReLU(torch.nn.ReLU):
         return _act.relu_(x) if self.inplace else _act.relu(x)
 
 
-class Sigmoid(torch.nn.Sigmoid):
+class Sigmoid(NotScriptable, torch.nn.Sigmoid):
     """torch.nn.Sigmoid on the oxkernels kernel."""
 
     def forward(self, x):

@@ -4,6 +4,7 @@ it), running the oxkernels ops."""
 import torch
 
 from ..ops.conv import conv2d, conv2d_relu_maxpool2d
+from ._scripting import NotScriptable
 
 __all__ = ["Conv2d", "ConvReLUMaxPool2d"]
 
@@ -34,7 +35,7 @@ def _require(cls: str, name: str, value, allowed) -> None:
         raise ValueError(f"{cls}: {name}={value!r} is not supported by oxkernels (only {allowed[0]!r})")
 
 
-class Conv2d(torch.nn.Conv2d):
+class Conv2d(NotScriptable, torch.nn.Conv2d):
     """torch.nn.Conv2d computed by oxkernels.ops.conv2d (groups=1, dilation=1, zero padding)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -51,7 +52,7 @@ class Conv2d(torch.nn.Conv2d):
         return conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
-class ConvReLUMaxPool2d(torch.nn.Conv2d):
+class ConvReLUMaxPool2d(NotScriptable, torch.nn.Conv2d):
     """max_pool2d(relu(conv2d(x)), pool) as one fused op; parameters, their
     initialisation and state_dict keys ('weight', 'bias') are those of
     torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)."""

@@ -3,11 +3,12 @@ our fused kernel, with an optional activation applied in the same kernel."""
 import torch
 
 from .._torch.linear import linear
+from ._scripting import NotScriptable
 
 __all__ = ["Linear"]
 
 
-class Linear(torch.nn.Linear):
+class Linear(NotScriptable, torch.nn.Linear):
     """y = act(x Wᵀ + b); `activation` is None (plain torch.nn.Linear), "relu" or "sigmoid"."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, activation=None):

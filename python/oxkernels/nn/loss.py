@@ -3,11 +3,12 @@ import torch
 
 from ..ops.loss import _reduction, cross_entropy
 from .._torch import loss as _loss
+from ._scripting import NotScriptable
 
 __all__ = ["CrossEntropyLoss"]
 
 
-class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+class CrossEntropyLoss(NotScriptable, torch.nn.CrossEntropyLoss):
     """torch.nn.CrossEntropyLoss with the same constructor (size_average / reduce
     handled as torch does). Class-index targets only, for (N, C), (C,) or (N, C, d1, …, dk)
     inputs; weight must be None."""

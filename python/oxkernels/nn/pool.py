@@ -3,6 +3,7 @@ import torch
 
 from ..ops.pool import _geometry
 from .._torch import pool as _pool
+from ._scripting import NotScriptable
 
 __all__ = ["MaxPool2d"]
 
@@ -15,7 +16,7 @@ def _is_one(v) -> bool:
     return v == 1 or (isinstance(v, (tuple, list)) and all(e == 1 for e in v))
 
 
-class MaxPool2d(torch.nn.MaxPool2d):
+class MaxPool2d(NotScriptable, torch.nn.MaxPool2d):
     """torch.nn.MaxPool2d with the same constructor; supported: padding=0, dilation=1,
     return_indices=False, ceil_mode=False (anything else raises ValueError)."""
 
