@@ -194,8 +194,12 @@ def test_bad_arrays():
         adam_step(p, [torch.ones(5)], m, v, *hyper)
     with pytest.raises(TypeError, match="must be a NumPy array or a torch tensor"):
         adam_step(p, [[1.0] * 5], m, v, *hyper)
-    with pytest.raises(ValueError, match=r"'params\[0\]' must be contiguous"):
+    with pytest.raises(ValueError, match=r"'params\[0\]' must be dense .*got shape \(5,\) with strides \(2,\)"):
         adam_step([np.ones(10, np.float32)[::2]], g, m, v, *hyper)
+    with pytest.raises(ValueError, match=r"'exp_avgs\[0\]' must have the memory layout of 'params\[0\]' "
+                                         r"\(strides \(3, 1\)\), got strides \(1, 2\)"):
+        adam_step([np.ones((2, 3), np.float32)], [np.ones((2, 3), np.float32)],
+                  [np.zeros((3, 2), np.float32).T], [np.zeros((2, 3), np.float32)], *hyper)
     ro = np.ones(5, np.float32)
     ro.flags.writeable = False
     with pytest.raises(ValueError, match=r"'exp_avgs\[0\]' must be writable"):

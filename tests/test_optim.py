@@ -267,6 +267,76 @@ def test_deepcopy_and_pickle_state(rng):
     assert float(clone.state[clone.param_groups[0]["params"][0]]["step"]) == 2.0
 
 
+def _laid_out(t, layout):
+    """t (row-major) as a dense tensor of the same values in another memory layout."""
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return t.t().contiguous().t()
+    return t.clone()
+
+
+DENSE_LAYOUTS = [((6, 3, 5, 5), "channels_last"), ((7, 5), "transposed"), ((16, 6, 1, 1), "channels_last"),
+                 ((4,), "row-major")]
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_channels_last_and_transposed_params_step_like_torch(rng, amsgrad):
+    """A channels_last CNN (model.to(memory_format=torch.channels_last)) has dense params that
+    are not row-major, and autograd gives them grads of the same layout: the step runs over
+    them as flat arrays, as torch's does, and keeps every layout."""
+    ours = [torch.nn.Parameter(_laid_out(torch.tensor(rng.standard_normal(s), dtype=torch.float32), layout))
+            for s, layout in DENSE_LAYOUTS]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt, ref_opt = ox_optim.Adam(ours, lr=1e-2, amsgrad=amsgrad), torch.optim.Adam(ref, lr=1e-2, amsgrad=amsgrad)
+    strides = [p.stride() for p in ours]
+    for _ in range(5):
+        for (shape, layout), p, r in zip(DENSE_LAYOUTS, ours, ref):
+            p.grad = _laid_out(torch.tensor(rng.standard_normal(shape), dtype=torch.float32), layout)
+            r.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+    assert_same_state(opt, ref_opt, ours, ref)
+    assert [p.stride() for p in ours] == strides
+    assert all(opt.state[p]["exp_avg"].stride() == p.stride() for p in ours)
+
+
+def test_row_major_state_loaded_into_a_channels_last_model_is_laid_out_like_its_params(rng):
+    """Resuming a row-major checkpoint in a channels_last model: the loaded moments are laid out
+    like the params before the first step (the step pairs elements by position in memory), and
+    the run continues exactly as the row-major one does (an element-wise step: same bits)."""
+    shape = (6, 3, 5, 5)
+    row = torch.nn.Parameter(torch.tensor(rng.standard_normal(shape), dtype=torch.float32))
+    opt_row = ox_optim.Adam([row], lr=1e-2, amsgrad=True)
+    grads = [torch.tensor(rng.standard_normal(shape), dtype=torch.float32) for _ in range(4)]
+    for g in grads[:2]:
+        row.grad = g.clone()
+        opt_row.step()
+    cl = torch.nn.Parameter(row.detach().contiguous(memory_format=torch.channels_last))
+    opt_cl = ox_optim.Adam([cl], lr=1e-2, amsgrad=True)
+    opt_cl.load_state_dict(copy.deepcopy(opt_row.state_dict()))
+    for g in grads[2:]:
+        row.grad = g.clone()
+        cl.grad = g.contiguous(memory_format=torch.channels_last)
+        opt_row.step()
+        opt_cl.step()
+    assert torch.equal(cl, row)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert opt_cl.state[cl][key].stride() == cl.stride(), key
+        assert torch.equal(opt_cl.state[cl][key], opt_row.state[row][key]), key
+
+
+def test_grads_laid_out_unlike_a_channels_last_param_are_refused():
+    p = torch.nn.Parameter(torch.randn(6, 3, 5, 5).contiguous(memory_format=torch.channels_last))
+    opt = ox_optim.Adam([p])
+    p.grad = torch.randn(6, 3, 5, 5)  # row-major: the same elements at other addresses
+    with pytest.raises(ValueError, match=r"params\[0\].grad' must have the memory layout of 'its param' "
+                                         r"\(strides \(75, 1, 15, 3\)\), got strides \(75, 25, 5, 1\)"):
+        opt.step()
+    p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+    opt.step()
+
+
 def test_bad_input():
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(ValueError, match="Invalid learning rate"):
@@ -290,8 +360,8 @@ def test_bad_input():
     q.grad = torch.eye(4, 3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
-    q.grad = torch.ones(3, 4).t()  # right shape, not contiguous
-    with pytest.raises(ValueError, match="must be contiguous"):
+    q.grad = torch.ones(3, 4).t()  # right shape, laid out unlike its param
+    with pytest.raises(ValueError, match=r"params\[0\].grad' must have the memory layout of 'its param'"):
         opt.step()
     q.grad = torch.ones(4, 3)
     opt.step()

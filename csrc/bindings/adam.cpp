@@ -293,6 +293,9 @@ class AdamGroup {
   }
 
   static bool fast_grad_ok(const Entry& e, PyObject* g) {
+    // A row-major grad pairs element for element with a row-major param only; other dense
+    // layouts (channels_last) take full_grad_check, which compares the strides.
+    if (!e.param_view.is_contiguous()) return false;
     py::object dtype = py::reinterpret_steal<py::object>(PyObject_GetAttr(g, str_dtype));
     if (!dtype || dtype.ptr() != e.param_dtype.ptr()) return false;
     py::object is_cuda = py::reinterpret_steal<py::object>(PyObject_GetAttr(g, str_is_cuda));
@@ -318,7 +321,7 @@ class AdamGroup {
     check_same_device(op, arg.c_str(), g, "its param", p);
     check_same_dtype(op, arg.c_str(), g, "its param", p);
     if (g.numel() != p.numel()) value_error(op, ": ", arg, " has shape ", shape_str(g), ", its param ", shape_str(p));
-    if (g.numel() > 0) check_contiguous(op, arg.c_str(), g);
+    if (g.numel() > 0) check_same_layout(op, arg.c_str(), g, "its param", p);
   }
 
   bool same_state(const Entry& e) const {

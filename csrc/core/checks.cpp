@@ -37,15 +37,18 @@ int dtype_size(DType t) {
   }
 }
 
-std::string shape_str(const View& v) {
+static std::string tuple_str(const int64_t* values, int n) {
   std::string s = "(";
-  for (int i = 0; i < v.ndim; ++i) {
+  for (int i = 0; i < n; ++i) {
     if (i) s += ", ";
-    s += std::to_string(v.shape[i]);
+    s += std::to_string(values[i]);
   }
-  if (v.ndim == 1) s += ",";
+  if (n == 1) s += ",";
   return s + ")";
 }
+
+std::string shape_str(const View& v) { return tuple_str(v.shape, v.ndim); }
+static std::string strides_str(const View& v) { return tuple_str(v.strides, v.ndim); }
 
 void check_device(const char* op, const char* arg, const View& v) {
   if (v.device == Device::unsupported)
@@ -109,6 +112,19 @@ void check_contiguous(const char* op, const char* arg, const View& v) {
   if (!v.is_contiguous())
     value_error(op, ": argument '", arg, "' must be contiguous (row-major); call .contiguous() or "
                 "np.ascontiguousarray first");
+}
+
+void check_dense(const char* op, const char* arg, const View& v) {
+  if (!v.is_dense())
+    value_error(op, ": argument '", arg, "' must be dense (contiguous in some order of its dimensions, e.g. "
+                "row-major or channels_last, without gaps), got shape ", shape_str(v), " with strides ",
+                strides_str(v), "; call .contiguous() first");
+}
+
+void check_same_layout(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref) {
+  if (!v.same_layout(ref))
+    value_error(op, ": argument '", arg, "' must have the memory layout of '", ref_arg, "' (strides ",
+                strides_str(ref), "), got strides ", strides_str(v));
 }
 
 void check_writable(const char* op, const char* arg, const View& v) {

@@ -26,6 +26,10 @@ void check_shape(const char* op, const char* arg, const View& v, std::initialize
 // v has exactly ref's shape (the message shows both).
 void check_same_shape(const char* op, const char* arg, const View& v, const View& ref);
 void check_contiguous(const char* op, const char* arg, const View& v);
+// Dense in some dimension order (View::is_dense): row-major, channels-last, ...
+void check_dense(const char* op, const char* arg, const View& v);
+// The memory layout of ref (View::same_layout; shapes already checked equal).
+void check_same_layout(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);
 void check_writable(const char* op, const char* arg, const View& v);
 void check_same_dtype(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);
 void check_same_device(const char* op, const char* arg, const View& v, const char* ref_arg, const View& ref);

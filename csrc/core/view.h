@@ -42,6 +42,32 @@ struct View {
     }
     return true;
   }
+  // Dense: the elements fill numel() consecutive slots from `data` with no gap or overlap,
+  // in some order of the dimensions (row-major, channels-last, a transpose, ...). Element-wise
+  // kernels may then run over the memory as a flat array.
+  bool is_dense() const {
+    if (numel() == 0) return true;
+    bool used[kMaxRank] = {};
+    int64_t expected = 1;  // the stride the next dimension must have
+    for (;;) {
+      int next = -1;
+      for (int i = 0; i < ndim && next < 0; ++i)
+        if (!used[i] && shape[i] != 1 && strides[i] == expected) next = i;
+      if (next < 0) break;
+      used[next] = true;
+      expected *= shape[next];
+    }
+    return expected == numel();  // every dimension of extent > 1 was placed
+  }
+  // Same memory layout as `o` (of the same shape): both row-major, or equal strides wherever
+  // the extent is not 1. Element i of a flat walk is then the same element of both.
+  bool same_layout(const View& o) const {
+    if (is_contiguous() && o.is_contiguous()) return true;
+    if (ndim != o.ndim) return false;
+    for (int i = 0; i < ndim; ++i)
+      if (shape[i] != o.shape[i] || (shape[i] != 1 && strides[i] != o.strides[i])) return false;
+    return true;
+  }
   template <class T> T* ptr() const { return static_cast<T*>(data); }
 };
 

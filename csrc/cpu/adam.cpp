@@ -227,7 +227,7 @@ static void check_companion(const char* op, const char* list, int64_t i, const V
     if (v.shape[d] != param.shape[d])
       value_error(op, ": argument '", arg, "' must have the shape of '", ref, "' ", shape_str(param), ", got ",
                   shape_str(v));
-  check_contiguous(op, arg.c_str(), v);
+  if (v.numel() > 0) check_same_layout(op, arg.c_str(), v, ref.c_str(), param);  // a flat walk pairs elements
   if (written) check_writable(op, arg.c_str(), v);
 }
 
@@ -243,7 +243,7 @@ void adam_check(const char* op, const View* params, const View* grads, const Vie
     }
     if (p.device == Device::cuda) check_dtype(op, arg.c_str(), p, {DType::f32, DType::bf16, DType::f16});
     else check_dtype(op, arg.c_str(), p, {DType::f32, DType::f64});  // also refuses other devices
-    if (p.numel() > 0) check_contiguous(op, arg.c_str(), p);
+    check_dense(op, arg.c_str(), p);  // element-wise: any dense layout runs as a flat array
     check_writable(op, arg.c_str(), p);
     check_numel_fits(op, arg.c_str(), p);
     const DType state = p.dtype == DType::f64 ? DType::f64 : DType::f32;

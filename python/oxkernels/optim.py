@@ -16,8 +16,10 @@ What differs from torch:
     fused kernel; differentiable=True is refused.
   - On CUDA, bfloat16/float16 params keep float32 exp_avg / exp_avg_sq (torch
     keeps them in the param dtype); loading a state dict converts them.
-  - Params must be contiguous, real (no complex) and have dense grads; CPU
-    params float32/float64, CUDA params float32/bfloat16/float16.
+  - Params must be dense (row-major, channels_last or any other order of
+    their dimensions without gaps), real (no complex), with dense grads laid out
+    like their params (autograd's are); CPU params float32/float64, CUDA params
+    float32/bfloat16/float16.
   - Results agree with torch to float32 rounding, not bit for bit (the CPU
     kernel multiplies √v̂ by 1/√(1−β₂ᵗ) where torch divides).
   - step() is not traced by torch.compile (it graph-breaks and runs eagerly);
@@ -242,10 +244,15 @@ class Adam(Optimizer):
                     st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
                 if st["step"].is_cuda and st["step"].dtype != torch.float32:
                     st["step"] = st["step"].float()
-                if p.dtype in _LOW_PRECISION:
-                    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                        if key in st and st[key].dtype != torch.float32:
-                            st[key] = st[key].float()
+                for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    if key not in st:
+                        continue
+                    if p.dtype in _LOW_PRECISION and st[key].dtype != torch.float32:
+                        st[key] = st[key].float()
+                    if st[key].shape == p.shape and st[key].stride() != p.stride():
+                        # e.g. loaded from a row-major checkpoint into a channels_last model: the
+                        # kernel walks param and state as flat arrays, so they share a layout
+                        st[key] = torch.empty_like(p, dtype=st[key].dtype).copy_(st[key])
                 states.append(st)
             else:
                 states.append(None)
