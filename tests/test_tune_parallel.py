@@ -54,3 +54,28 @@ def test_run_search_falls_back_for_unfusable_models_and_refuses_torch():
     torch_base = TrainConfig(dataset="mnist", epochs=1, limit=64, device="cpu", backend="torch")
     with pytest.raises(ValueError, match="--parallel trains with the oxkernels backend on the CPU"):
         tune.run_search(torch_base, [dict(configs[0], activation="relu")], data_root=REAL, parallel=True)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_data_is_loaded_before_the_first_trial_is_timed(monkeypatch, parallel):
+    """Each trial's seconds cover its training and evaluation: the one-time load of the data
+    set happens before the first trial starts (it used to be counted in trial 1's time), and
+    a --synthetic search never reads the files."""
+    from oxkernels import data as oxdata
+    from oxkernels import train as oxtrain
+
+    events = []
+    real_load, real_fit = oxdata.load_dataset, oxtrain.fit
+    monkeypatch.setattr(oxtrain, "_dataset_cache", {})
+    monkeypatch.setattr(oxdata, "load_dataset",
+                        lambda *a, **k: events.append(("load", k.get("synthetic", False))) or real_load(*a, **k))
+    monkeypatch.setattr(oxtrain, "fit", lambda *a, **k: events.append("fit") or real_fit(*a, **k))
+    real_perf_counter = tune.time.perf_counter
+    monkeypatch.setattr(tune.time, "perf_counter", lambda: events.append("clock") or real_perf_counter())
+    base = TrainConfig(dataset="mnist", epochs=1, limit=64, test_limit=64, device="cpu", synthetic=True)
+    configs = [{"optimizer": "adam", "activation": "relu", "batch_size": 32, "lr": lr} for lr in (1e-3, 1e-2)]
+    results = tune.run_search(base, configs, data_root=REAL, log=lambda *a: None, parallel=parallel)
+    assert len(results) == 2
+    loads = [e for e in events if isinstance(e, tuple)]
+    assert loads == [("load", True), ("load", True)]  # train and test splits, synthetic, once each
+    assert events.index("clock") > max(i for i, e in enumerate(events) if isinstance(e, tuple))

@@ -67,6 +67,10 @@ def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progre
     """Train base (a TrainConfig) with each config's overrides; returns the results sorted
     by test accuracy (best first). Ctrl-C stops the search and keeps the finished trials.
     parallel=True trains the configs that differ only in lr and seed together (module docstring)."""
+    from .train import load_split
+
+    for train in (True, False):  # loaded (and cached) before the first trial's clock starts
+        load_split(base.dataset, train, data_root, base.synthetic)
     results = []
 
     def done(row):
@@ -131,7 +135,8 @@ def _run_group(base, trials, data_root, log):
     except (TypeError, ValueError) as e:
         log(f"trials {', '.join(str(i) for i, _ in trials)}: not trained in parallel ({e}); one by one instead")
         return [_run_one(base, i, overrides, data_root) for i, overrides in trials]
-    train_set, test_set = load_split(first.dataset, True, data_root), load_split(first.dataset, False, data_root)
+    train_set = load_split(first.dataset, True, data_root, first.synthetic)
+    test_set = load_split(first.dataset, False, data_root, first.synthetic)
     n = len(train_set) if first.limit is None else min(int(first.limit), len(train_set))
     images, labels = train_set.images_np[:n], train_set.labels_np[:n]
     train_loss = [math.nan] * len(cfgs)
