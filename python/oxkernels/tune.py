@@ -23,7 +23,9 @@ fused trainer cannot run (LeNet with sigmoid) is trained one by one, saying so.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import itertools
 import json
 import math
@@ -71,6 +73,8 @@ def run_search(base, configs, out_dir=None, *, data_root=None, log=print, progre
 
     for train in (True, False):  # loaded (and cached) before the first trial's clock starts
         load_split(base.dataset, train, data_root, base.synthetic)
+    with contextlib.suppress(ImportError):  # so is what torch's first optimizer imports (≈ 1.5 s here)
+        importlib.import_module("torch._dynamo")
     results = []
 
     def done(row):
