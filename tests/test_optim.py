@@ -4,11 +4,12 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
-import oxkernels.optim as ox_optim
+torch = pytest.importorskip("torch")
 
-from conftest import rel_err, requires_cuda
+import oxkernels.optim as ox_optim  # noqa: E402
+
+from conftest import rel_err, requires_cuda  # noqa: E402
 
 SHAPES = [(7, 5), (1,), (3,), (31,), (33, 2), (127,)]
 
