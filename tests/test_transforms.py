@@ -151,9 +151,14 @@ def test_jit_trace_records_our_op_and_replays_it(name, requires_grad):
     ours, theirs = CASES[name]
     traced = _trace(ours, _rand(0, 3, 6, 6).requires_grad_(requires_grad))
     assert any(node.kind().startswith("oxkernels::") for node in traced.inlined_graph.nodes())
+    _assert_replays_like(traced, theirs)
+
+
+def _assert_replays_like(recorded, theirs):
+    """recorded (a traced or exported function) on a fresh sample: torch's values and input gradient."""
     fresh = _rand(5, 3, 6, 6).requires_grad_()
     reference = _rand(5, 3, 6, 6).requires_grad_()
-    got, expected = traced(fresh), theirs(reference)
+    got, expected = recorded(fresh), theirs(reference)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     incoming = _rand(6, *expected.shape)
     got.backward(incoming)
@@ -163,18 +168,26 @@ def test_jit_trace_records_our_op_and_replays_it(name, requires_grad):
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_traced_model_saves_loads_and_trains_like_torch(model):
+    ours, reference, sample = _course_pair(model)
+    buffer = io.BytesIO()
+    _quietly(torch.jit.save, _trace(ours, torch.randn(5, *sample)), buffer)
+    buffer.seek(0)
+    _assert_trains_like(_quietly(torch.jit.load, buffer), reference, torch.randn(5, *sample))
+
+
+def _course_pair(model):
+    """(our course model, its torch twin with the same weights, the shape of one sample)."""
     from oxkernels import models
 
     torch.manual_seed(0)
     ours = models.build_model(model)
     reference = models.torch_reference(model)
     reference.load_state_dict(ours.state_dict())
-    shape = (5, 1, 28, 28) if model == "mlp" else (3, 3, 32, 32)
-    buffer = io.BytesIO()
-    _quietly(torch.jit.save, _trace(ours, torch.randn(shape)), buffer)
-    buffer.seek(0)
-    loaded = _quietly(torch.jit.load, buffer)
-    x = torch.randn(shape)
+    return ours, reference, (1, 28, 28) if model == "mlp" else (3, 32, 32)
+
+
+def _assert_trains_like(loaded, reference, x):
+    """A loaded model (traced or exported) gives the reference's output and parameter gradients."""
     out, expected = loaded(x), reference(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
@@ -236,34 +249,15 @@ def test_export_records_our_op_and_the_loaded_program_matches_torch(name):
     ours, theirs = CASES[name]
     program = _export_roundtrip(_Apply(ours), _rand(0, 3, 6, 6))
     assert any(str(node.target).startswith("oxkernels.") for node in program.graph.nodes)
-    fresh, reference = _rand(5, 3, 6, 6).requires_grad_(), _rand(5, 3, 6, 6).requires_grad_()
-    got, expected = program.module()(fresh), theirs(reference)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    incoming = _rand(6, *expected.shape)
-    got.backward(incoming)
-    expected.backward(incoming)
-    torch.testing.assert_close(fresh.grad, reference.grad, rtol=1e-12, atol=1e-12)
+    _assert_replays_like(program.module(), theirs)
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_exported_model_with_a_dynamic_batch_runs_other_batches_and_trains_like_torch(model):
-    from oxkernels import models
-
-    torch.manual_seed(0)
-    ours = models.build_model(model)
-    reference = models.torch_reference(model)
-    reference.load_state_dict(ours.state_dict())
-    sample = (1, 28, 28) if model == "mlp" else (3, 32, 32)
+    ours, reference, sample = _course_pair(model)
     loaded = _export_roundtrip(ours, torch.randn(4, *sample),
                                dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
-    x = torch.randn(7, *sample)  # a batch size the export never saw
-    out, expected = loaded(x), reference(x)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    out.square().sum().backward()
-    expected.square().sum().backward()
-    grads = dict(loaded.named_parameters())
-    for key, parameter in reference.named_parameters():
-        torch.testing.assert_close(grads[key].grad, parameter.grad, rtol=1e-4, atol=1e-5)
+    _assert_trains_like(loaded, reference, torch.randn(7, *sample))  # a batch size the export never saw
 
 
 def _flops(fn):
