@@ -240,6 +240,12 @@ def test_bad_input():
         ops.cross_entropy(torch.zeros(4, 3, requires_grad=True), torch.tensor([0, -1, 0, 0]))
     with pytest.raises(TypeError, match="'target' must be int64"):
         ops.cross_entropy(x, t.astype(np.int32))
+    probabilities = np.full((4, 3), 1 / 3, np.float32)  # torch's other target kind: refused, saying so
+    with pytest.raises(TypeError, match=r"'target' must hold class indices \(int64\), got float32 \(class "
+                                        r"probabilities are not supported"):
+        ops.cross_entropy(x, probabilities)
+    with pytest.raises(TypeError, match="class probabilities are not supported"):
+        onn.CrossEntropyLoss()(torch.zeros(4, 3, requires_grad=True), torch.from_numpy(probabilities))
     with pytest.raises(ValueError, match="'target' must have shape \\(4,\\)"):
         ops.cross_entropy(x, t[:3])
     with pytest.raises(ValueError, match=r"'target' must have shape \(4, 2\) for logits of shape \(4, 3, 2\)"):

@@ -56,7 +56,7 @@ void check_device(const char* op, const char* arg, const View& v) {
                "; oxkernels runs on cpu and cuda arrays");
 }
 
-static std::string dtype_of(const View& v) {
+std::string dtype_of(const View& v) {
   return v.dtype == DType::unsupported && v.source_dtype[0] ? v.source_dtype : dtype_name(v.dtype);
 }
 

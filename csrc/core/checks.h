@@ -12,6 +12,8 @@
 namespace ox {
 
 std::string shape_str(const View& v);
+// The dtype's name as the caller's library spells it (the source's, for an unsupported one).
+std::string dtype_of(const View& v);
 
 // A CPU or CUDA array (a meta tensor, say, has no memory a kernel could read).
 void check_device(const char* op, const char* arg, const View& v);

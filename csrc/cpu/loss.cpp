@@ -271,6 +271,10 @@ void cross_entropy_check(const char* op, const View& logits, const View& target,
   check_contiguous(op, "logits", logits);
   check_numel_fits(op, "logits", logits);
   check_same_device(op, "target", target, "logits", logits);
+  if (target.dtype == DType::f32 || target.dtype == DType::f64 || target.dtype == DType::f16 ||
+      target.dtype == DType::bf16)  // torch reads a floating target as class probabilities
+    type_error(op, ": argument 'target' must hold class indices (int64), got ", dtype_of(target),
+               " (class probabilities are not supported; use torch.nn.functional.cross_entropy for those)");
   check_dtype(op, "target", target, {DType::i64});
   check_contiguous(op, "target", target);
   if (logits.ndim == 2) check_shape(op, "target", target, {logits.shape[0]});
