@@ -80,7 +80,8 @@ def test_other_isas(rng, isa):
 
 
 @pytest.mark.parametrize("need", ["all", "x", "weight", "bias", "x+bias"])
-def test_backward_is_the_same_for_any_thread_count(rng, need):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_is_the_same_for_any_thread_count(rng, need, dtype):
     # With T >= 2 threads the backward runs column slices of dx and of dW side by side, each
     # slice in one thread (with two: dx in one, dW and db in the other); with one, one product
     # after the other. The results must be bit for bit the same, and agree with torch. Shapes
@@ -91,16 +92,16 @@ def test_backward_is_the_same_for_any_thread_count(rng, need):
     old = oxkernels.get_num_threads()
     try:
         for rows, k, n in [(64, 784, 64), (256, 400, 120), (64, 32, 10), (5, 3, 2)]:
-            x, w, b = make(rng, (rows,), k, n)
-            g = torch.randn(rows, n)
-            y = torch.empty(rows, n)
+            x, w, b = make(rng, (rows,), k, n, dtype=dtype)
+            g = torch.randn(rows, n, dtype=dtype)
+            y = torch.empty(rows, n, dtype=dtype)
             _C.linear(x, w, b, y, "relu")
             results = []
             for threads in (1, 2, 3, 4, 5, 1, 2):
                 oxkernels.set_num_threads(threads)
-                dx = poison(torch.empty(rows, k)) if need in ("all", "x", "x+bias") else None
-                dw = poison(torch.empty(n, k)) if need in ("all", "weight") else None
-                db = poison(torch.empty(n)) if need in ("all", "bias", "x+bias") else None
+                dx = poison(torch.empty(rows, k, dtype=dtype)) if need in ("all", "x", "x+bias") else None
+                dw = poison(torch.empty(n, k, dtype=dtype)) if need in ("all", "weight") else None
+                db = poison(torch.empty(n, dtype=dtype)) if need in ("all", "bias", "x+bias") else None
                 _C.linear_backward(g, x, w, y, "relu", dx, dw, db)
                 results.append([t for t in (dx, dw, db) if t is not None])
             for r in results[1:]:
