@@ -281,19 +281,21 @@ DENSE_LAYOUTS = [((6, 3, 5, 5), "channels_last"), ((7, 5), "transposed"), ((16, 
                  ((4,), "row-major")]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_channels_last_and_transposed_params_step_like_torch(rng, amsgrad):
+def test_channels_last_and_transposed_params_step_like_torch(rng, amsgrad, device):
     """A channels_last CNN (model.to(memory_format=torch.channels_last)) has dense params that
     are not row-major, and autograd gives them grads of the same layout: the step runs over
     them as flat arrays, as torch's does, and keeps every layout."""
-    ours = [torch.nn.Parameter(_laid_out(torch.tensor(rng.standard_normal(s), dtype=torch.float32), layout))
+    ours = [torch.nn.Parameter(_laid_out(torch.tensor(rng.standard_normal(s), dtype=torch.float32,
+                                                      device=device), layout))
             for s, layout in DENSE_LAYOUTS]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     opt, ref_opt = ox_optim.Adam(ours, lr=1e-2, amsgrad=amsgrad), torch.optim.Adam(ref, lr=1e-2, amsgrad=amsgrad)
     strides = [p.stride() for p in ours]
     for _ in range(5):
         for (shape, layout), p, r in zip(DENSE_LAYOUTS, ours, ref):
-            p.grad = _laid_out(torch.tensor(rng.standard_normal(shape), dtype=torch.float32), layout)
+            p.grad = _laid_out(torch.tensor(rng.standard_normal(shape), dtype=torch.float32, device=device), layout)
             r.grad = p.grad.clone()
         opt.step()
         ref_opt.step()
