@@ -113,6 +113,30 @@ def test_bad_configs():
         TrainConfig("mnist", optimizer="lbfgs").resolved()
 
 
+@pytest.mark.parametrize("argv,message", [
+    ("train mnist --batch-size 0", "oxkernels train: need epochs ≥ 0, batch_size ≥ 1, lr > 0; got 3, 0"),
+    ("train mnist --model lenet", "oxkernels train: model 'lenet' takes cifar10 images, not mnist"),
+    ("train mnist --device gpu0", "oxkernels train: device 'gpu0': "),
+    ("tune mnist --trials -1", "oxkernels tune: --trials must be ≥ 1 (≥ 0 for a grid, 0: all of it), got -1"),
+    ("tune mnist --search random --trials 0", "oxkernels tune: --trials must be ≥ 1"),
+    ("tune mnist --lrs -1", "oxkernels tune: --lrs must all be > 0, got -1"),
+    ("tune mnist --batch-sizes 64,x", "oxkernels tune: --batch-sizes must be a comma-separated list of ints"),
+    ("tune mnist --seeds 1,two", "oxkernels tune: --seeds must be a comma-separated list of ints"),
+    ("tune mnist --batch-sizes 0 --search grid", "oxkernels tune: need epochs ≥ 0, batch_size ≥ 1"),
+])
+def test_bad_arguments_end_the_command_with_their_message(argv, message):
+    """A command-line mistake ends the command with one line naming it (SystemExit with the
+    message: status 1, no traceback), before any data is read or any trial runs."""
+    code = _cli(*argv.split())
+    assert isinstance(code, str) and code.startswith(message), code
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_device_cuda_without_a_gpu_says_so():
+    code = _cli("train", "mnist", "--device", "cuda", "--epochs", "1")
+    assert code == f"oxkernels train: device 'cuda': torch {torch.__version__} sees no CUDA device"
+
+
 # ---------------------------------------------------------------------------- tune
 
 def test_tune_grid_two_trials(tmp_path):

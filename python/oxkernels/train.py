@@ -90,7 +90,31 @@ class TrainConfig:
         if cfg.epochs < 0 or cfg.batch_size < 1 or not cfg.lr > 0:
             raise ValueError(f"need epochs ≥ 0, batch_size ≥ 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
         cfg.device = str(cfg.device or default_device())
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError as e:
+            raise ValueError(f"device {cfg.device!r}: {e}") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {cfg.device!r}: torch {torch.__version__} sees no CUDA device")
+            if cfg.backend == "oxkernels" and not _native_info()["cuda_built"]:
+                raise ValueError(f"device {cfg.device!r}: this oxkernels was built without CUDA kernels (rebuild "
+                                 "with OXKERNELS_CUDA=ON, or use --backend torch)")
         return cfg
+
+    def checked(self, command: str) -> "TrainConfig":
+        """resolved(), for the command line: a bad argument ends the command with its message
+        (no traceback)."""
+        try:
+            return self.resolved()
+        except ValueError as e:
+            raise SystemExit(f"oxkernels {command}: {e}") from None
+
+
+def _native_info():
+    from . import info
+
+    return info()
 
 
 def default_device() -> str:
@@ -451,7 +475,7 @@ def run_train(args) -> int:
                       weight_decay=args.weight_decay, activation=args.activation, device=args.device,
                       backend=args.backend, seed=args.seed, limit=args.limit, test_limit=args.test_limit,
                       fuse=not args.no_fuse, synthetic=args.synthetic)
-    cfg = cfg.resolved()
+    cfg = cfg.checked("train")
     out = args.out or f"runs/{cfg.dataset}-{cfg.model}-{cfg.backend}"
     if os.environ.get("RANK", "0") == "0":  # one banner under torchrun
         print(f"training {cfg.model} on {'synthetic ' if cfg.synthetic else ''}{cfg.dataset} ({cfg.backend}, {cfg.device}): {cfg.optimizer} lr {cfg.lr} "

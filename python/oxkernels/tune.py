@@ -192,8 +192,13 @@ def _write(out: Path, base, results, log):
     log(f"wrote {', '.join(written)} to {out}")
 
 
-def _values(text, cast):
-    return [cast(v) for v in text.split(",") if v]
+def _values(flag, text, cast):
+    """The comma-separated values of a command-line flag."""
+    try:
+        return [cast(v) for v in text.split(",") if v]
+    except ValueError:
+        raise SystemExit(f"oxkernels tune: {flag} must be a comma-separated list of {cast.__name__}s, "
+                         f"got {text!r}") from None
 
 
 def add_parser(subparsers):
@@ -223,21 +228,27 @@ def run_tune(args) -> int:
     apply_threads(args.threads)
 
     space = dict(SPACE)
-    for key, arg, cast in (("lr", args.lrs, float), ("batch_size", args.batch_sizes, int),
-                           ("activation", args.activations, str), ("optimizer", args.optimizers, str)):
+    for key, flag, arg, cast in (("lr", "--lrs", args.lrs, float),
+                                 ("batch_size", "--batch-sizes", args.batch_sizes, int),
+                                 ("activation", "--activations", args.activations, str),
+                                 ("optimizer", "--optimizers", args.optimizers, str)):
         if arg:
-            space[key] = _values(arg, cast)
+            space[key] = _values(flag, arg, cast)
+    if not all(lr > 0 for lr in space["lr"]):  # random search draws log-uniformly between them
+        raise SystemExit(f"oxkernels tune: --lrs must all be > 0, got {args.lrs}")
     base = TrainConfig(dataset=args.dataset, model=args.model, epochs=args.epochs, device=args.device,
                        backend=args.backend, seed=args.seed, limit=args.limit, test_limit=args.test_limit)
-    base.resolved()  # check the arguments before the first trial
+    base.checked("tune")  # check the arguments before the first trial
+    if args.trials < 0 or (args.search == "random" and args.trials == 0):
+        raise SystemExit(f"oxkernels tune: --trials must be ≥ 1 (≥ 0 for a grid, 0: all of it), got {args.trials}")
     if args.search == "grid":
         configs = grid_configs(space, args.trials)
     else:
         configs = random_configs(space, args.trials, seed=args.seed)
     if args.seeds:
-        configs = [dict(c, seed=seed) for c in configs for seed in _values(args.seeds, int)]
+        configs = [dict(c, seed=seed) for c in configs for seed in _values("--seeds", args.seeds, int)]
     for c in configs:
-        cfg = dataclasses.replace(base, **c).resolved()
+        cfg = dataclasses.replace(base, **c).checked("tune")
         if args.parallel and (cfg.backend != "oxkernels" or cfg.device != "cpu"):
             raise SystemExit(f"oxkernels tune: --parallel needs --backend oxkernels on the CPU (--device cpu), got "
                              f"backend {cfg.backend} on {cfg.device}")
