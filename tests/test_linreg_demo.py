@@ -26,9 +26,24 @@ def test_demo_writes_plots_without_torch(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
 
 
-def test_demo_rejects_bad_options(tmp_path):
-    out = run_demo(tmp_path, "--steps", "-1")
-    assert out.returncode != 0 and "--steps" in out.stderr
+@pytest.mark.parametrize("option,message", [
+    (["--steps", "-1"], "oxkernels linreg: --n and --d must be >= 1 and --steps >= 0"),
+    (["--lr", "-0.1"], "oxkernels linreg: --lr must be > 0, got -0.1"),
+])
+def test_demo_rejects_bad_options(tmp_path, option, message):
+    out = run_demo(tmp_path, *option)
+    assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
+
+
+def test_demo_on_cuda_without_a_gpu_says_so(tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import cuda_available
+
+    if cuda_available():
+        pytest.skip("checks the message on a machine without a usable GPU")
+    out = run_demo(tmp_path, "--device", "cuda", block_torch=False)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"oxkernels linreg: --device cuda needs a GPU that torch {torch.__version__} sees")
 
 
 def test_demo_on_cuda(tmp_path):

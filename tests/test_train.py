@@ -123,6 +123,7 @@ def test_bad_configs():
     ("tune mnist --batch-sizes 64,x", "oxkernels tune: --batch-sizes must be a comma-separated list of ints"),
     ("tune mnist --seeds 1,two", "oxkernels tune: --seeds must be a comma-separated list of ints"),
     ("tune mnist --batch-sizes 0 --search grid", "oxkernels tune: need epochs ≥ 0, batch_size ≥ 1"),
+    ("bench --epochs -1", "oxkernels bench: need epochs ≥ 0"),
 ])
 def test_bad_arguments_end_the_command_with_their_message(argv, message):
     """A command-line mistake ends the command with one line naming it (SystemExit with the
@@ -132,9 +133,10 @@ def test_bad_arguments_end_the_command_with_their_message(argv, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
-def test_device_cuda_without_a_gpu_says_so():
-    code = _cli("train", "mnist", "--device", "cuda", "--epochs", "1")
-    assert code == f"oxkernels train: device 'cuda': torch {torch.__version__} sees no CUDA device"
+@pytest.mark.parametrize("command", ["train mnist", "tune mnist", "bench"])
+def test_device_cuda_without_a_gpu_says_so(command):
+    code = _cli(*command.split(), "--device", "cuda", "--epochs", "1")
+    assert code == f"oxkernels {command.split()[0]}: device 'cuda': torch {torch.__version__} sees no CUDA device"
 
 
 # ---------------------------------------------------------------------------- tune

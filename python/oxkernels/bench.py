@@ -108,14 +108,23 @@ def fit_cuda_graph(config, *, data_root=None) -> dict:
             if history else None, "interrupted": False}
 
 
+def case_config(case: str, impl: str, *, epochs=1, limit=None, test_limit=None, device=None, seed=0,
+                synthetic=False):
+    """The TrainConfig that `impl` trains `case` with."""
+    from .train import TrainConfig
+
+    return TrainConfig(**CASES[case], epochs=epochs, limit=limit, test_limit=test_limit, device=device,
+                       seed=seed, backend="torch" if impl.startswith("torch") else "oxkernels",
+                       fuse=impl == "oxkernels-fused", synthetic=synthetic)
+
+
 def run_case(case: str, impl: str, *, epochs=1, limit=None, test_limit=None, device=None, seed=0,
              data_root=None, synthetic=False) -> dict:
     """One benchmark row: train `case` with `impl`; returns timing and accuracy."""
-    from .train import TrainConfig, fit
+    from .train import fit
 
-    cfg = TrainConfig(**CASES[case], epochs=epochs, limit=limit, test_limit=test_limit, device=device,
-                      seed=seed, backend="torch" if impl.startswith("torch") else "oxkernels",
-                      fuse=impl == "oxkernels-fused", synthetic=synthetic)
+    cfg = case_config(case, impl, epochs=epochs, limit=limit, test_limit=test_limit, device=device, seed=seed,
+                      synthetic=synthetic)
     if impl == "torch-cudagraph":
         metrics = fit_cuda_graph(cfg, data_root=data_root)
     else:
@@ -186,7 +195,8 @@ def run_benchmark(cases, impls, *, epochs, limit, test_limit, device, seed, data
     from .train import default_device
 
     device = device or default_device()
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") and "torch-cudagraph" in impls:
+        log("torch-cudagraph needs a CUDA device: left out on " + device)
         impls = [i for i in impls if i != "torch-cudagraph"]
     rows = []
     for case in cases:
@@ -244,6 +254,10 @@ def run_bench(args) -> int:
     for i in impls:
         if i not in IMPLS:
             raise SystemExit(f"unknown impl {i!r}; expected some of {', '.join(IMPLS)}")
+    for c in cases:  # the arguments checked before anything trains
+        for i in impls:
+            case_config(c, i, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit, device=args.device,
+                        seed=args.seed, synthetic=args.synthetic).checked("bench")
     rows, settings = run_benchmark(cases, impls, epochs=args.epochs, limit=args.limit, test_limit=args.test_limit,
                                    device=args.device, seed=args.seed, data_root=args.data,
                                    synthetic=args.synthetic)

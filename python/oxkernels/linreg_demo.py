@@ -91,11 +91,18 @@ def print_table(title, results, theta_ls, loss_ls):
 def run(args) -> int:
     if args.n < 1 or args.d < 1 or args.steps < 0:
         raise SystemExit("oxkernels linreg: --n and --d must be >= 1 and --steps >= 0")
+    if not args.lr > 0:
+        raise SystemExit(f"oxkernels linreg: --lr must be > 0, got {args.lr}")
     if args.device != "cpu":
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             raise SystemExit("oxkernels linreg: --device cuda needs torch (pip install 'oxkernels[torch]')")
+        from . import info
+
+        if not (torch.cuda.is_available() and info()["cuda_built"]):
+            raise SystemExit(f"oxkernels linreg: --device {args.device} needs a GPU that torch {torch.__version__} "
+                             f"sees and an oxkernels built with CUDA kernels (built: {info()['cuda_built']})")
     args.batch_size = min(args.batch_size, args.n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
