@@ -181,6 +181,8 @@ def test_bad_inputs_name_the_argument(rng):
         fit(X, y, "gd", [0.1, 0.2], 5, seed=[1, 2, 3])
     with pytest.raises(ValueError, match="'lr'"):
         fit(X, y, "gd", np.nan, 5)
+    with pytest.raises(ValueError, match=r"'lr' must be >= 0, got -0.2"):
+        fit(X, y, "gd", [0.1, -0.2], 5)
     with pytest.raises(TypeError, match="'seed'"):
         fit(X, y, "sgd", 0.1, 5, seed=1.5)
     with pytest.raises(ValueError, match="'betas'"):

@@ -71,6 +71,8 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
     seed_arr, seed_grid = _as_vector("seed", seed)
     if not np.issubdtype(lr_arr.dtype, np.number) or np.issubdtype(lr_arr.dtype, np.complexfloating):
         raise TypeError(f"linreg fit: argument 'lr' must be a real number or array of them, got dtype {lr_arr.dtype}")
+    if np.any(lr_arr < 0):  # a step against the gradient: ascent, never what a fit means
+        raise ValueError(f"linreg fit: argument 'lr' must be >= 0, got {lr_arr[lr_arr < 0][0]}")
     if not np.issubdtype(seed_arr.dtype, np.integer):
         raise TypeError(f"linreg fit: argument 'seed' must be an int or an integer array, got dtype {seed_arr.dtype}")
     if theta0 is not None and len(theta0.shape) not in (1, 2):
