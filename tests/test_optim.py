@@ -340,6 +340,26 @@ def test_grads_laid_out_unlike_a_channels_last_param_are_refused():
     opt.step()
 
 
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_a_group_mixing_float32_and_float64_params_steps_like_torch(rng, cls, amsgrad):
+    """torch's Adam takes params of several dtypes in one group, each updated (and its state
+    kept) in its own dtype; so does ours, one native step per dtype."""
+    dtypes = [torch.float32, torch.float64, torch.float32, torch.float64]
+    shapes = [(7, 5), (3,), (33,), (4, 4)]
+    ours = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=d)) for s, d in zip(shapes, dtypes)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = getattr(ox_optim, cls)(ours, lr=1e-2, amsgrad=amsgrad, weight_decay=0.1)
+    ref_opt = getattr(torch.optim, cls)(ref, lr=1e-2, amsgrad=amsgrad, weight_decay=0.1, foreach=False)
+    for _ in range(10):
+        set_grads(rng, ours, ref)
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(ours, ref):
+        assert p.dtype == r.dtype and opt.state[p]["exp_avg"].dtype == ref_opt.state[r]["exp_avg"].dtype
+        assert rel_err(p, r) < (1e-12 if p.dtype == torch.float64 else 2e-6)
+
+
 def test_bad_input():
     p = torch.nn.Parameter(torch.randn(3))
     with pytest.raises(ValueError, match="Invalid learning rate"):

@@ -182,10 +182,7 @@ class AdamGroup {
         check_dtype(op, arg.c_str(), s, {DType::f32, DType::f64});
       }
       if (!first_) first_ = &e;
-      else {
-        check_same_device(op, cat("params[", i, "]").c_str(), p, "the first param", first_->param_view);
-        check_same_dtype(op, cat("params[", i, "]").c_str(), p, "the first param", first_->param_view);
-      }
+      else check_same_device(op, cat("params[", i, "]").c_str(), p, "the first param", first_->param_view);
     }
   }
 
@@ -198,9 +195,10 @@ class AdamGroup {
     // Per call, not members: two threads stepping one optimizer (a user's race on the params)
     // must not also share these while the GIL is released.
     std::vector<AdamTensor> tensors;
-    std::vector<const View*> host_steps;
+    std::vector<const View*> host_steps, param_views;
     tensors.reserve(entries_.size());
     host_steps.reserve(entries_.size());
+    param_views.reserve(entries_.size());
     py::list updated;
     if (static_cast<size_t>(PyList_GET_SIZE(params_.ptr())) != entries_.size()) return kStale;
     for (size_t i = 0; i < entries_.size(); ++i) {
@@ -227,6 +225,7 @@ class AdamGroup {
       t.numel = p.numel();
       tensors.push_back(t);
       host_steps.push_back(&e.step_view);
+      param_views.push_back(&e.param_view);
       updated.append(e.param);
     }
     if (tensors.empty()) return kDone;
@@ -250,7 +249,21 @@ class AdamGroup {
     const double* gs = opt(grad_scale);
     {
       py::gil_scoped_release release;
-      run_step(op, tensors, first, h, gs, opt(lr_device), opt(grad_scale_device), opt(found_inf_device), stream);
+      // One native step per param dtype: a group may mix them (float32 and float64 params, as
+      // torch's Adam allows); each tensor is updated in its own precision either way.
+      std::vector<AdamTensor> same_dtype;
+      std::vector<bool> done(tensors.size(), false);
+      for (size_t k = 0; k < tensors.size(); ++k) {
+        if (done[k]) continue;
+        same_dtype.clear();
+        for (size_t j = k; j < tensors.size(); ++j)
+          if (!done[j] && param_views[j]->dtype == param_views[k]->dtype) {
+            same_dtype.push_back(tensors[j]);
+            done[j] = true;
+          }
+        run_step(op, same_dtype, *param_views[k], h, gs, opt(lr_device), opt(grad_scale_device),
+                 opt(found_inf_device), stream);
+      }
     }
     if (!bump_.is_none()) bump_(updated);
     return kDone;
