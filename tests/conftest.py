@@ -22,7 +22,8 @@ def rel_err(out, ref) -> float:
 
 def _to_numpy(x):
     if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()  # NumPy has no bfloat16
     return x
 
 
