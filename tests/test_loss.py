@@ -231,6 +231,29 @@ def test_module_and_compile(rng):
     assert rel_err(la, F.cross_entropy(model(x), tt, label_smoothing=0.05)) < 1e-6
 
 
+def test_uint8_targets_give_the_int64_results():
+    """torch takes uint8 class targets as well as int64 (MNIST's labels are bytes); so do we,
+    with the same bits as the int64 targets."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 4)).astype(np.float32)
+    t = rng.integers(0, 4, 9)
+    for reduction in ("mean", "sum", "none"):
+        np.testing.assert_array_equal(ops.cross_entropy(x, t.astype(np.uint8), reduction),
+                                      ops.cross_entropy(x, t, reduction))
+    g = np.ones(9, np.float32)
+    np.testing.assert_array_equal(ops.cross_entropy_backward(g, x, t.astype(np.uint8), "none"),
+                                  ops.cross_entropy_backward(g, x, t, "none"))
+    results = []
+    for target in (torch.from_numpy(t), torch.from_numpy(t.astype(np.uint8))):
+        logits = torch.from_numpy(x).requires_grad_()
+        loss = onn.CrossEntropyLoss(label_smoothing=0.1)(logits, target)
+        loss.backward()
+        results.append((loss.detach(), logits.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    expected = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(t.astype(np.uint8)), label_smoothing=0.1)
+    torch.testing.assert_close(results[1][0], expected)
+
+
 def test_bad_input():
     x = np.zeros((4, 3), np.float32)
     t = np.array([0, 1, 2, 1])

@@ -123,7 +123,14 @@ class _CrossEntropyFn(torch.autograd.Function):
 _ce_apply = lean_apply(_CrossEntropyFn)
 
 
+def class_indices(target):
+    """Class targets as the int64 the kernels read: uint8 ones (torch accepts them too, and
+    MNIST's labels are bytes) are widened; anything else goes to the kernel's dtype check."""
+    return target.long() if target.dtype == torch.uint8 else target
+
+
 def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
+    target = class_indices(target)
     if use_custom_op(logits):
         return dispatcher_op(cross_entropy_op)(logits, target, reduction, label_smoothing, ignore_index)
     if logits.requires_grad and torch.is_grad_enabled():

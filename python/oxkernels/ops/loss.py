@@ -31,6 +31,11 @@ def _scalar_args(op, label_smoothing, ignore_index):
         raise TypeError(f"{op}: argument 'label_smoothing' must be a float, got {label_smoothing!r}") from None
 
 
+def _class_indices(target):
+    """NumPy class targets as int64: uint8 ones (torch accepts them too) are widened."""
+    return target.astype(np.int64) if target.dtype == np.uint8 else target
+
+
 def _loss_shape(logits, reduction):
     return (logits.shape[0],) if reduction == 0 and len(logits.shape) == 2 else ()
 
@@ -52,7 +57,7 @@ def _as_rows(op, logits, target):
 
 def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
     """Softmax cross-entropy of logits (N, C) (or (C,), or (N, C, d1, …, dk) as torch's) against
-    int64 class targets (N,) (or (), or (N, d1, …, dk)).
+    int64 (or uint8) class targets (N,) (or (), or (N, d1, …, dk)).
 
     reduction: 'mean' (over non-ignored targets), 'sum' or 'none'; label_smoothing ε in [0, 1];
     targets equal to ignore_index contribute nothing. Targets outside [0, C) raise ValueError
@@ -69,7 +74,7 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_
         from .._torch import loss
 
         return loss.cross_entropy(logits, target, r, eps, ignore)
-    logits, target = dense(logits), dense(target)
+    logits, target = dense(logits), _class_indices(dense(target))
     out = empty(logits, _loss_shape(logits, r))
     _C.cross_entropy(logits, target, out, r, eps, ignore)
     return out
@@ -84,8 +89,8 @@ def cross_entropy_backward(grad, logits, target, reduction="mean", label_smoothi
     if array_kind(op, grad=grad, logits=logits, target=target) == TORCH:
         from .._torch import loss
 
-        return loss._ce_backward(grad, logits, target, r, eps, ignore)
-    grad, logits, target = dense(grad), dense(logits), dense(target)
+        return loss._ce_backward(grad, logits, loss.class_indices(target), r, eps, ignore)
+    grad, logits, target = dense(grad), dense(logits), _class_indices(dense(target))
     out = empty(logits, logits.shape)
     _C.cross_entropy_backward(grad, logits, target, out, r, eps, ignore)
     return out
