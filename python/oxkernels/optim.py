@@ -19,7 +19,8 @@ What differs from torch:
   - Params must be dense (row-major, channels_last or any other order of
     their dimensions without gaps), real (no complex), with dense grads laid out
     like their params (autograd's are); CPU params float32/float64, CUDA params
-    float32/bfloat16/float16.
+    float32/bfloat16/float16. A group may mix dtypes (one native step per
+    dtype), not devices.
   - Results agree with torch to float32 rounding, not bit for bit (the CPU
     kernel multiplies √v̂ by 1/√(1−β₂ᵗ) where torch divides).
   - step() is not traced by torch.compile (it graph-breaks and runs eagerly);
