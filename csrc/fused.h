@@ -109,7 +109,8 @@ void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& la
 // M or N only and blocks K by K alone; cross-entropy and conv weight-gradient partials
 // are per fixed block, combined in block order). With count < 2 or one thread the jobs
 // run one after another, each free to use the pool. The first exception a job throws is
-// rethrown once all have finished. Jobs must not share any buffer they write.
+// rethrown once every thread has stopped (parallel_for's rule; the thread whose job threw
+// takes no further job). Jobs must not share any buffer they write.
 void fused_run_jobs(int64_t count, void (*job)(void* ctx, int64_t i), void* ctx);
 
 template <class F> void fused_run_jobs(int64_t count, F&& f) {

@@ -8,9 +8,8 @@
 #include "core/isa.h"
 
 #if OX_ISA_IS_scalar
+#include <algorithm>
 #include <atomic>
-#include <exception>
-#include <mutex>
 
 #include "core/checks.h"
 #include "core/threading.h"
@@ -439,28 +438,13 @@ void fused_mlp_epoch_cpu(const FusedMlp& net, const View& images, const View& la
 }
 
 void fused_run_jobs(int64_t count, void (*job)(void* ctx, int64_t i), void* ctx) {
-  const int64_t threads = num_threads();
-  if (count < 2 || threads < 2) {
-    for (int64_t i = 0; i < count; ++i) job(ctx, i);
-    return;
-  }
   // One chunk per thread; each takes the next unstarted network until none is left, so a
   // thread the OS schedules late simply trains fewer of them (the caller's chunk may run
-  // them all). Exceptions must not leave a pool thread: the first is kept and rethrown.
+  // them all). parallel_for rethrows the first exception of any chunk in the caller.
   std::atomic<int64_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  parallel_for(threads < count ? threads : count, 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) {
-      try {
-        job(ctx, i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-      }
-    }
+  parallel_for(std::min<int64_t>(num_threads(), count), 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) job(ctx, i);
   });
-  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace ox
