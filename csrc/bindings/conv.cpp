@@ -1,7 +1,5 @@
 #include "conv.h"
 
-#include <utility>
-
 #include "bindings/python.h"
 
 namespace ox {
@@ -97,12 +95,8 @@ OX_BINDINGS(bind_conv) {
         check_shape(op, "indices", idx, {s.N, s.O, s.OH / pool, s.OW / pool});
         check_contiguous(op, "indices", idx);
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
-        for (const auto& [name, grad] : {std::pair{"grad_x", opt(gx)}, {"grad_weight", opt(gw)}, {"grad_bias", opt(gb)}}) {
-          if (!grad) continue;
-          check_no_overlap(op, name, *grad, "x", x);
-          check_no_overlap(op, name, *grad, "weight", w);
-          check_no_overlap(op, name, *grad, "grad_out", gout);
-        }
+        check_apart(op, {{"grad_x", opt(gx)}, {"grad_weight", opt(gw)}, {"grad_bias", opt(gb)}},
+                    {{"x", &x}, {"weight", &w}, {"grad_out", &gout}});
         if (x.device == Device::cuda)
           OX_CUDA_CALL(op, x, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
                                                                grad_workspace(op, s, x, gw, gb, workspace), stream));

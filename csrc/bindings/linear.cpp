@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <string>
-#include <utility>
 
 #include "bindings/python.h"
 
@@ -42,13 +41,11 @@ static void gemm_entry(View a, View b, View out, bool trans_a, bool trans_b, dou
     value_error(op, ": inner dimensions differ: op(a) is (", g.M, ", ", g.K, ") but op(b) is (", kb, ", ", g.N,
                 ")");
   check_output(op, "out", out, a, {g.M, g.N});
-  check_no_overlap(op, "out", out, "a", a);
-  check_no_overlap(op, "out", out, "b", b);
   if (bias) {
     check_like(op, "bias", *bias, "a", a);
     check_shape(op, "bias", *bias, {g.N});
-    check_no_overlap(op, "out", out, "bias", *bias);
   }
+  check_apart(op, {{"out", &out}}, {{"a", &a}, {"b", &b}, {"bias", opt(bias)}});
   g.A = a.data; g.a_rs = a.strides[trans_a ? 1 : 0]; g.a_cs = a.strides[trans_a ? 0 : 1];
   g.B = b.data; g.b_rs = b.strides[trans_b ? 1 : 0]; g.b_cs = b.strides[trans_b ? 0 : 1];
   g.C = out.data; g.c_rs = g.N;
@@ -91,9 +88,7 @@ OX_BINDINGS(bind_linear) {
         const Activation act = activation_arg(op, activation);
         const View* b = opt(bias);
         linear_check(op, x, weight, b, out);
-        check_no_overlap(op, "out", out, "x", x);
-        check_no_overlap(op, "out", out, "weight", weight);
-        if (b) check_no_overlap(op, "out", out, "bias", *b);
+        check_apart(op, {{"out", &out}}, {{"x", &x}, {"weight", &weight}, {"bias", b}});
         if (x.device == Device::cuda) {
           require_cuda_build(op);
           const GemmArgs fwd = linear_forward_gemm(x, weight, b, act, out);
@@ -119,13 +114,8 @@ OX_BINDINGS(bind_linear) {
         const View* dw = opt(grad_weight);
         const View* db = opt(grad_bias);
         linear_backward_check(op, grad_out, x, weight, y, act, dx, dw, db);
-        for (const auto& [name, grad] : {std::pair{"grad_x", dx}, {"grad_weight", dw}, {"grad_bias", db}}) {
-          if (!grad) continue;
-          check_no_overlap(op, name, *grad, "grad_out", grad_out);
-          check_no_overlap(op, name, *grad, "x", x);
-          check_no_overlap(op, name, *grad, "weight", weight);
-          if (y) check_no_overlap(op, name, *grad, "out", *y);
-        }
+        check_apart(op, {{"grad_x", dx}, {"grad_weight", dw}, {"grad_bias", db}},
+                    {{"grad_out", &grad_out}, {"x", &x}, {"weight", &weight}, {"out", y}});
         if (x.device == Device::cuda) {
           require_cuda_build(op);
           const GemmArgs gx = dx ? linear_grad_x_gemm(grad_out, weight, y, act, *dx) : GemmArgs{};

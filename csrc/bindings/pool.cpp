@@ -29,8 +29,7 @@ OX_BINDINGS(bind_pool) {
         else check_shape(op, "grad", grad, {x.shape[0], ho, wo});
         if (x.ndim == 4) check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2], x.shape[3]});
         else check_output(op, "out", out, x, {x.shape[0], x.shape[1], x.shape[2]});
-        check_no_overlap(op, "out", out, "x", x);
-        check_no_overlap(op, "out", out, "grad", grad);
+        check_apart(op, {{"out", &out}}, {{"x", &x}, {"grad", &grad}});
         if (x.device == Device::cuda) OX_CUDA_CALL(op, x, max_pool2d_backward_cuda(grad, x, p, out, stream));
         else max_pool2d_backward_cpu(grad, x, p, out);
       },

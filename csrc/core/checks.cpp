@@ -196,13 +196,20 @@ static bool byte_span(const View& v, uintptr_t* lo, uintptr_t* hi) {
   return true;
 }
 
-void check_no_overlap(const char* op, const char* out_arg, const View& out, const char* in_arg, const View& in) {
+static void check_no_overlap(const char* op, const char* out_arg, const View& out, const char* in_arg,
+                             const View& in) {
   uintptr_t out_lo, out_hi, in_lo, in_hi;
   if (!byte_span(out, &out_lo, &out_hi) || !byte_span(in, &in_lo, &in_hi)) return;
   if (out.device != in.device || out.device_index != in.device_index) return;
   if (out_lo <= in_hi && in_lo <= out_hi)
     value_error(op, ": argument '", out_arg, "' shares memory with argument '", in_arg, "', which the kernel ",
                 "still reads while it writes '", out_arg, "'; pass a separate output");
+}
+
+void check_apart(const char* op, std::initializer_list<NamedArray> outputs, std::initializer_list<NamedArray> inputs) {
+  for (const auto& [out_arg, out] : outputs)
+    for (const auto& [in_arg, in] : inputs)
+      if (out && in) check_no_overlap(op, out_arg, *out, in_arg, *in);
 }
 
 }  // namespace ox

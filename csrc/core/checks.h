@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "core/errors.h"
 #include "core/view.h"
@@ -47,9 +48,11 @@ void check_scratch(const char* op, const char* arg, const View& v, const char* r
 // CUDA scratch: required when need > 0; check_scratch of ref's dtype. Returns it (or null
 // when none is needed).
 const View* check_workspace(const char* op, const View* ws, const char* ref_arg, const View& ref, int64_t need);
-// An output a kernel writes while still reading `in`: their memory must not overlap (their
-// byte ranges, conservatively: interleaved views count as overlapping).
-void check_no_overlap(const char* op, const char* out_arg, const View& out, const char* in_arg, const View& in);
+// Outputs a kernel writes while still reading the inputs: no output may share memory with an
+// input (their byte ranges, conservatively: interleaved views count as overlapping). A null
+// View is an absent optional argument.
+using NamedArray = std::pair<const char*, const View*>;
+void check_apart(const char* op, std::initializer_list<NamedArray> outputs, std::initializer_list<NamedArray> inputs);
 // Element counts of the ranges our kernels index with int64 must not overflow.
 void check_numel_fits(const char* op, const char* arg, const View& v);
 
