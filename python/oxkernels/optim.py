@@ -68,13 +68,12 @@ def _scalar(x, name):
 class _GroupCache:
     """The native AdamGroup of one param group, and what it was built from."""
 
-    __slots__ = ("native", "params", "state", "n", "amsgrad", "steps_on_device", "device_is_cuda", "device")
+    __slots__ = ("native", "params", "state", "amsgrad", "steps_on_device", "device_is_cuda", "device")
 
     def __init__(self, native, params, state, amsgrad, steps_on_device):
         self.native = native
         self.params = params
         self.state = state  # the optimizer's state mapping it was built from
-        self.n = len(params)
         self.amsgrad = amsgrad
         self.steps_on_device = steps_on_device
         self.device = params[0].device if params else None
@@ -184,8 +183,8 @@ class Adam(Optimizer):
         caches = self._caches
         for i, group in enumerate(self.param_groups):
             cache = caches[i] if i < len(caches) else None
-            if (cache is None or cache.params is not group["params"] or cache.n != len(cache.params)
-                    or cache.state is not self.state):
+            # A replaced list or state mapping; the native group checks their contents (and size).
+            if cache is None or cache.params is not group["params"] or cache.state is not self.state:
                 cache = self._build(i, group)
             if self._step_group(group, cache, grad_scale, found_inf) == _STALE:
                 cache = self._build(i, group)
