@@ -100,9 +100,10 @@ def run(args) -> int:
             raise SystemExit("oxkernels linreg: --device cuda needs torch (pip install 'oxkernels[torch]')")
         from . import info
 
-        if not (torch.cuda.is_available() and info()["cuda_built"]):
+        built = info()["cuda_built"]
+        if not (torch.cuda.is_available() and built):
             raise SystemExit(f"oxkernels linreg: --device {args.device} needs a GPU that torch {torch.__version__} "
-                             f"sees and an oxkernels built with CUDA kernels (built: {info()['cuda_built']})")
+                             f"sees and an oxkernels built with CUDA kernels (built: {built})")
     args.batch_size = min(args.batch_size, args.n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
