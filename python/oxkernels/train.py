@@ -97,7 +97,9 @@ class TrainConfig:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise ValueError(f"device {cfg.device!r}: torch {torch.__version__} sees no CUDA device")
-            if cfg.backend == "oxkernels" and not _native_info()["cuda_built"]:
+            from . import info
+
+            if cfg.backend == "oxkernels" and not info()["cuda_built"]:
                 raise ValueError(f"device {cfg.device!r}: this oxkernels was built without CUDA kernels (rebuild "
                                  "with OXKERNELS_CUDA=ON, or use --backend torch)")
         return cfg
@@ -109,12 +111,6 @@ class TrainConfig:
             return self.resolved()
         except ValueError as e:
             raise SystemExit(f"oxkernels {command}: {e}") from None
-
-
-def _native_info():
-    from . import info
-
-    return info()
 
 
 def default_device() -> str:
