@@ -67,8 +67,10 @@ def test_line_problem_large_n(rng):
 
 
 # The CPU kernel has four paths: the line (d = 1, B = 1), narrow transposed tiles (B < 4,
-# d+1 <= 32), row-wise padded tiles (B < 4, wider), and the GEMM pair (B >= 4).
-PATHS = [(1, None), (19, 1), (40, 2), (19, 6), (40, 4)]
+# d+1 <= 32), wide rows read in place in groups of 8 (B < 4, wider: d = 43 leaves a masked
+# tail of columns at every vector width, after an even (float32) or odd (float64) count of
+# full vectors on AVX-512), and the GEMM pair (B >= 4).
+PATHS = [(1, None), (19, 1), (43, 1), (43, 2), (19, 6), (40, 4)]
 
 
 @pytest.mark.parametrize("d,B", PATHS)

@@ -121,46 +121,86 @@ template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, i
     }
 }
 
-// Small batches (B < kTileMinB), kMicroRows rows at a time on the padded tile:
-//   r_i = x̃_i·θ_b − y_i (dots over dp = a multiple of kVec columns, no tail),
-//   G_b[:dp] += Σ_i r_i x̃_i (one pass over G_b per kMicroRows rows),  L_b += Σ_i r_i².
-// Padded rows are all zero (bias column too), so their residual is 0 and they add nothing.
-// Thp holds θ_b padded to dp columns; G is B × dp.
-template <class T>
-static void tile_rowwise(const T* Xt, const T* yt, const T* Thp, int64_t dp, int64_t B, bool want_grad, T* G, T* L) {
-  using S = Vec<T>;  // L lanes (1 in the scalar build)
-  constexpr int NV = kVec / S::L;
-  for (int r0 = 0; r0 < kTileRows; r0 += kMicroRows)
-    for (int64_t b = 0; b < B; ++b) {
-      const T* th = Thp + b * dp;
-      typename S::R acc[kMicroRows][NV];
-      for (int i = 0; i < kMicroRows; ++i)
-        for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(T(0));
-      for (int64_t c0 = 0; c0 < dp; c0 += kVec)
-        for (int v = 0; v < NV; ++v) {
-          const typename S::R tv = S::loadu(th + c0 + v * S::L);
-          for (int i = 0; i < kMicroRows; ++i)
-            acc[i][v] = S::fma(S::loadu(Xt + (r0 + i) * dp + c0 + v * S::L), tv, acc[i][v]);
-        }
-      T res[kMicroRows];
-      for (int i = 0; i < kMicroRows; ++i) {
-        T lanes[kVec];
-        for (int v = 0; v < NV; ++v) S::storeu(lanes + v * S::L, acc[i][v]);
-        res[i] = sum_lanes(lanes) - yt[r0 + i];
-        L[b] += res[i] * res[i];
+// Small batches (B < kTileMinB) of wide rows (d+1 > kNarrow), R rows at a time read in place
+// (so they stay in L1 between the two passes over them):
+//   r_i = x_i·w_b + θ_b[d] − y_i   (R independent dot products, the tail columns masked),
+//   G_b[:d] += Σ_i r_i x_i,   G_b[d] += Σ_i r_i,   L_b += Σ_i r_i².
+// Each dot is L-lane partial sums reduced by a fixed pairwise tree; rows are added in order.
+template <class T> static inline T sum_tree(const typename Vec<T>::R& v) {
+  constexpr int L = Vec<T>::L;
+  T lanes[L];
+  Vec<T>::storeu(lanes, v);
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
+  return lanes[0];
+}
+
+template <int R, class T>
+static inline void row_group(const T* const* x, const T* yr, const T* theta, int64_t d, int64_t stride, int64_t dp,
+                             int64_t B, bool want_grad, T* G, T* L) {
+  using S = Vec<T>;
+  const int64_t full = d / S::L * S::L;
+  const typename S::M tail = S::mask(d - full);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* th = theta + b * stride;
+    typename S::R acc[R];
+    for (int i = 0; i < R; ++i) {  // row by row: each row is one sequential read from memory
+      typename S::R even = S::zero(), odd = S::zero();  // two chains, half the FMA latency
+      int64_t c = 0;
+      for (; c + 2 * S::L <= full; c += 2 * S::L) {
+        even = S::fma(S::loadu(x[i] + c), S::loadu(th + c), even);
+        odd = S::fma(S::loadu(x[i] + c + S::L), S::loadu(th + c + S::L), odd);
       }
-      if (want_grad) {
-        T* g = G + b * dp;
-        for (int64_t c0 = 0; c0 < dp; c0 += kVec)
-          for (int v = 0; v < NV; ++v) {
-            T* gp = g + c0 + v * S::L;
-            typename S::R gv = S::loadu(gp);
-            for (int i = 0; i < kMicroRows; ++i)
-              gv = S::fma(S::set1(res[i]), S::loadu(Xt + (r0 + i) * dp + c0 + v * S::L), gv);
-            S::storeu(gp, gv);
-          }
-      }
+      if (c < full) even = S::fma(S::loadu(x[i] + c), S::loadu(th + c), even);
+      if (full < d) odd = S::fma(S::loadz(tail, x[i] + full), S::loadz(tail, th + full), odd);
+      acc[i] = S::add(even, odd);
     }
+    T res[R];
+    T r_sum = 0, r_sq = 0;
+    for (int i = 0; i < R; ++i) {
+      res[i] = sum_tree<T>(acc[i]) + th[d] - yr[i];
+      r_sum += res[i];
+      r_sq += res[i] * res[i];
+    }
+    L[b] += r_sq;
+    if (!want_grad) continue;
+    T* g = G + b * dp;
+    for (int64_t c = 0; c < full; c += S::L) {
+      typename S::R gv = S::loadu(g + c);
+      for (int i = 0; i < R; ++i) gv = S::fma(S::set1(res[i]), S::loadu(x[i] + c), gv);
+      S::storeu(g + c, gv);
+    }
+    if (full < d) {
+      typename S::R gv = S::loadz(tail, g + full);
+      for (int i = 0; i < R; ++i) gv = S::fma(S::set1(res[i]), S::loadz(tail, x[i] + full), gv);
+      S::store(g + full, tail, gv);
+    }
+    g[d] += r_sum;
+  }
+}
+
+constexpr int kGroupRows = 8;
+
+template <class T, bool kIndexed>
+static void rows_wide(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
+                      int64_t d, int64_t B, int64_t dp, bool want_grad, T* G, T* L) {
+  const T* x[kGroupRows];
+  T yr[kGroupRows];
+  int64_t j = begin;
+  for (; j + kGroupRows <= end; j += kGroupRows) {
+    for (int i = 0; i < kGroupRows; ++i) {
+      const int64_t row = kIndexed ? rows[j + i] : j + i;
+      x[i] = X + row * d;
+      yr[i] = y[row];
+    }
+    row_group<kGroupRows>(x, yr, theta, d, d + 1, dp, B, want_grad, G, L);
+  }
+  for (; j < end; ++j) {
+    const int64_t row = kIndexed ? rows[j] : j;
+    x[0] = X + row * d;
+    yr[0] = y[row];
+    row_group<1>(x, yr, theta, d, d + 1, dp, B, want_grad, G, L);
+  }
 }
 
 // Small batches and few columns (B < kTileMinB, d+1 <= kNarrow): the tile is staged transposed,
@@ -252,10 +292,6 @@ static void rows_tiled(const T* X, const T* y, const T* ThT, const int64_t* rows
         yt[r] = T(0);
       }
     }
-    if (B < kTileMinB) {
-      tile_rowwise(Xt, yt, ThT, dp, B, want_grad, Gp, L);
-      continue;
-    }
     tile_residuals(Xt, yt, ThT, dp, Bp, Rt);
     if (want_grad) tile_grad(Xt, Rt, dp, Bp, Gp);
     for (int64_t r = 0; r < nr; ++r)
@@ -276,13 +312,12 @@ static void evaluate(const T* X, const T* y, const T* theta, const int64_t* rows
   if (block < min_block) block = min_block;
   const int64_t nblocks = (m + block - 1) / block;
 
-  // Paths: the line (d = 1, B = 1) row-vectorised; otherwise padded tiles, with the GEMM pair
-  // for B >= kTileMinB and a row-wise dot/axpy below that.
+  // Paths: the line (d = 1, B = 1) row-vectorised; the GEMM pair on padded tiles for
+  // B >= kTileMinB; below that a transposed tile for narrow rows, or wide rows read in place.
   const bool line = d == 1 && B == 1;
   const bool gemm = B >= kTileMinB;
   const bool narrow = !line && !gemm && stride <= kNarrow;
-  const bool tiled = !line;
-  const int64_t dp = tiled ? round_up(stride, kVec) : stride;
+  const int64_t dp = gemm ? round_up(stride, kVec) : stride;
   const int64_t Bp = gemm ? round_up(B, kVec) : B;
   const int64_t gsize = Bp * dp, psize = gsize + B;  // per block: G then L
   T* partial = new T[nblocks * psize]();
@@ -291,24 +326,23 @@ static void evaluate(const T* X, const T* y, const T* theta, const int64_t* rows
     ThT = new T[dp * Bp]();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < stride; ++c) ThT[c * Bp + b] = theta[b * stride + c];
-  } else if (tiled && !narrow) {  // Θ padded: ThT[b][c]
-    ThT = new T[Bp * dp]();
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = 0; c < stride; ++c) ThT[b * dp + c] = theta[b * stride + c];
   }
   const bool want_grad = grad != nullptr;
   for_each_block(m, block, [&](int64_t k, int64_t begin, int64_t end) {
     T* G = partial + k * psize;
     T* L = G + gsize;
-    if (narrow) {
-      if (rows) rows_narrow<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
-      else rows_narrow<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
-    } else if (tiled) {
-      if (rows) rows_tiled<T, true>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
-      else rows_tiled<T, false>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
-    } else {
+    if (line) {
       if (rows) rows_line<T, true>(X, y, theta, rows, begin, end, G, L);
       else rows_line<T, false>(X, y, theta, rows, begin, end, G, L);
+    } else if (gemm) {
+      if (rows) rows_tiled<T, true>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
+      else rows_tiled<T, false>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
+    } else if (narrow) {
+      if (rows) rows_narrow<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+      else rows_narrow<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+    } else {
+      if (rows) rows_wide<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+      else rows_wide<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
     }
   });
   const T inv_m = T(1) / static_cast<T>(m);
