@@ -1,6 +1,7 @@
 #include "conv.h"
 
 #include "bindings/python.h"
+#include "core/private_copy.h"
 
 namespace ox {
 
@@ -82,10 +83,12 @@ OX_BINDINGS(bind_conv) {
 
   m.def(
       "conv2d_relu_maxpool2d_backward",
-      [](View gout, View idx, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t pool,
+      [](View gout, View caller_idx, View x, View w, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t pool,
          std::optional<View> gx, std::optional<View> gw, std::optional<View> gb, uintptr_t stream,
          std::optional<View> workspace) {
         const char* op = "conv2d_relu_maxpool2d_backward";
+        const PrivateCopy idx_copy(caller_idx);  // its offsets address grad_x
+        const View& idx = idx_copy.view();
         check_pool(op, pool);
         const ConvShape s = conv2d_check(op, x, w, nullptr, sh, sw, ph, pw);
         check_like(op, "grad_out", gout, "x", x);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings/python.h"
+#include "core/private_copy.h"
 #include "conv.h"
 #include "loss.h"
 
@@ -149,7 +150,9 @@ class FusedMlpNative {
   }
 
   // One step on a batch; the loss goes to loss_out (a float32 element).
-  void step(View x, View target, View loss_out) {
+  void step(View x, View caller_target, View loss_out) {
+    const PrivateCopy target_copy(caller_target);
+    const View& target = target_copy.view();
     const View xr = check_step(x, target);
     const View& ref = net_.layer[0].w;
     check_like(kOp, "loss_out", loss_out, "the weights", ref);
@@ -181,7 +184,10 @@ class FusedMlpNative {
   }
 
   // One epoch over images[order] in batches of `batch` rows (≤ the workspace's); losses (steps,) float32.
-  void epoch(View images, View labels, View order, View scale, View shift, View losses, int64_t batch) {
+  void epoch(View images, View caller_labels, View caller_order, View scale, View shift, View losses,
+             int64_t batch) {
+    const PrivateCopy labels_copy(caller_labels), order_copy(caller_order);
+    const View &labels = labels_copy.view(), &order = order_copy.view();
     const View img = check_epoch(images, labels, order, scale, shift, losses, batch);
     py::gil_scoped_release release;
     run_epoch(img, labels, order, scale, shift, losses, batch);
@@ -279,9 +285,11 @@ void parallel_step(py::list nets, py::list xs, py::list ys, View losses) {
   const size_t M = net.size();
   if (xs.size() != M || ys.size() != M) value_error(kParallelOp, ": one x and one y per model expected");
   std::vector<View> x(M), y(M);
+  std::vector<PrivateCopy> y_copies;  // the targets' values are checked, then address rows
+  y_copies.reserve(M);
   check_each(M, [&](size_t i) {
     x[i] = tensor_view(xs[i], "x");
-    y[i] = tensor_view(ys[i], "y");
+    y[i] = y_copies.emplace_back(tensor_view(ys[i], "y")).view();
     x[i] = net[i]->check_step(x[i], y[i]);
   });
   check_dtype(kParallelOp, "losses", losses, {DType::f32});
@@ -296,8 +304,10 @@ void parallel_step(py::list nets, py::list xs, py::list ys, View losses) {
 
 // One epoch of every copy on the same images and labels: copy i visits them in orders[i] (the same
 // tensor for copies that share a shuffle) and writes its per-step losses to losses[i].
-void parallel_epoch(py::list nets, View images, View labels, py::list orders, View scale, View shift,
+void parallel_epoch(py::list nets, View images, View caller_labels, py::list orders, View scale, View shift,
                     View losses, int64_t batch) {
+  const PrivateCopy labels_copy(caller_labels);  // values checked, then used as indices
+  const View& labels = labels_copy.view();
   const std::vector<FusedMlpNative*> net = natives_of(nets);
   const size_t M = net.size();
   if (orders.size() != M) value_error(kParallelOp, ": one order per model expected");
@@ -306,8 +316,10 @@ void parallel_epoch(py::list nets, View images, View labels, py::list orders, Vi
   if (losses.shape[0] != static_cast<int64_t>(M))
     value_error(kParallelOp, ": losses must have one row per model, got shape ", shape_str(losses));
   std::vector<View> order(M), rows(M), img(M);
+  std::vector<PrivateCopy> order_copies;
+  order_copies.reserve(M);
   check_each(M, [&](size_t i) {
-    order[i] = tensor_view(orders[i], "order");
+    order[i] = order_copies.emplace_back(tensor_view(orders[i], "order")).view();
     rows[i] = losses;
     rows[i].ndim = 1;
     rows[i].shape[0] = losses.shape[1];

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "bindings/python.h"
+#include "core/private_copy.h"
 
 namespace ox {
 
@@ -11,7 +12,9 @@ OX_BINDINGS(bind_linreg) {
       "linreg_grad",
       [](View X, View y, View theta, std::optional<View> rows, View out, uintptr_t stream,
          std::optional<View> workspace) {
-        const View* r = opt(rows);
+        std::optional<PrivateCopy> rows_copy;
+        if (rows) rows_copy.emplace(*rows);
+        const View* r = rows_copy ? &rows_copy->view() : nullptr;
         linreg_check("linreg_grad", X, y, theta, r, out, true);
         if (X.device == Device::cuda) {
           if (!workspace) value_error("linreg_grad: a CUDA call needs argument 'workspace'");

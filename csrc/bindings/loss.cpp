@@ -1,6 +1,7 @@
 #include "loss.h"
 
 #include "bindings/python.h"
+#include "core/private_copy.h"
 
 namespace ox {
 
@@ -16,10 +17,12 @@ static CrossEntropy ce_args(int reduction, double label_smoothing, int64_t ignor
 OX_BINDINGS(bind_loss) {
   m.def(
       "cross_entropy",
-      [](View logits, View target, View out, int reduction, double label_smoothing, int64_t ignore_index,
+      [](View logits, View caller_target, View out, int reduction, double label_smoothing, int64_t ignore_index,
          std::optional<View> workspace, uintptr_t stream, std::optional<View> grad_logits) {
         const char* op = "cross_entropy";
         const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index);
+        const PrivateCopy target_copy(caller_target);
+        const View& target = target_copy.view();
         cross_entropy_check(op, logits, target, ce);
         cross_entropy_check_out(op, out, logits, ce);
         if (grad_logits) {
@@ -42,10 +45,12 @@ OX_BINDINGS(bind_loss) {
       py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def(
       "cross_entropy_backward",
-      [](View grad, View logits, View target, View out, int reduction, double label_smoothing, int64_t ignore_index,
-         std::optional<View> workspace, uintptr_t stream) {
+      [](View grad, View logits, View caller_target, View out, int reduction, double label_smoothing,
+         int64_t ignore_index, std::optional<View> workspace, uintptr_t stream) {
         const char* op = "cross_entropy_backward";
         const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index);
+        const PrivateCopy target_copy(caller_target);
+        const View& target = target_copy.view();
         cross_entropy_check(op, logits, target, ce);
         check_like(op, "grad", grad, "logits", logits);
         if (ce.reduction == Reduction::none && logits.ndim == 2) check_shape(op, "grad", grad, {logits.shape[0]});
