@@ -178,7 +178,7 @@ def test_outputs_sharing_memory_with_what_the_kernel_reads_are_refused():
     images = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
     grad = np.ones((1, 2, 2, 2), np.float32)
     with pytest.raises(ValueError, match="'out' shares memory with argument 'x'"):
-        _C.max_pool2d_backward(grad, images, images, 3, 3, 3, 3)
+        _C.max_pool2d_backward(grad, images, images, 3, 3, 3, 3, 0, 0, 1, 1, False)
     separate = np.empty_like(images)
-    _C.max_pool2d_backward(grad, images, separate, 3, 3, 3, 3)  # a separate output is fine
+    _C.max_pool2d_backward(grad, images, separate, 3, 3, 3, 3, 0, 0, 1, 1, False)  # a separate output is fine
     np.testing.assert_array_equal(separate, oxkernels.ops.max_pool2d_backward(grad, images, 3))

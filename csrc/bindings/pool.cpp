@@ -7,8 +7,9 @@ namespace ox {
 OX_BINDINGS(bind_pool) {
   m.def(
       "max_pool2d",
-      [](View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, uintptr_t stream) {
-        const Pool2d p{kh, kw, sh, sw};
+      [](View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh,
+         int64_t dw, bool ceil_mode, uintptr_t stream) {
+        const Pool2d p{kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode};
         int64_t ho, wo;
         max_pool2d_check("max_pool2d", x, p, &ho, &wo);
         max_pool2d_check_out("max_pool2d", "out", out, x, ho, wo);
@@ -16,12 +17,14 @@ OX_BINDINGS(bind_pool) {
         else max_pool2d_forward_cpu(x, p, out);
       },
       py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("ceil_mode"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>());
   m.def(
       "max_pool2d_backward",
-      [](View grad, View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, uintptr_t stream) {
+      [](View grad, View x, View out, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+         int64_t dh, int64_t dw, bool ceil_mode, uintptr_t stream) {
         const char* op = "max_pool2d_backward";
-        const Pool2d p{kh, kw, sh, sw};
+        const Pool2d p{kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode};
         int64_t ho, wo;
         max_pool2d_check(op, x, p, &ho, &wo);
         check_like(op, "grad", grad, "x", x);
@@ -34,7 +37,8 @@ OX_BINDINGS(bind_pool) {
         else max_pool2d_backward_cpu(grad, x, p, out);
       },
       py::arg("grad"), py::arg("x"), py::arg("out"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
-      py::arg("stream") = 0, py::call_guard<py::gil_scoped_release>());
+      py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("ceil_mode"), py::arg("stream") = 0,
+      py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace ox

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "core/isa.h"
 #include "core/threading.h"
@@ -16,21 +17,45 @@ constexpr int64_t kGrain = 16384;
 template <class T> static inline bool takes_over(T v, T m) { return v > m || v != v; }
 
 struct Geometry {
-  int64_t planes, h, w, ho, wo, kh, kw, sh, sw;
+  int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// Any window: y = max over the window, scanned row-major.
+// The window taps inside the plane along one axis: offsets start + t·dil for t in [first, end).
+struct Taps {
+  int64_t start, first, end;
+};
+
+static inline Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t extent) {
+  const int64_t start = out_index * stride - pad;
+  const int64_t first = start < 0 ? (-start + dil - 1) / dil : 0;
+  const int64_t past = extent - 1 - start;  // the last tap t must have start + t·dil <= extent − 1
+  const int64_t end = past < 0 ? 0 : (past / dil + 1 < k ? past / dil + 1 : k);
+  return Taps{start, first, end > first ? end : first};
+}
+
+// Offset in the plane of window (i, j)'s winner (torch's scan), or −1 when no tap is inside.
+template <class T> static inline int64_t window_argmax(const T* x, const Geometry& g, int64_t i, int64_t j) {
+  const Taps r = taps(i, g.sh, g.ph, g.kh, g.dh, g.h), c = taps(j, g.sw, g.pw, g.kw, g.dw, g.w);
+  if (r.first == r.end || c.first == c.end) return -1;
+  int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw;
+  T m = x[pos];
+  for (int64_t a = r.first; a < r.end; ++a)
+    for (int64_t b = c.first; b < c.end; ++b) {
+      const int64_t q = (r.start + a * g.dh) * g.w + c.start + b * g.dw;
+      if (takes_over(x[q], m)) {
+        m = x[q];
+        pos = q;
+      }
+    }
+  return pos;
+}
+
+// Any window.
 template <class T> static void fwd_plane(const T* x, T* y, const Geometry& g) {
   for (int64_t i = 0; i < g.ho; ++i)
     for (int64_t j = 0; j < g.wo; ++j) {
-      const T* win = x + i * g.sh * g.w + j * g.sw;
-      T m = win[0];
-      for (int64_t a = 0; a < g.kh; ++a)
-        for (int64_t b = 0; b < g.kw; ++b) {
-          const T v = win[a * g.w + b];
-          m = takes_over(v, m) ? v : m;
-        }
-      y[i * g.wo + j] = m;
+      const int64_t pos = window_argmax(x, g, i, j);
+      y[i * g.wo + j] = pos < 0 ? -std::numeric_limits<T>::infinity() : x[pos];
     }
 }
 
@@ -57,15 +82,8 @@ template <class T> static void bwd_plane(const T* dy, const T* x, T* dx, const G
   std::memset(dx, 0, sizeof(T) * g.h * g.w);
   for (int64_t i = 0; i < g.ho; ++i)
     for (int64_t j = 0; j < g.wo; ++j) {
-      const int64_t base = i * g.sh * g.w + j * g.sw;
-      int64_t pos = base;
-      T m = x[base];
-      for (int64_t a = 0; a < g.kh; ++a)
-        for (int64_t b = 0; b < g.kw; ++b) {
-          const int64_t q = base + a * g.w + b;
-          if (takes_over(x[q], m)) { m = x[q]; pos = q; }
-        }
-      dx[pos] += dy[i * g.wo + j];
+      const int64_t pos = window_argmax(x, g, i, j);
+      if (pos >= 0) dx[pos] += dy[i * g.wo + j];
     }
 }
 
@@ -99,38 +117,46 @@ template <class T> static void bwd_plane_2x2(const T* dy, const T* x, T* dx, con
   if (g.h & 1) std::memset(dx + (g.h - 1) * g.w, 0, sizeof(T) * g.w);
 }
 
+// The course's window: 2×2, stride 2, no padding or dilation, every window inside the plane.
+static bool is_2x2(const Geometry& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 &&
+         2 * g.ho <= g.h && 2 * g.wo <= g.w;
+}
+
 template <class T> static void fwd(const T* x, T* y, const Geometry& g) {
-  const bool is_2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2;
+  const bool fast = is_2x2(g);
   const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t grain = in_plane >= kGrain ? 1 : kGrain / in_plane;
   parallel_for(g.planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      if (is_2x2) fwd_plane_2x2(x + p * in_plane, y + p * out_plane, g);
+      if (fast) fwd_plane_2x2(x + p * in_plane, y + p * out_plane, g);
       else fwd_plane(x + p * in_plane, y + p * out_plane, g);
     }
   });
 }
 
 template <class T> static void bwd(const T* dy, const T* x, T* dx, const Geometry& g) {
-  const bool is_2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2;
+  const bool fast = is_2x2(g);
   const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t grain = in_plane >= kGrain ? 1 : kGrain / in_plane;
   parallel_for(g.planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      if (is_2x2) bwd_plane_2x2(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g);
+      if (fast) bwd_plane_2x2(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g);
       else bwd_plane(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g);
     }
   });
 }
 
 void max_pool2d_fwd(const void* x, void* y, const int64_t* geom, bool f64) {
-  const Geometry g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[8]};
+  const Geometry g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5], geom[6],
+                   geom[7], geom[8], geom[9], geom[10], geom[11], geom[12]};
   if (f64) fwd(static_cast<const double*>(x), static_cast<double*>(y), g);
   else fwd(static_cast<const float*>(x), static_cast<float*>(y), g);
 }
 
 void max_pool2d_bwd(const void* dy, const void* x, void* dx, const int64_t* geom, bool f64) {
-  const Geometry g{geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[8]};
+  const Geometry g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5], geom[6],
+                   geom[7], geom[8], geom[9], geom[10], geom[11], geom[12]};
   if (f64) bwd(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dx), g);
   else bwd(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dx), g);
 }
@@ -155,12 +181,23 @@ void max_pool2d_check(const char* op, const View& x, const Pool2d& p, int64_t* h
     value_error(op, ": argument 'kernel_size' must be positive, got (", p.kh, ", ", p.kw, ")");
   if (p.sh < 1 || p.sw < 1)
     value_error(op, ": argument 'stride' must be positive, got (", p.sh, ", ", p.sw, ")");
+  if (p.dh < 1 || p.dw < 1)
+    value_error(op, ": argument 'dilation' must be positive, got (", p.dh, ", ", p.dw, ")");
+  if (p.ph < 0 || p.pw < 0 || 2 * p.ph > p.kh || 2 * p.pw > p.kw)  // torch's limit: pad <= kernel_size / 2
+    value_error(op, ": argument 'padding' must be in [0, kernel_size / 2] (kernel_size (", p.kh, ", ", p.kw,
+                ")), got (", p.ph, ", ", p.pw, ")");
+  if (p.kh > (int64_t(1) << 30) || p.kw > (int64_t(1) << 30) || p.dh > (int64_t(1) << 30) ||
+      p.dw > (int64_t(1) << 30))
+    value_error(op, ": argument 'kernel_size' or 'dilation' is too large");
   const int64_t h = x.size(-2), w = x.size(-1);
-  if (h < p.kh || w < p.kw)
-    value_error(op, ": argument 'kernel_size' (", p.kh, ", ", p.kw, ") is larger than the input plane (", h,
-                ", ", w, ") of 'x' with shape ", shape_str(x));
-  *ho = (h - p.kh) / p.sh + 1;
-  *wo = (w - p.kw) / p.sw + 1;
+  if (p.dh * (p.kh - 1) + 1 > h + 2 * p.ph || p.dw * (p.kw - 1) + 1 > w + 2 * p.pw) {
+    const bool plain = p.ph == 0 && p.pw == 0 && p.dh == 1 && p.dw == 1;
+    value_error(op, ": argument 'kernel_size' (", p.kh, ", ", p.kw, ") is larger than the input plane (", h, ", ", w,
+                ") of 'x' with shape ", shape_str(x),
+                plain ? "" : cat(" padded by (", p.ph, ", ", p.pw, ") at dilation (", p.dh, ", ", p.dw, ")"));
+  }
+  *ho = pool_out_size(h, p.kh, p.sh, p.ph, p.dh, p.ceil_mode);
+  *wo = pool_out_size(w, p.kw, p.sw, p.pw, p.dw, p.ceil_mode);
 }
 
 void max_pool2d_check_out(const char* op, const char* arg, const View& y, const View& x, int64_t ho, int64_t wo) {
@@ -170,15 +207,13 @@ void max_pool2d_check_out(const char* op, const char* arg, const View& y, const 
 
 static void geometry(const View& x, const Pool2d& p, int64_t* g) {
   const int64_t h = x.size(-2), w = x.size(-1);
-  g[0] = x.ndim == 4 ? x.shape[0] * x.shape[1] : x.shape[0];
-  g[1] = h;
-  g[2] = w;
-  g[3] = (h - p.kh) / p.sh + 1;
-  g[4] = (w - p.kw) / p.sw + 1;
-  g[5] = p.kh;
-  g[6] = p.kw;
-  g[7] = p.sh;
-  g[8] = p.sw;
+  const int64_t values[13] = {x.ndim == 4 ? x.shape[0] * x.shape[1] : x.shape[0],
+                              h,
+                              w,
+                              pool_out_size(h, p.kh, p.sh, p.ph, p.dh, p.ceil_mode),
+                              pool_out_size(w, p.kw, p.sw, p.pw, p.dw, p.ceil_mode),
+                              p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw};
+  std::memcpy(g, values, sizeof(values));
 }
 
 // Always the baseline (SSE2) build: on the AMD EPYC this was tuned on, GCC's
@@ -187,13 +222,13 @@ static void geometry(const View& x, const Pool2d& p, int64_t* g) {
 // (64,6,28,28): 2.7 ms AVX-512, 0.11 ms AVX2, 0.07–0.15 ms SSE2; forward
 // 1.0 ms AVX-512 vs 0.05 ms). Revisit with hand-written intrinsics.
 void max_pool2d_forward_cpu(const View& x, const Pool2d& p, const View& y) {
-  int64_t g[9];
+  int64_t g[13];
   geometry(x, p, g);
   ::ox::scalar::max_pool2d_fwd(x.data, y.data, g, x.dtype == DType::f64);
 }
 
 void max_pool2d_backward_cpu(const View& dy, const View& x, const Pool2d& p, const View& dx) {
-  int64_t g[9];
+  int64_t g[13];
   geometry(x, p, g);
   ::ox::scalar::max_pool2d_bwd(dy.data, x.data, dx.data, g, x.dtype == DType::f64);
 }

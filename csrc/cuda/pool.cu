@@ -1,3 +1,5 @@
+#include <math_constants.h>
+
 #include "core/cuda_check.h"
 #include "pool.h"
 
@@ -7,23 +9,46 @@ namespace {
 constexpr int kThreads = 256;
 
 struct Geometry {
-  int64_t planes, h, w, ho, wo, kh, kw, sh, sw;
+  int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
 // torch's rule, as on the CPU: v replaces the running maximum when greater or NaN.
 template <class T> __device__ inline bool takes_over(T v, T m) { return v > m || v != v; }
 
-// Offset (within the plane) of the window's winner: row-major scan from its first entry.
+// The window taps inside the plane along one axis: offsets start + t·dil for t in [first, end).
+struct Taps {
+  int64_t start, first, end;
+};
+
+__device__ inline Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t extent) {
+  const int64_t start = out_index * stride - pad;
+  const int64_t first = start < 0 ? (-start + dil - 1) / dil : 0;
+  const int64_t past = extent - 1 - start;
+  const int64_t end = past < 0 ? 0 : min(past / dil + 1, k);
+  return Taps{start, first, end > first ? end : first};
+}
+
+// Offset (within the plane) of the window's winner: row-major scan from its first tap inside
+// the plane; −1 when no tap is inside.
 template <class T> __device__ inline int64_t window_argmax(const T* plane, const Geometry& g, int64_t i, int64_t j) {
-  const int64_t base = i * g.sh * g.w + j * g.sw;
-  int64_t pos = base;
-  T m = plane[base];
-  for (int64_t a = 0; a < g.kh; ++a)
-    for (int64_t b = 0; b < g.kw; ++b) {
-      const int64_t q = base + a * g.w + b;
+  const Taps r = taps(i, g.sh, g.ph, g.kh, g.dh, g.h), c = taps(j, g.sw, g.pw, g.kw, g.dw, g.w);
+  if (r.first == r.end || c.first == c.end) return -1;
+  int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw;
+  T m = plane[pos];
+  for (int64_t a = r.first; a < r.end; ++a)
+    for (int64_t b = c.first; b < c.end; ++b) {
+      const int64_t q = (r.start + a * g.dh) * g.w + c.start + b * g.dw;
       if (takes_over(plane[q], m)) { m = plane[q]; pos = q; }
     }
   return pos;
+}
+
+// Output indices i whose window can hold input row hh: i·s − pad ≤ hh ≤ i·s − pad + dil(k − 1).
+__device__ inline void windows_over(int64_t hh, int64_t s, int64_t pad, int64_t k, int64_t dil, int64_t out,
+                                    int64_t* lo, int64_t* hi) {
+  const int64_t n = hh + pad - dil * (k - 1);
+  *lo = n > 0 ? (n + s - 1) / s : 0;
+  *hi = min((hh + pad) / s, out - 1);
 }
 
 // One thread per output element.
@@ -32,7 +57,8 @@ template <class T> __global__ void forward_kernel(const T* x, T* y, Geometry g) 
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = o / (g.ho * g.wo), r = o % (g.ho * g.wo);
     const T* plane = x + p * g.h * g.w;
-    y[o] = plane[window_argmax(plane, g, r / g.wo, r % g.wo)];
+    const int64_t pos = window_argmax(plane, g, r / g.wo, r % g.wo);
+    y[o] = pos < 0 ? -CUDART_INF_F : plane[pos];
   }
 }
 
@@ -46,9 +72,9 @@ template <class T> __global__ void backward_kernel(const T* dy, const T* x, T* d
     const int64_t hh = q / g.w, ww = q % g.w;
     const T* plane = x + p * g.h * g.w;
     const T* grad = dy + p * g.ho * g.wo;
-    // windows i with i·sh ≤ hh < i·sh + kh, i.e. ⌈(hh−kh+1)/sh⌉ ≤ i ≤ ⌊hh/sh⌋
-    const int64_t i0 = hh >= g.kh ? (hh - g.kh + g.sh) / g.sh : 0, i1 = min(hh / g.sh, g.ho - 1);
-    const int64_t j0 = ww >= g.kw ? (ww - g.kw + g.sw) / g.sw : 0, j1 = min(ww / g.sw, g.wo - 1);
+    int64_t i0, i1, j0, j1;
+    windows_over(hh, g.sh, g.ph, g.kh, g.dh, g.ho, &i0, &i1);
+    windows_over(ww, g.sw, g.pw, g.kw, g.dw, g.wo, &j0, &j1);
     T acc = 0;
     for (int64_t i = i0; i <= i1; ++i)
       for (int64_t j = j0; j <= j1; ++j)
@@ -59,8 +85,12 @@ template <class T> __global__ void backward_kernel(const T* dy, const T* x, T* d
 
 Geometry geometry(const View& x, const Pool2d& p) {
   const int64_t h = x.size(-2), w = x.size(-1);
-  return Geometry{x.ndim == 4 ? x.shape[0] * x.shape[1] : x.shape[0], h, w, (h - p.kh) / p.sh + 1,
-                  (w - p.kw) / p.sw + 1, p.kh, p.kw, p.sh, p.sw};
+  return Geometry{x.ndim == 4 ? x.shape[0] * x.shape[1] : x.shape[0],
+                  h,
+                  w,
+                  pool_out_size(h, p.kh, p.sh, p.ph, p.dh, p.ceil_mode),
+                  pool_out_size(w, p.kw, p.sw, p.pw, p.dw, p.ceil_mode),
+                  p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw};
 }
 
 unsigned blocks_for(int64_t n) {
