@@ -16,6 +16,8 @@ SHAPES = {"conv1": (6, 28, 28), "conv2": (16, 10, 10)}
 BATCHES = [64, 256]
 OPS = {
     "max_pool2d": (lambda x: ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)),
+    # Not in the course networks: a padded, overlapping window (ResNet's stem pool) on the general path.
+    "max_pool2d_3x3s2p1": (lambda x: ops.max_pool2d(x, 3, 2, padding=1), lambda x: F.max_pool2d(x, 3, 2, padding=1)),
     "relu": (ops.relu, torch.relu),
     "sigmoid": (ops.sigmoid, torch.sigmoid),
 }
@@ -38,7 +40,7 @@ def _sync(device):
 
 def _bytes(x, op, backward):
     read = x.numel() * 4
-    write = read // 4 if op == "max_pool2d" else read
+    write = read // 4 if op.startswith("max_pool2d") else read
     return read + write + (2 * read + write if backward else 0)
 
 
@@ -107,7 +109,7 @@ def summary(device="cpu"):
                         fns[impl] = run
                     t = blocked_medians_us(fns, lambda: _sync(device), blocks=3, reps=150)
                     row.append(f"{mode} {t['oxkernels']:7.1f} / {t['torch']:7.1f} = x{t['torch'] / t['oxkernels']:.2f}")
-                print(f"  {op:>10} {stage} N={n:4d}: " + "   ".join(row), flush=True)
+                print(f"  {op:>18} {stage} N={n:4d}: " + "   ".join(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "core/isa.h"
 #include "core/threading.h"
@@ -25,7 +26,7 @@ struct Taps {
   int64_t start, first, end;
 };
 
-static inline Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t extent) {
+static Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t extent) {
   const int64_t start = out_index * stride - pad;
   const int64_t first = start < 0 ? (-start + dil - 1) / dil : 0;
   const int64_t past = extent - 1 - start;  // the last tap t must have start + t·dil <= extent − 1
@@ -33,30 +34,37 @@ static inline Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t 
   return Taps{start, first, end > first ? end : first};
 }
 
-// Offset in the plane of window (i, j)'s winner (torch's scan), or −1 when no tap is inside.
-template <class T> static inline int64_t window_argmax(const T* x, const Geometry& g, int64_t i, int64_t j) {
-  const Taps r = taps(i, g.sh, g.ph, g.kh, g.dh, g.h), c = taps(j, g.sw, g.pw, g.kw, g.dw, g.w);
-  if (r.first == r.end || c.first == c.end) return -1;
-  int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw;
-  T m = x[pos];
-  for (int64_t a = r.first; a < r.end; ++a)
-    for (int64_t b = c.first; b < c.end; ++b) {
-      const int64_t q = (r.start + a * g.dh) * g.w + c.start + b * g.dw;
-      if (takes_over(x[q], m)) {
-        m = x[q];
-        pos = q;
-      }
-    }
-  return pos;
-}
+// The taps of every output row and column, computed once per call.
+struct Windows {
+  std::vector<Taps> rows, cols;
+  explicit Windows(const Geometry& g) {
+    for (int64_t i = 0; i < g.ho; ++i) rows.push_back(taps(i, g.sh, g.ph, g.kh, g.dh, g.h));
+    for (int64_t j = 0; j < g.wo; ++j) cols.push_back(taps(j, g.sw, g.pw, g.kw, g.dw, g.w));
+  }
+};
 
-// Any window.
-template <class T> static void fwd_plane(const T* x, T* y, const Geometry& g) {
-  for (int64_t i = 0; i < g.ho; ++i)
+// Any window: the maximum of its taps inside the plane under torch's rule, −inf for none.
+// (Starting from −inf gives the value torch's scan from the first tap gives.)
+template <class T> static void fwd_plane(const T* x, T* y, const Geometry& g, const Windows& win) {
+  for (int64_t i = 0; i < g.ho; ++i) {
+    const Taps& r = win.rows[i];
     for (int64_t j = 0; j < g.wo; ++j) {
-      const int64_t pos = window_argmax(x, g, i, j);
-      y[i * g.wo + j] = pos < 0 ? -std::numeric_limits<T>::infinity() : x[pos];
+      const Taps& c = win.cols[j];
+      // Branch-free: the ordered maximum (maxss), and apart from it the last NaN, which wins.
+      T m = -std::numeric_limits<T>::infinity(), nan = 0;
+      bool any_nan = false;
+      for (int64_t a = r.first; a < r.end; ++a) {
+        const T* row = x + (r.start + a * g.dh) * g.w + c.start;
+        for (int64_t b = c.first; b < c.end; ++b) {
+          const T v = row[b * g.dw];
+          m = v > m ? v : m;
+          nan = v != v ? v : nan;
+          any_nan |= v != v;
+        }
+      }
+      y[i * g.wo + j] = any_nan ? nan : m;
     }
+  }
 }
 
 // 2×2 windows, stride 2 (the course's pool): branch-free so it vectorises.
@@ -76,15 +84,34 @@ template <class T> static void fwd_plane_2x2(const T* x, T* y, const Geometry& g
   }
 }
 
-// Any window: zero the plane, then add each dy at its window's arg-max (in
-// window order, so overlapping windows accumulate deterministically).
-template <class T> static void bwd_plane(const T* dy, const T* x, T* dx, const Geometry& g) {
+// Any window: zero the plane, then add each dy at its window's arg-max, the position of
+// torch's scan (from the first tap inside the plane; none: no gradient), in window order so
+// that overlapping windows accumulate deterministically.
+template <class T> static void bwd_plane(const T* dy, const T* x, T* dx, const Geometry& g, const Windows& win) {
   std::memset(dx, 0, sizeof(T) * g.h * g.w);
-  for (int64_t i = 0; i < g.ho; ++i)
+  for (int64_t i = 0; i < g.ho; ++i) {
+    const Taps& r = win.rows[i];
     for (int64_t j = 0; j < g.wo; ++j) {
-      const int64_t pos = window_argmax(x, g, i, j);
-      if (pos >= 0) dx[pos] += dy[i * g.wo + j];
+      const Taps& c = win.cols[j];
+      if (r.first == r.end || c.first == c.end) continue;
+      // Branch-free, as the forward: the first strict maximum of the ordered values, unless
+      // a NaN is present, then the last NaN (what torch's single scan picks).
+      int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw, nan_pos = -1;
+      T m = x[pos];
+      for (int64_t a = r.first; a < r.end; ++a) {
+        const int64_t row = (r.start + a * g.dh) * g.w + c.start;
+        for (int64_t b = c.first; b < c.end; ++b) {
+          const int64_t q = row + b * g.dw;
+          const T v = x[q];
+          const bool greater = v > m;
+          m = greater ? v : m;
+          pos = greater ? q : pos;
+          nan_pos = v != v ? q : nan_pos;
+        }
+      }
+      dx[nan_pos >= 0 ? nan_pos : pos] += dy[i * g.wo + j];
     }
+  }
 }
 
 // 2×2, stride 2: every covered element is written once (dy or 0); rows and
@@ -125,24 +152,26 @@ static bool is_2x2(const Geometry& g) {
 
 template <class T> static void fwd(const T* x, T* y, const Geometry& g) {
   const bool fast = is_2x2(g);
+  const Windows win(fast ? Geometry{} : g);
   const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t grain = in_plane >= kGrain ? 1 : kGrain / in_plane;
   parallel_for(g.planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       if (fast) fwd_plane_2x2(x + p * in_plane, y + p * out_plane, g);
-      else fwd_plane(x + p * in_plane, y + p * out_plane, g);
+      else fwd_plane(x + p * in_plane, y + p * out_plane, g, win);
     }
   });
 }
 
 template <class T> static void bwd(const T* dy, const T* x, T* dx, const Geometry& g) {
   const bool fast = is_2x2(g);
+  const Windows win(fast ? Geometry{} : g);
   const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t grain = in_plane >= kGrain ? 1 : kGrain / in_plane;
   parallel_for(g.planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       if (fast) bwd_plane_2x2(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g);
-      else bwd_plane(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g);
+      else bwd_plane(dy + p * out_plane, x + p * in_plane, dx + p * in_plane, g, win);
     }
   });
 }
