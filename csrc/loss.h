@@ -3,11 +3,18 @@
 // Row i of logits x (C classes), lse_i = m_i + log Σ_j e^{x_ij − m_i}, m_i = max_j x_ij:
 //   log_softmax: y_ij = x_ij − lse_i          softmax: y_ij = e^{x_ij − lse_i}
 //   backward:    dx = g − e^{y} Σ_j g_j       dx = y ⊙ (g − Σ_j g_j y_j)
-// Cross-entropy with class targets t_i and label smoothing ε:
-//   ℓ_i = (1−ε)(lse_i − x_{i,t_i}) + ε (lse_i − (1/C) Σ_j x_ij),  ℓ_i = 0 where t_i = ignore_index
-//   reduction none: ℓ;  sum: Σ ℓ_i;  mean: Σ ℓ_i / #{i : t_i ≠ ignore_index}  (torch's rule, NaN if none)
-//   ∂/∂x_ij = s_i (softmax_ij − (1−ε)[j = t_i] − ε/C),  s_i = g_i (none), g (sum), g/count (mean), 0 if ignored
-// logits (N, C) or (C,) contiguous float32/float64; target (N,) or () int64.
+// Cross-entropy, as torch's, in one general form: row i's target gives a mass A_i and a
+// vector b_i, and
+//   ℓ_i = A_i lse_i − Σ_j b_ij x_ij,     ∂ℓ_i/∂x_ij = A_i softmax_ij − b_ij.
+// With class weights w (1 when absent) and label smoothing ε:
+//   class target t_i:  b_ij = (1−ε) w_t [j = t_i] + (ε/C) w_j,  A_i = Σ_j b_ij;  ℓ_i = 0 where t_i = ignore_index
+//   probabilities q_i: b_ij = w_j ((1−ε) q_ij + ε/C),          A_i = Σ_j b_ij
+// (so ℓ_i = −Σ_j b_ij log softmax_ij). Reduction none: ℓ;  sum: Σ ℓ_i;  mean: Σ ℓ_i divided by
+// Σ_{i not ignored} w_{t_i} for class targets (the count without weights; NaN if none), by N for
+// probabilities (torch's rules). The gradient is s_i ∂ℓ_i/∂x_i with s_i = g_i (none), g (sum),
+// g / that divisor (mean), 0 if ignored.
+// logits (N, C) or (C,) contiguous float32/float64; target (N,) or () int64, or probabilities of the
+// logits' shape and dtype; weight (C,) of the logits' dtype. CUDA: class targets without weight.
 #pragma once
 #include <cstdint>
 
@@ -21,7 +28,11 @@ struct CrossEntropy {
   Reduction reduction;
   double label_smoothing;
   int64_t ignore_index;
+  const View* weight = nullptr;  // class weights (C,), or none
 };
+
+// Probability targets: a floating target (torch reads those as class probabilities).
+bool is_probability_target(const View& target);
 
 // Shapes, dtypes and devices; on the CPU also the target values.
 void cross_entropy_check(const char* op, const View& logits, const View& target, const CrossEntropy& ce);

@@ -216,8 +216,6 @@ def test_module_and_compile(rng):
         la.sum().backward()
         lb.sum().backward()
         assert rel_err(la, lb) < 1e-6 and rel_err(xa.grad, xb.grad) < 1e-6
-    with pytest.raises(ValueError, match="'weight'"):
-        onn.CrossEntropyLoss(weight=torch.ones(10))
     model = torch.nn.Sequential(torch.nn.Linear(10, 5), torch.nn.ReLU())
     loss_fn = onn.CrossEntropyLoss(label_smoothing=0.05)
 
@@ -263,15 +261,22 @@ def test_bad_input():
         ops.cross_entropy(torch.zeros(4, 3, requires_grad=True), torch.tensor([0, -1, 0, 0]))
     with pytest.raises(TypeError, match="'target' must be int64"):
         ops.cross_entropy(x, t.astype(np.int32))
-    probabilities = np.full((4, 3), 1 / 3, np.float32)  # torch's other target kind: refused, saying so
-    with pytest.raises(TypeError, match=r"'target' must hold class indices \(int64\), got float32 \(class "
-                                        r"probabilities are not supported"):
-        ops.cross_entropy(x, probabilities)
-    with pytest.raises(TypeError, match="class probabilities are not supported"):
-        onn.CrossEntropyLoss()(torch.zeros(4, 3, requires_grad=True), torch.from_numpy(probabilities))
+    probabilities = np.full((4, 3), 1 / 3, np.float32)  # torch's other target kind
+    with pytest.raises(TypeError, match="'target' must have the dtype of 'logits'"):
+        ops.cross_entropy(x, probabilities.astype(np.float64))
+    with pytest.raises(ValueError, match="'target' must have shape"):
+        ops.cross_entropy(x, probabilities[:, :2])
+    with pytest.raises(ValueError, match=r"'target' must have shape \(4, 2\) \(class indices\) or \(4, 3, 2\)"):
+        ops.cross_entropy(np.zeros((4, 3, 2), np.float32), np.zeros((4, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="'weight' must have shape"):
+        ops.cross_entropy(x, t, weight=np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="'weight' must have the dtype of 'logits'"):
+        ops.cross_entropy(x, t, weight=np.ones(3))
+    with pytest.raises(TypeError, match="'weight' must be a NumPy array or a torch tensor"):
+        ops.cross_entropy(x, t, weight=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="'target' must have shape \\(4,\\)"):
         ops.cross_entropy(x, t[:3])
-    with pytest.raises(ValueError, match=r"'target' must have shape \(4, 2\) for logits of shape \(4, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"'target' must have shape \(4, 2\) .* for logits of shape \(4, 3, 2\)"):
         ops.cross_entropy(np.zeros((4, 3, 2), np.float32), t)
     with pytest.raises(ValueError, match=r"'target' must have shape \(2, 4\)"):
         ops.cross_entropy(torch.zeros(2, 3, 4), torch.zeros(4, 2, dtype=torch.long))  # same count, wrong shape

@@ -227,7 +227,8 @@ def test_bad_input():
         ops.max_pool2d(x, 3, padding=(0, -1))
     with pytest.raises(ValueError, match="'dilation' must be positive"):
         ops.max_pool2d(x, 3, dilation=0)
-    with pytest.raises(ValueError, match=r"larger than the input plane \(8, 8\).* padded by \(1, 1\) at dilation \(5, 5\)"):
+    with pytest.raises(ValueError, match=r"larger than the input plane \(8, 8\).* padded by \(1, 1\) at "
+                                         r"dilation \(5, 5\)"):
         ops.max_pool2d(x, 3, padding=1, dilation=5)
     with pytest.raises(TypeError, match="'padding' must be an int or a pair"):
         ops.max_pool2d(x, 3, padding=0.5)

@@ -5,9 +5,24 @@
 
 namespace ox {
 
-static CrossEntropy ce_args(int reduction, double label_smoothing, int64_t ignore_index) {
-  return CrossEntropy{static_cast<Reduction>(reduction), label_smoothing, ignore_index};
+static CrossEntropy ce_args(int reduction, double label_smoothing, int64_t ignore_index,
+                            const std::optional<View>& weight) {
+  return CrossEntropy{static_cast<Reduction>(reduction), label_smoothing, ignore_index, opt(weight)};
 }
+
+// Class targets are read as indices after their range check: the kernels read a private copy
+// (core/private_copy.h). Probabilities index nothing and are read in place.
+class TargetView {
+ public:
+  explicit TargetView(const View& caller) : view_(caller) {
+    if (!is_probability_target(caller)) view_ = copy_.emplace(caller).view();
+  }
+  const View& view() const { return view_; }
+
+ private:
+  std::optional<PrivateCopy> copy_;
+  View view_;
+};
 
 [[maybe_unused]] static const View& cuda_workspace(const char* op, const std::optional<View>& ws, const View& logits) {
   const int64_t need = logits.ndim == 2 && logits.shape[0] > 1 ? logits.shape[0] : 1;
@@ -18,11 +33,11 @@ OX_BINDINGS(bind_loss) {
   m.def(
       "cross_entropy",
       [](View logits, View caller_target, View out, int reduction, double label_smoothing, int64_t ignore_index,
-         std::optional<View> workspace, uintptr_t stream, std::optional<View> grad_logits) {
+         std::optional<View> workspace, uintptr_t stream, std::optional<View> grad_logits, std::optional<View> weight) {
         const char* op = "cross_entropy";
-        const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index);
-        const PrivateCopy target_copy(caller_target);
-        const View& target = target_copy.view();
+        const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index, weight);
+        const TargetView targets(caller_target);
+        const View& target = targets.view();
         cross_entropy_check(op, logits, target, ce);
         cross_entropy_check_out(op, out, logits, ce);
         if (grad_logits) {
@@ -42,15 +57,15 @@ OX_BINDINGS(bind_loss) {
       "loss of the logits; with grad_logits (CPU), also its gradient for an incoming grad of 1",
       py::arg("logits"), py::arg("target"), py::arg("out"), py::arg("reduction"), py::arg("label_smoothing"),
       py::arg("ignore_index"), py::arg("workspace") = py::none(), py::arg("stream") = 0,
-      py::arg("grad_logits") = py::none(), py::call_guard<py::gil_scoped_release>());
+      py::arg("grad_logits") = py::none(), py::arg("weight") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def(
       "cross_entropy_backward",
       [](View grad, View logits, View caller_target, View out, int reduction, double label_smoothing,
-         int64_t ignore_index, std::optional<View> workspace, uintptr_t stream) {
+         int64_t ignore_index, std::optional<View> workspace, uintptr_t stream, std::optional<View> weight) {
         const char* op = "cross_entropy_backward";
-        const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index);
-        const PrivateCopy target_copy(caller_target);
-        const View& target = target_copy.view();
+        const CrossEntropy ce = ce_args(reduction, label_smoothing, ignore_index, weight);
+        const TargetView targets(caller_target);
+        const View& target = targets.view();
         cross_entropy_check(op, logits, target, ce);
         check_like(op, "grad", grad, "logits", logits);
         if (ce.reduction == Reduction::none && logits.ndim == 2) check_shape(op, "grad", grad, {logits.shape[0]});
@@ -65,7 +80,7 @@ OX_BINDINGS(bind_loss) {
       },
       py::arg("grad"), py::arg("logits"), py::arg("target"), py::arg("out"), py::arg("reduction"),
       py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("workspace") = py::none(), py::arg("stream") = 0,
-      py::call_guard<py::gil_scoped_release>());
+      py::arg("weight") = py::none(), py::call_guard<py::gil_scoped_release>());
 
   for (bool log : {false, true}) {
     const char* fwd = log ? "log_softmax" : "softmax";

@@ -44,96 +44,137 @@ template <class T> static void chunk_lse(const T* x, int64_t rows, int64_t C, T*
 
 static inline int64_t chunk_rows(int64_t C) { return C >= kChunk ? 1 : kChunk / C; }
 
-// One row of the gradient from er = e^{x − m} (the chunk_lse scratch):
-//   d_j = s (er_j / Σ er − ε/C) − s (1−ε) [j = t],   d = 0 where t = ignore_index.
-// (softmax = e^{x − lse} = er / Σ er.)
-template <class T>
-static inline void ce_grad_row(const T* er, int64_t C, int64_t t, const CrossEntropy& ce, T keep, T smooth, T s,
-                               T* d) {
-  if (t == ce.ignore_index) {
-    for (int64_t j = 0; j < C; ++j) d[j] = 0;
-    return;
+// Row targets in the general form of loss.h: ℓ_i = A_i lse_i − Σ_j b_ij x_ij and
+// ∂ℓ_i/∂x_ij = A_i softmax_ij − b_ij, for class targets (index) or probabilities (probs),
+// with class weights w (weight, or all ones).
+template <class T> struct Targets {
+  const int64_t* index;
+  const T* probs;
+  const T* weight;
+  int64_t C, ignore;
+  T keep, smooth;  // 1 − ε, ε/C
+  T weight_sum;    // Σ_j w_j
+
+  bool ignored(int64_t i) const { return index && index[i] == ignore; }
+  T w(int64_t j) const { return weight ? weight[j] : T(1); }
+  T b_prob(int64_t i, int64_t j) const { return w(j) * (keep * probs[i * C + j] + smooth); }
+
+  // A_i = Σ_j b_ij: exactly 1 for unweighted class targets ((1−ε) + C·ε/C).
+  T mass(int64_t i) const {
+    if (index) return weight ? keep * weight[index[i]] + smooth * weight_sum : T(1);
+    T a = 0;
+    for (int64_t j = 0; j < C; ++j) a += b_prob(i, j);
+    return a;
   }
-  T sum = 0;
-  for (int64_t j = 0; j < C; ++j) sum += er[j];
-  const T p_scale = s / sum, shift = s * smooth;
-  for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - shift;
-  d[t] -= s * keep;
-}
+
+  // ℓ_i from lse_i and the row x_i (0 for an ignored row).
+  T loss(int64_t i, const T* x, T lse) const {
+    if (ignored(i)) return T(0);
+    T l = mass(i) * lse;
+    if (index) {
+      const int64_t t = index[i];
+      l -= keep * w(t) * x[t];
+      if (smooth != 0) {
+        T sx = 0;
+        for (int64_t j = 0; j < C; ++j) sx += w(j) * x[j];
+        l -= smooth * sx;
+      }
+      return l;
+    }
+    T bx = 0;
+    for (int64_t j = 0; j < C; ++j) bx += b_prob(i, j) * x[j];
+    return l - bx;
+  }
+
+  // Row i of the gradient scaled by s, from er = e^{x − m} (the chunk_lse scratch;
+  // softmax = er / Σ er): d_j = s (A_i softmax_j − b_ij), 0 for an ignored row.
+  void grad_row(int64_t i, const T* er, T s, T* d) const {
+    if (ignored(i)) {
+      for (int64_t j = 0; j < C; ++j) d[j] = 0;
+      return;
+    }
+    T sum = 0;
+    for (int64_t j = 0; j < C; ++j) sum += er[j];
+    const T p_scale = s * mass(i) / sum;
+    if (index) {
+      if (weight) {
+        for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - s * smooth * weight[j];
+      } else {
+        const T shift = s * smooth;
+        for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - shift;
+      }
+      d[index[i]] -= s * keep * w(index[i]);
+      return;
+    }
+    for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - s * b_prob(i, j);
+  }
+
+  // What 'mean' divides by: Σ w_{t_i} over the rows not ignored (their count without
+  // weights), or N for probabilities.
+  T mean_divisor(int64_t N) const {
+    if (!index) return static_cast<T>(N);
+    double total = 0;
+    for (int64_t i = 0; i < N; ++i)
+      if (index[i] != ignore) total += weight ? static_cast<double>(weight[index[i]]) : 1.0;
+    return static_cast<T>(total);
+  }
+};
 
 // Per-row losses of rows [r0, r1) (0 where ignored); returns their sum in double.
-// With dx, also the rows of ∂ℓ_i/∂x_i scaled by s (the gradient for an incoming grad of 1):
-//   dx_ij = s (softmax_ij − (1−ε)[j = t_i] − ε/C), 0 where t_i = ignore_index.
+// With dx, also the rows of ∂ℓ_i/∂x_i scaled by s (the gradient for an incoming grad of 1).
 template <class T>
-static double ce_rows(const T* x, const int64_t* t, int64_t r0, int64_t r1, int64_t C, const CrossEntropy& ce,
-                      T* row_loss, T* dx = nullptr, T s = T(1)) {
-  const int64_t cr = chunk_rows(C);
+static double ce_rows(const T* x, const Targets<T>& tg, int64_t r0, int64_t r1, T* row_loss, T* dx = nullptr,
+                      T s = T(1)) {
+  const int64_t C = tg.C, cr = chunk_rows(C);
   T* e = new T[cr * C];
   T lse[kChunk];
-  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
   double total = 0;
   for (int64_t c0 = r0; c0 < r1; c0 += cr) {
     const int64_t rows = c0 + cr <= r1 ? cr : r1 - c0;
     chunk_lse(x + c0 * C, rows, C, e, lse);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = c0 + r;
-      const T* xi = x + i * C;
-      T l = 0;
-      if (t[i] != ce.ignore_index) {
-        l = lse[r] - keep * xi[t[i]];  // = (1−ε)(lse − x_t) + ε(lse − mean x) with the term below
-        if (ce.label_smoothing != 0) {
-          T sx = 0;
-          for (int64_t j = 0; j < C; ++j) sx += xi[j];
-          l -= smooth * sx;
-        }
-      }
+      const T l = tg.loss(i, x + i * C, lse[r]);
       if (row_loss) row_loss[i] = l;
       total += static_cast<double>(l);
-      if (dx) ce_grad_row(e + r * C, C, t[i], ce, keep, smooth, s, dx + i * C);
+      if (dx) tg.grad_row(i, e + r * C, s, dx + i * C);
     }
   }
   delete[] e;
   return total;
 }
 
-static int64_t count_valid(const int64_t* t, int64_t n, int64_t ignore) {
-  int64_t c = 0;
-  for (int64_t i = 0; i < n; ++i) c += t[i] != ignore;
-  return c;
-}
-
 // The loss, and with dx its gradient for an incoming grad of 1 (s_i = 1 for none and sum,
-// 1/count for mean): the same numbers the backward writes for g = 1, in the same pass.
-template <class T>
-static void ce_forward(const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, T* out,
-                       T* dx) {
+// 1/divisor for mean): the same numbers the backward writes for g = 1, in the same pass.
+template <class T> static void ce_forward(const T* x, const Targets<T>& tg, int64_t N, const Reduction reduction,
+                                          T* out, T* dx) {
+  const int64_t C = tg.C;
   const int64_t block = C >= kBlockElems ? 1 : kBlockElems / C;
-  const int64_t valid = ce.reduction == Reduction::mean ? count_valid(t, N, ce.ignore_index) : 0;
-  const T s = ce.reduction == Reduction::mean ? T(1) / static_cast<T>(valid) : T(1);
-  if (ce.reduction == Reduction::none) {
-    for_each_block(N, block, [&](int64_t, int64_t b, int64_t e) { ce_rows(x, t, b, e, C, ce, out, dx, s); });
+  const T divisor = reduction == Reduction::mean ? tg.mean_divisor(N) : T(1);
+  const T s = reduction == Reduction::mean ? T(1) / divisor : T(1);
+  if (reduction == Reduction::none) {
+    for_each_block(N, block, [&](int64_t, int64_t b, int64_t e) { ce_rows(x, tg, b, e, out, dx, s); });
     return;
   }
   const int64_t nblocks = (N + block - 1) / block;
   double one_partial;
   double* partial = nblocks <= 1 ? &one_partial : new double[nblocks];
   for_each_block(N, block, [&](int64_t k, int64_t b, int64_t e) {
-    partial[k] = ce_rows(x, t, b, e, C, ce, static_cast<T*>(nullptr), dx, s);
+    partial[k] = ce_rows(x, tg, b, e, static_cast<T*>(nullptr), dx, s);
   });
   double total = 0;
   for (int64_t k = 0; k < nblocks; ++k) total += partial[k];
   if (partial != &one_partial) delete[] partial;
-  if (ce.reduction == Reduction::mean) total /= static_cast<double>(valid);
+  if (reduction == Reduction::mean) total /= static_cast<double>(divisor);
   out[0] = static_cast<T>(total);
 }
 
 template <class T>
-static void ce_backward(const T* g, const T* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce,
-                        T* dx) {
+static void ce_backward(const T* g, const T* x, const Targets<T>& tg, int64_t N, Reduction reduction, T* dx) {
+  const int64_t C = tg.C;
   T scale_all = 0;
-  if (ce.reduction == Reduction::sum) scale_all = g[0];
-  if (ce.reduction == Reduction::mean) scale_all = g[0] / static_cast<T>(count_valid(t, N, ce.ignore_index));
-  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
+  if (reduction == Reduction::sum) scale_all = g[0];
+  if (reduction == Reduction::mean) scale_all = g[0] / tg.mean_divisor(N);
   const int64_t cr = chunk_rows(C);
   const int64_t block = C >= kBlockElems ? 1 : kBlockElems / C;
   parallel_for(N, block, [&](int64_t b, int64_t end) {
@@ -144,26 +185,47 @@ static void ce_backward(const T* g, const T* x, const int64_t* t, int64_t N, int
       chunk_lse(x + c0 * C, rows, C, e, lse);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = c0 + r;
-        const T s = ce.reduction == Reduction::none ? g[i] : scale_all;
-        ce_grad_row(e + r * C, C, t[i], ce, keep, smooth, s, dx + i * C);
+        tg.grad_row(i, e + r * C, reduction == Reduction::none ? g[i] : scale_all, dx + i * C);
       }
     }
     delete[] e;
   });
 }
 
-void cross_entropy_fwd(const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce, void* out,
-                       void* dx, bool f64) {
-  if (f64) ce_forward(static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(out), static_cast<double*>(dx));
-  else ce_forward(static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(out), static_cast<float*>(dx));
+template <class T>
+static Targets<T> targets(const void* index_or_probs, bool probs, const void* weight, int64_t C,
+                          const CrossEntropy& ce) {
+  const T* w = static_cast<const T*>(weight);
+  T weight_sum = 0;
+  for (int64_t j = 0; j < C; ++j) weight_sum += w ? w[j] : T(1);
+  return Targets<T>{probs ? nullptr : static_cast<const int64_t*>(index_or_probs),
+                    probs ? static_cast<const T*>(index_or_probs) : nullptr,
+                    w,
+                    C,
+                    ce.ignore_index,
+                    T(1 - ce.label_smoothing),
+                    T(ce.label_smoothing / static_cast<double>(C)),
+                    weight_sum};
 }
 
-void cross_entropy_bwd(const void* g, const void* x, const int64_t* t, int64_t N, int64_t C, const CrossEntropy& ce,
-                       void* dx, bool f64) {
+void cross_entropy_fwd(const void* x, const void* target, bool probs, const void* weight, int64_t N, int64_t C,
+                       const CrossEntropy& ce, void* out, void* dx, bool f64) {
   if (f64)
-    ce_backward(static_cast<const double*>(g), static_cast<const double*>(x), t, N, C, ce, static_cast<double*>(dx));
+    ce_forward(static_cast<const double*>(x), targets<double>(target, probs, weight, C, ce), N, ce.reduction,
+               static_cast<double*>(out), static_cast<double*>(dx));
   else
-    ce_backward(static_cast<const float*>(g), static_cast<const float*>(x), t, N, C, ce, static_cast<float*>(dx));
+    ce_forward(static_cast<const float*>(x), targets<float>(target, probs, weight, C, ce), N, ce.reduction,
+               static_cast<float*>(out), static_cast<float*>(dx));
+}
+
+void cross_entropy_bwd(const void* g, const void* x, const void* target, bool probs, const void* weight, int64_t N,
+                       int64_t C, const CrossEntropy& ce, void* dx, bool f64) {
+  if (f64)
+    ce_backward(static_cast<const double*>(g), static_cast<const double*>(x),
+                targets<double>(target, probs, weight, C, ce), N, ce.reduction, static_cast<double*>(dx));
+  else
+    ce_backward(static_cast<const float*>(g), static_cast<const float*>(x),
+                targets<float>(target, probs, weight, C, ce), N, ce.reduction, static_cast<float*>(dx));
 }
 
 // ---- softmax / log_softmax over the middle axis of (outer, C, inner) ----
@@ -257,13 +319,18 @@ void softmax_bwd(const void* g, const void* y, int64_t outer, int64_t C, int64_t
 #include "core/checks.h"
 
 OX_ISA_DECLARE(void, cross_entropy_fwd,
-               (const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, void*, bool))
-OX_ISA_DECLARE(void, cross_entropy_bwd,
-               (const void*, const void*, const int64_t*, int64_t, int64_t, const CrossEntropy&, void*, bool))
+               (const void*, const void*, bool, const void*, int64_t, int64_t, const CrossEntropy&, void*, void*, bool))
+OX_ISA_DECLARE(void, cross_entropy_bwd, (const void*, const void*, const void*, bool, const void*, int64_t, int64_t,
+                                         const CrossEntropy&, void*, bool))
 OX_ISA_DECLARE(void, softmax_fwd, (const void*, int64_t, int64_t, int64_t, bool, void*, bool))
 OX_ISA_DECLARE(void, softmax_bwd, (const void*, const void*, int64_t, int64_t, int64_t, bool, void*, bool))
 
 namespace ox {
+
+bool is_probability_target(const View& target) {
+  return target.dtype == DType::f32 || target.dtype == DType::f64 || target.dtype == DType::f16 ||
+         target.dtype == DType::bf16;
+}
 
 void cross_entropy_check(const char* op, const View& logits, const View& target, const CrossEntropy& ce) {
   check_dtype(op, "logits", logits, {DType::f32, DType::f64});
@@ -271,21 +338,36 @@ void cross_entropy_check(const char* op, const View& logits, const View& target,
   check_contiguous(op, "logits", logits);
   check_numel_fits(op, "logits", logits);
   check_same_device(op, "target", target, "logits", logits);
-  if (target.dtype == DType::f32 || target.dtype == DType::f64 || target.dtype == DType::f16 ||
-      target.dtype == DType::bf16)  // torch reads a floating target as class probabilities
-    type_error(op, ": argument 'target' must hold class indices (int64), got ", dtype_of(target),
-               " (class probabilities are not supported; use torch.nn.functional.cross_entropy for those)");
-  check_dtype(op, "target", target, {DType::i64});
-  check_contiguous(op, "target", target);
-  if (logits.ndim == 2) check_shape(op, "target", target, {logits.shape[0]});
-  else check_shape(op, "target", target, {});
+  const bool probs = is_probability_target(target);
+  const bool index_shape = logits.ndim == 2 ? target.ndim == 1 && target.shape[0] == logits.shape[0] : target.ndim == 0;
+  if (probs && index_shape)  // meant as class indices
+    type_error(op, ": argument 'target' must be int64 for class indices, got ", dtype_of(target),
+               " of shape ", shape_str(target), " (a floating target is read as class probabilities, of the "
+               "logits' shape ", shape_str(logits), ")");
+  if (probs) {  // class probabilities, one row per row of logits
+    check_same_dtype(op, "target", target, "logits", logits);
+    check_same_shape(op, "target", target, logits);
+    check_contiguous(op, "target", target);
+  } else {
+    check_dtype(op, "target", target, {DType::i64});
+    check_contiguous(op, "target", target);
+    if (logits.ndim == 2) check_shape(op, "target", target, {logits.shape[0]});
+    else check_shape(op, "target", target, {});
+  }
   const int64_t C = logits.size(-1);
   if (C < 1) value_error(op, ": argument 'logits' must have at least one class, got shape ", shape_str(logits));
+  if (ce.weight) {
+    check_like(op, "weight", *ce.weight, "logits", logits);
+    check_shape(op, "weight", *ce.weight, {C});
+  }
+  if (logits.device == Device::cuda && (probs || ce.weight))
+    value_error(op, ": ", probs ? "class-probability targets" : "argument 'weight' (class weights)",
+                " are supported on the CPU only, not yet on CUDA");
   if (!(ce.label_smoothing >= 0.0 && ce.label_smoothing <= 1.0))
     value_error(op, ": argument 'label_smoothing' must be in [0, 1], got ", ce.label_smoothing);
   const int r = static_cast<int>(ce.reduction);
   if (r < 0 || r > 2) value_error(op, ": argument 'reduction' must be 'none', 'mean' or 'sum'");
-  if (target.device == Device::cpu) {
+  if (!probs && target.device == Device::cpu) {
     const int64_t* t = target.ptr<int64_t>();
     const int64_t n = target.numel();
     for (int64_t i = 0; i < n; ++i)
@@ -303,14 +385,17 @@ void cross_entropy_check_out(const char* op, const View& out, const View& logits
 void cross_entropy_forward_cpu(const View& logits, const View& target, const CrossEntropy& ce, const View& out,
                                const View* dx) {
   const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
-  OX_ISA_DISPATCH(cross_entropy_fwd, logits.data, target.ptr<int64_t>(), N, C, ce, out.data, dx ? dx->data : nullptr,
-                  logits.dtype == DType::f64);
+  OX_ISA_DISPATCH(cross_entropy_fwd, logits.data, static_cast<const void*>(target.data), is_probability_target(target),
+                  ce.weight ? static_cast<const void*>(ce.weight->data) : nullptr, N, C, ce, out.data,
+                  dx ? dx->data : nullptr, logits.dtype == DType::f64);
 }
 
 void cross_entropy_backward_cpu(const View& grad, const View& logits, const View& target, const CrossEntropy& ce,
                                 const View& dx) {
   const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
-  OX_ISA_DISPATCH(cross_entropy_bwd, grad.data, logits.data, target.ptr<int64_t>(), N, C, ce, dx.data,
+  OX_ISA_DISPATCH(cross_entropy_bwd, static_cast<const void*>(grad.data), static_cast<const void*>(logits.data),
+                  static_cast<const void*>(target.data), is_probability_target(target),
+                  ce.weight ? static_cast<const void*>(ce.weight->data) : nullptr, N, C, ce, dx.data,
                   logits.dtype == DType::f64);
 }
 

@@ -9,6 +9,8 @@ backward: one kernel call instead of two for fwd+bwd, whose per-call overhead do
 the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as an int:
 0 = none, 1 = mean, 2 = sum.
 """
+from typing import Optional
+
 import torch
 
 from .. import _C
@@ -31,54 +33,59 @@ def _loss_shape(logits, reduction):
     return (logits.shape[0],) if reduction == 0 and logits.dim() == 2 else ()
 
 
-def _ce_forward(logits, target, reduction, label_smoothing, ignore_index):
+def _dense(t):
+    return None if t is None else t.contiguous()
+
+
+def _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight=None):
     logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(_loss_shape(logits, reduction), dtype=logits.dtype, device=logits.device)
     _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
-                     cuda_stream(logits))
+                     cuda_stream(logits), None, _dense(weight))
     return out
 
 
-def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index):
+def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index, weight=None):
     logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _C.cross_entropy_backward(grad.contiguous(), logits, target, out, reduction, label_smoothing, ignore_index,
-                              _workspace(logits), cuda_stream(logits))
+                              _workspace(logits), cuda_stream(logits), _dense(weight))
     return out
 
 
 @torch.library.custom_op("oxkernels::cross_entropy_backward", mutates_args=())
 def cross_entropy_backward_op(grad: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, reduction: int,
-                              label_smoothing: float, ignore_index: int) -> torch.Tensor:
-    return _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index)
+                              label_smoothing: float, ignore_index: int,
+                              weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index, weight)
 
 
 @cross_entropy_backward_op.register_fake
-def _(grad, logits, target, reduction, label_smoothing, ignore_index):
+def _(grad, logits, target, reduction, label_smoothing, ignore_index, weight=None):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("oxkernels::cross_entropy", mutates_args=())
 def cross_entropy_op(logits: torch.Tensor, target: torch.Tensor, reduction: int, label_smoothing: float,
-                     ignore_index: int) -> torch.Tensor:
-    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+                     ignore_index: int, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight)
 
 
 @cross_entropy_op.register_fake
-def _(logits, target, reduction, label_smoothing, ignore_index):
+def _(logits, target, reduction, label_smoothing, ignore_index, weight=None):
     return logits.new_empty(_loss_shape(logits, reduction))
 
 
 def _ce_setup(ctx, inputs, output):
-    logits, target, ctx.reduction, ctx.label_smoothing, ctx.ignore_index = inputs
-    ctx.save_for_backward(logits, target)
+    logits, target, ctx.reduction, ctx.label_smoothing, ctx.ignore_index, weight = inputs
+    ctx.save_for_backward(logits, target, weight)
 
 
 def _ce_op_backward(ctx, grad):
-    logits, target = ctx.saved_tensors
+    logits, target, weight = ctx.saved_tensors
     dx = call_backward(cross_entropy_backward_op, grad.contiguous(), logits, target, ctx.reduction,
-                       ctx.label_smoothing, ctx.ignore_index)
-    return dx, None, None, None, None
+                       ctx.label_smoothing, ctx.ignore_index, weight)
+    return dx, None, None, None, None, None
 
 
 register_autograd(cross_entropy_op, _ce_op_backward, _ce_setup)
@@ -90,19 +97,20 @@ class _CrossEntropyFn(torch.autograd.Function):
     backward is a scale by the incoming gradient g: dx = G · g (G · g[:, None] for 'none')."""
 
     @staticmethod
-    def forward(ctx, logits, target, reduction, label_smoothing, ignore_index):
+    def forward(ctx, logits, target, reduction, label_smoothing, ignore_index, weight):
         if logits.is_cuda:
-            out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
-            grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index)
+            out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight)
+            grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index,
+                                weight)
         else:
             dense_logits = logits.contiguous()  # a row-major copy of another layout (logits itself is saved)
             out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
             grad = torch.empty_like(dense_logits)
             _C.cross_entropy(dense_logits, target.contiguous(), out, reduction, label_smoothing, ignore_index, None,
-                             0, grad)
+                             0, grad, None if weight is None else weight.contiguous())
         ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
         ctx.args = (reduction, label_smoothing, ignore_index)
-        ctx.save_for_backward(logits, target)
+        ctx.save_for_backward(logits, target, weight)
         return out
 
     @staticmethod
@@ -110,14 +118,14 @@ class _CrossEntropyFn(torch.autograd.Function):
     def backward(ctx, g):
         grad = ctx.grad
         if grad is None:  # handed out by an earlier backward of this graph (retain_graph): recompute
-            logits, target = ctx.saved_tensors
-            return _ce_backward(g, logits, target, *ctx.args), None, None, None, None
+            logits, target, weight = ctx.saved_tensors
+            return _ce_backward(g, logits, target, *ctx.args, weight), None, None, None, None, None
         if g.dim() == 0:
             if not g.is_cuda and g.item() == 1.0:  # the usual loss.backward(): G is the answer
                 ctx.grad = None  # hand it over: the caller may modify it in place
-                return grad, None, None, None, None
-            return grad * g, None, None, None, None
-        return grad * g.unsqueeze(-1), None, None, None, None
+                return grad, None, None, None, None, None
+            return grad * g, None, None, None, None, None
+        return grad * g.unsqueeze(-1), None, None, None, None, None
 
 
 _ce_apply = lean_apply(_CrossEntropyFn)
@@ -125,17 +133,31 @@ _ce_apply = lean_apply(_CrossEntropyFn)
 
 def class_indices(target):
     """Class targets as the int64 the kernels read: uint8 ones (torch accepts them too, and
-    MNIST's labels are bytes) are widened; anything else goes to the kernel's dtype check."""
+    MNIST's labels are bytes) are widened; anything else (floating targets are class
+    probabilities) goes to the kernel's checks."""
     return target.long() if target.dtype == torch.uint8 else target
 
 
-def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int):
+def _refuse_grad_of(name):
+    """Our backward gives ∂/∂logits only: a probability target or a weight that requires grad
+    would silently get none."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(f"cross_entropy: gradients with respect to argument '{name}' are not "
+                                  "implemented (only the logits'); pass it detached, or use "
+                                  "torch.nn.functional.cross_entropy")
+
+
+def cross_entropy(logits, target, reduction: int, label_smoothing: float, ignore_index: int, weight=None):
     target = class_indices(target)
+    if target.requires_grad:
+        _refuse_grad_of("target")
+    if weight is not None and weight.requires_grad:
+        _refuse_grad_of("weight")
     if use_custom_op(logits):
-        return dispatcher_op(cross_entropy_op)(logits, target, reduction, label_smoothing, ignore_index)
+        return dispatcher_op(cross_entropy_op)(logits, target, reduction, label_smoothing, ignore_index, weight)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _ce_apply(logits, target, reduction, label_smoothing, ignore_index)
-    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index)
+        return _ce_apply(logits, target, reduction, label_smoothing, ignore_index, weight)
+    return _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight)
 
 
 def _define_softmax(name: str, forward_kernel, backward_kernel):

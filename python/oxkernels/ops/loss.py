@@ -1,7 +1,10 @@
 """Softmax, log-softmax and the fused softmax cross-entropy loss.
 
-    cross_entropy: ℓ_i = (1−ε)(lse_i − x_{i,t_i}) + ε(lse_i − mean_j x_ij),  lse_i = log Σ_j e^{x_ij}
-    reduction 'mean' divides by the number of targets ≠ ignore_index (as torch).
+    cross_entropy: ℓ_i = −Σ_j b_ij log softmax(x_i)_j, with class weights w (1 when absent) and
+    label smoothing ε:  b_ij = (1−ε) w_t [j = t_i] + (ε/C) w_j  for a class target t_i,
+                        b_ij = w_j ((1−ε) q_ij + ε/C)          for class probabilities q_i;
+    reduction 'mean' divides by Σ w_{t_i} over targets ≠ ignore_index (their count without
+    weights), or by N for probabilities (as torch).
 
 Torch tensors in: differentiable torch ops; NumPy in: NumPy out.
 """
@@ -32,7 +35,8 @@ def _scalar_args(op, label_smoothing, ignore_index):
 
 
 def _class_indices(target):
-    """NumPy class targets as int64: uint8 ones (torch accepts them too) are widened."""
+    """NumPy class targets as int64: uint8 ones (torch accepts them too) are widened; floating
+    targets are class probabilities and stay as they are."""
     return target.astype(np.int64) if target.dtype == np.uint8 else target
 
 
@@ -41,58 +45,70 @@ def _loss_shape(logits, reduction):
 
 
 def _as_rows(op, logits, target):
-    """(N, C, d1, …, dk) logits and (N, d1, …, dk) targets as one row per element:
-    (N·d1⋯dk, C) with the class dimension moved last, and (N·d1⋯dk,); plus (N, d1, …, dk)."""
+    """(N, C, d1, …, dk) logits and (N, d1, …, dk) class targets (or probabilities of the logits'
+    shape) as one row per element: (N·d1⋯dk, C) with the class dimension moved last, and
+    (N·d1⋯dk,) (or (N·d1⋯dk, C)); plus (N, d1, …, dk)."""
     shape = tuple(logits.shape)
     elements = (shape[0], *shape[2:])
+
+    def class_last(a):
+        if isinstance(a, np.ndarray):
+            return np.moveaxis(a, 1, -1).reshape(-1, shape[1])
+        return a.movedim(1, -1).reshape(-1, shape[1])
+
+    if tuple(target.shape) == shape and _is_floating(target):
+        return class_last(logits), class_last(target), elements
     if tuple(target.shape) != elements:  # checked here: the flattened shapes could agree by accident
-        raise ValueError(f"{op}: argument 'target' must have shape {elements} for logits of shape {shape}, "
-                         f"got {tuple(target.shape)}")
-    if isinstance(logits, np.ndarray):
-        rows = np.moveaxis(logits, 1, -1).reshape(-1, shape[1])
-    else:
-        rows = logits.movedim(1, -1).reshape(-1, shape[1])
-    return rows, target.reshape(-1), elements
+        raise ValueError(f"{op}: argument 'target' must have shape {elements} (class indices) or {shape} "
+                         f"(class probabilities) for logits of shape {shape}, got {tuple(target.shape)}")
+    return class_last(logits), target.reshape(-1), elements
 
 
-def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+def _is_floating(a):
+    return a.dtype.kind == "f" if isinstance(a, np.ndarray) else a.is_floating_point()
+
+
+def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100, weight=None):
     """Softmax cross-entropy of logits (N, C) (or (C,), or (N, C, d1, …, dk) as torch's) against
-    int64 (or uint8) class targets (N,) (or (), or (N, d1, …, dk)).
+    int64 (or uint8) class targets (N,) (or (), or (N, d1, …, dk)), or class probabilities of the
+    logits' shape and dtype.
 
-    reduction: 'mean' (over non-ignored targets), 'sum' or 'none'; label_smoothing ε in [0, 1];
-    targets equal to ignore_index contribute nothing. Targets outside [0, C) raise ValueError
-    (CPU; on CUDA such rows give NaN, see csrc/loss.h)."""
+    reduction: 'mean' (see above), 'sum' or 'none'; label_smoothing ε in [0, 1]; class targets
+    equal to ignore_index contribute nothing; weight: optional (C,) class weights of the logits'
+    dtype. Class targets outside [0, C) raise ValueError (CPU; on CUDA such rows give NaN, see
+    csrc/loss.h). Probability targets and weights: CPU only for now."""
     op = "cross_entropy"
     r = _reduction(op, reduction)
     eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
-    kind = array_kind(op, logits=logits, target=target)
+    kind = array_kind(op, logits=logits, target=target, weight=weight)
     if len(logits.shape) > 2:  # each (n, d1, …, dk) is a row of C logits
         rows, targets, elements = _as_rows(op, logits, target)
-        loss = cross_entropy(rows, targets, reduction, eps, ignore)
+        loss = cross_entropy(rows, targets, reduction, eps, ignore, weight)
         return loss.reshape(elements) if r == 0 else loss
     if kind == TORCH:
         from .._torch import loss
 
-        return loss.cross_entropy(logits, target, r, eps, ignore)
-    logits, target = dense(logits), _class_indices(dense(target))
+        return loss.cross_entropy(logits, target, r, eps, ignore, weight)
+    logits, target, weight = dense(logits), _class_indices(dense(target)), dense(weight)
     out = empty(logits, _loss_shape(logits, r))
-    _C.cross_entropy(logits, target, out, r, eps, ignore)
+    _C.cross_entropy(logits, target, out, r, eps, ignore, weight=weight)
     return out
 
 
-def cross_entropy_backward(grad, logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
-    """∂loss/∂logits given grad = ∂L/∂loss (shaped like the loss):
-    s_i (softmax(x_i) − (1−ε) onehot(t_i) − ε/C), s_i from grad and the reduction, 0 where ignored."""
+def cross_entropy_backward(grad, logits, target, reduction="mean", label_smoothing=0.0, ignore_index=-100,
+                           weight=None):
+    """∂loss/∂logits given grad = ∂L/∂loss (shaped like the loss): s_i (A_i softmax(x_i) − b_i)
+    with b_i as above, A_i = Σ_j b_ij, s_i from grad and the reduction, 0 where ignored."""
     op = "cross_entropy_backward"
     r = _reduction(op, reduction)
     eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
-    if array_kind(op, grad=grad, logits=logits, target=target) == TORCH:
+    if array_kind(op, grad=grad, logits=logits, target=target, weight=weight) == TORCH:
         from .._torch import loss
 
-        return loss._ce_backward(grad, logits, loss.class_indices(target), r, eps, ignore)
-    grad, logits, target = dense(grad), dense(logits), _class_indices(dense(target))
+        return loss._ce_backward(grad, logits, loss.class_indices(target), r, eps, ignore, weight)
+    grad, logits, target, weight = dense(grad), dense(logits), _class_indices(dense(target)), dense(weight)
     out = empty(logits, logits.shape)
-    _C.cross_entropy_backward(grad, logits, target, out, r, eps, ignore)
+    _C.cross_entropy_backward(grad, logits, target, out, r, eps, ignore, weight=weight)
     return out
 
 
