@@ -39,9 +39,13 @@ void max_pool2d_check(const char* op, const View& x, const Pool2d& p, int64_t* h
 // Checks y (forward output) against x.
 void max_pool2d_check_out(const char* op, const char* arg, const View& y, const View& x, int64_t ho, int64_t wo);
 
-void max_pool2d_forward_cpu(const View& x, const Pool2d& p, const View& y);
+// return_indices: int64 of y's shape, each entry the flat offset in its (H, W) plane of the
+// element y took (torch's indices), −1 for a window with no tap inside the plane.
+void max_pool2d_check_indices(const char* op, const View& indices, const View& y);
+
+void max_pool2d_forward_cpu(const View& x, const Pool2d& p, const View& y, const View* indices = nullptr);
 void max_pool2d_backward_cpu(const View& dy, const View& x, const Pool2d& p, const View& dx);
-void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, uintptr_t stream);
+void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, const View* indices, uintptr_t stream);
 void max_pool2d_backward_cuda(const View& dy, const View& x, const Pool2d& p, const View& dx, uintptr_t stream);
 
 }  // namespace ox

@@ -61,6 +61,10 @@ def test_numpy_matches_torch(rng, shape, kernel, stride, window, dtype):
     assert rel_err(dx, dx_ref) < (1e-6 if dtype == np.float32 else 1e-14)
     assert np.array_equal(ops.max_pool2d(x, kernel, stride, **window), y)
     assert np.array_equal(ops.max_pool2d_backward(g, x, kernel, stride, **window), dx)
+    y2, indices = ops.max_pool2d(x, kernel, stride, **window, return_indices=True)
+    _, ref_indices = F.max_pool2d(torch.from_numpy(x), kernel, stride, **window, return_indices=True)
+    assert np.array_equal(y2, y) and indices.dtype == np.int64
+    np.testing.assert_array_equal(indices, ref_indices.numpy())
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch", pytest.param("cuda", marks=requires_cuda)])
@@ -79,6 +83,9 @@ def test_window_with_every_tap_in_the_padding(kind):
         grad = ops.max_pool2d_backward(np.ones_like(y), x, 2, 1, padding=1, dilation=3)
     assert y.shape == (2, 1, 1, 1) and np.all(y == -np.inf)
     assert np.array_equal(grad, np.zeros_like(x))
+    if kind == "numpy":
+        _, indices = ops.max_pool2d(x, 2, 1, padding=1, dilation=3, return_indices=True)
+        assert np.all(indices == -1)
 
 
 def _special_input(rng, shape):
@@ -109,6 +116,8 @@ def test_ties_inf_nan_route_like_torch(rng, kernel, stride, window):
     assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
     assert torch.equal(y.nan_to_num(), y_ref.nan_to_num())
     assert torch.equal(xo.grad, dx_ref)  # same positions, same accumulation
+    _, indices = ops.max_pool2d(xt, kernel, stride, **window, return_indices=True)
+    assert torch.equal(indices, F.max_pool2d(xt, kernel, stride, **window, return_indices=True)[1])
 
 
 @pytest.mark.parametrize("shape,kernel,stride,window", ALL_CASES[1:6] + WINDOW_CASES[:2] + WINDOW_CASES[3:5])
@@ -118,9 +127,15 @@ def test_torch_autograd_and_custom_op(rng, shape, kernel, stride, window):
     g = torch.from_numpy(rng.standard_normal(tuple(y_ref.shape)).astype(np.float32))
     y_ref, dx_ref = _torch_pool(x.double(), kernel, stride, g.double(), **window)
     w = ops.pool.window("test", kernel, stride, **window)
-    for fn in (lambda t: ops.max_pool2d(t, kernel, stride, **window), lambda t: torch.ops.oxkernels.max_pool2d(t, *w)):
+    _, ref_indices = F.max_pool2d(x, kernel, stride, **window, return_indices=True)
+    for fn in (lambda t: ops.max_pool2d(t, kernel, stride, **window), lambda t: torch.ops.oxkernels.max_pool2d(t, *w),
+               lambda t: ops.max_pool2d(t, kernel, stride, **window, return_indices=True),
+               lambda t: torch.ops.oxkernels.max_pool2d_with_indices(t, *w)):
         xg = x.clone().requires_grad_(True)
         y = fn(xg)
+        if isinstance(y, tuple):
+            y, indices = y
+            assert torch.equal(indices, ref_indices) and not indices.requires_grad
         y.backward(g)
         assert rel_err(y, y_ref) == 0 and rel_err(xg.grad, dx_ref) < 1e-6
 
@@ -143,6 +158,7 @@ def test_opcheck(rng):
     torch.library.opcheck(torch.ops.oxkernels.max_pool2d, (x, *window))
     g = torch.randn_like(F.max_pool2d(x.detach(), 3, 2, 1, (2, 1), ceil_mode=True))
     torch.library.opcheck(torch.ops.oxkernels.max_pool2d_backward, (g, x.detach(), *window))
+    torch.library.opcheck(torch.ops.oxkernels.max_pool2d_with_indices, (x, *window))
 
 
 def test_module_compile_fullgraph(rng):
@@ -168,8 +184,12 @@ def test_module_arguments():
         ours, theirs = onn.MaxPool2d(3, 2, **kwargs), torch.nn.MaxPool2d(3, 2, **kwargs)
         assert repr(ours) == repr(theirs)
         assert torch.equal(ours(x), theirs(x))
-    with pytest.raises(ValueError, match="return_indices"):
-        onn.MaxPool2d(2, return_indices=True)
+    ours, theirs = onn.MaxPool2d(3, 2, padding=1, return_indices=True), torch.nn.MaxPool2d(3, 2, padding=1,
+                                                                                          return_indices=True)
+    (ya, ia), (yb, ib) = ours(x), theirs(x)
+    assert torch.equal(ya, yb) and torch.equal(ia, ib)
+    unpool = torch.nn.MaxUnpool2d(3, 2, padding=1)  # what the indices are for
+    assert torch.equal(unpool(ya, ia, output_size=x.shape), unpool(yb, ib, output_size=x.shape))
     with pytest.raises(ValueError, match="stride"):  # torch: "stride should not be zero"
         onn.MaxPool2d(2, stride=0)(torch.randn(1, 1, 4, 4))
     with pytest.raises(ValueError, match="'padding' must be in"):  # torch: "pad should be at most half"
@@ -232,6 +252,11 @@ def test_bad_input():
         ops.max_pool2d(x, 3, padding=1, dilation=5)
     with pytest.raises(TypeError, match="'padding' must be an int or a pair"):
         ops.max_pool2d(x, 3, padding=0.5)
+    y = np.empty((2, 3, 4, 4), np.float32)
+    with pytest.raises(TypeError, match="'indices' must be int64"):
+        _C.max_pool2d(x, y, 2, 2, 2, 2, 0, 0, 1, 1, False, 0, np.empty((2, 3, 4, 4), np.int32))
+    with pytest.raises(ValueError, match="'indices' must have shape"):
+        _C.max_pool2d(x, y, 2, 2, 2, 2, 0, 0, 1, 1, False, 0, np.empty((2, 3, 4, 3), np.int64))
 
 
 @requires_cuda
@@ -246,8 +271,10 @@ def test_cuda_matches_torch(rng, shape, kernel, stride, window):
     with torch.cuda.stream(stream):
         xc = x.cuda().requires_grad_(True)
         y = ops.max_pool2d(xc, kernel, stride, **window)
+        _, indices = ops.max_pool2d(xc.detach(), kernel, stride, **window, return_indices=True)
         y.backward(g.cuda())
     stream.synchronize()
+    assert torch.equal(indices.cpu(), F.max_pool2d(x, kernel, stride, **window, return_indices=True)[1])
     assert torch.equal(torch.isnan(y.cpu()), torch.isnan(y_ref))
     assert torch.equal(y.cpu().nan_to_num(), y_ref.nan_to_num())
     assert rel_err(xc.grad, dx_ref) < 1e-6

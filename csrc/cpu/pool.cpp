@@ -84,34 +84,47 @@ template <class T> static void fwd_plane_2x2(const T* x, T* y, const Geometry& g
   }
 }
 
-// Any window: zero the plane, then add each dy at its window's arg-max, the position of
-// torch's scan (from the first tap inside the plane; none: no gradient), in window order so
-// that overlapping windows accumulate deterministically.
-template <class T> static void bwd_plane(const T* dy, const T* x, T* dx, const Geometry& g, const Windows& win) {
-  std::memset(dx, 0, sizeof(T) * g.h * g.w);
-  for (int64_t i = 0; i < g.ho; ++i) {
-    const Taps& r = win.rows[i];
-    for (int64_t j = 0; j < g.wo; ++j) {
-      const Taps& c = win.cols[j];
-      if (r.first == r.end || c.first == c.end) continue;
-      // Branch-free, as the forward: the first strict maximum of the ordered values, unless
-      // a NaN is present, then the last NaN (what torch's single scan picks).
-      int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw, nan_pos = -1;
-      T m = x[pos];
-      for (int64_t a = r.first; a < r.end; ++a) {
-        const int64_t row = (r.start + a * g.dh) * g.w + c.start;
-        for (int64_t b = c.first; b < c.end; ++b) {
-          const int64_t q = row + b * g.dw;
-          const T v = x[q];
-          const bool greater = v > m;
-          m = greater ? v : m;
-          pos = greater ? q : pos;
-          nan_pos = v != v ? q : nan_pos;
-        }
-      }
-      dx[nan_pos >= 0 ? nan_pos : pos] += dy[i * g.wo + j];
+// Offset in the plane of the window's winner under torch's scan from its first tap inside the
+// plane, −1 when no tap is inside. Branch-free, as the forward: the first strict maximum of
+// the ordered values, unless a NaN is present, then the last NaN (what the single scan picks).
+template <class T> static inline int64_t window_argmax(const T* x, const Geometry& g, const Taps& r, const Taps& c) {
+  if (r.first == r.end || c.first == c.end) return -1;
+  int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw, nan_pos = -1;
+  T m = x[pos];
+  for (int64_t a = r.first; a < r.end; ++a) {
+    const int64_t row = (r.start + a * g.dh) * g.w + c.start;
+    for (int64_t b = c.first; b < c.end; ++b) {
+      const int64_t q = row + b * g.dw;
+      const T v = x[q];
+      const bool greater = v > m;
+      m = greater ? v : m;
+      pos = greater ? q : pos;
+      nan_pos = v != v ? q : nan_pos;
     }
   }
+  return nan_pos >= 0 ? nan_pos : pos;
+}
+
+// Any window, with the winners' offsets in the plane (return_indices; −1 where no tap is inside).
+template <class T>
+static void fwd_plane_indices(const T* x, T* y, int64_t* idx, const Geometry& g, const Windows& win) {
+  for (int64_t i = 0; i < g.ho; ++i)
+    for (int64_t j = 0; j < g.wo; ++j) {
+      const int64_t pos = window_argmax(x, g, win.rows[i], win.cols[j]);
+      y[i * g.wo + j] = pos < 0 ? -std::numeric_limits<T>::infinity() : x[pos];
+      idx[i * g.wo + j] = pos;
+    }
+}
+
+// Any window: zero the plane, then add each dy at its window's arg-max (none: no gradient), in
+// window order so that overlapping windows accumulate deterministically.
+template <class T> static void bwd_plane(const T* dy, const T* x, T* dx, const Geometry& g, const Windows& win) {
+  std::memset(dx, 0, sizeof(T) * g.h * g.w);
+  for (int64_t i = 0; i < g.ho; ++i)
+    for (int64_t j = 0; j < g.wo; ++j) {
+      const int64_t pos = window_argmax(x, g, win.rows[i], win.cols[j]);
+      if (pos >= 0) dx[pos] += dy[i * g.wo + j];
+    }
 }
 
 // 2×2, stride 2: every covered element is written once (dy or 0); rows and
@@ -150,14 +163,15 @@ static bool is_2x2(const Geometry& g) {
          2 * g.ho <= g.h && 2 * g.wo <= g.w;
 }
 
-template <class T> static void fwd(const T* x, T* y, const Geometry& g) {
-  const bool fast = is_2x2(g);
+template <class T> static void fwd(const T* x, T* y, int64_t* idx, const Geometry& g) {
+  const bool fast = is_2x2(g) && !idx;
   const Windows win(fast ? Geometry{} : g);
   const int64_t in_plane = g.h * g.w, out_plane = g.ho * g.wo;
   const int64_t grain = in_plane >= kGrain ? 1 : kGrain / in_plane;
   parallel_for(g.planes, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      if (fast) fwd_plane_2x2(x + p * in_plane, y + p * out_plane, g);
+      if (idx) fwd_plane_indices(x + p * in_plane, y + p * out_plane, idx + p * out_plane, g, win);
+      else if (fast) fwd_plane_2x2(x + p * in_plane, y + p * out_plane, g);
       else fwd_plane(x + p * in_plane, y + p * out_plane, g, win);
     }
   });
@@ -176,11 +190,11 @@ template <class T> static void bwd(const T* dy, const T* x, T* dx, const Geometr
   });
 }
 
-void max_pool2d_fwd(const void* x, void* y, const int64_t* geom, bool f64) {
+void max_pool2d_fwd(const void* x, void* y, int64_t* idx, const int64_t* geom, bool f64) {
   const Geometry g{geom[0], geom[1], geom[2],  geom[3],  geom[4],  geom[5], geom[6],
                    geom[7], geom[8], geom[9], geom[10], geom[11], geom[12]};
-  if (f64) fwd(static_cast<const double*>(x), static_cast<double*>(y), g);
-  else fwd(static_cast<const float*>(x), static_cast<float*>(y), g);
+  if (f64) fwd(static_cast<const double*>(x), static_cast<double*>(y), idx, g);
+  else fwd(static_cast<const float*>(x), static_cast<float*>(y), idx, g);
 }
 
 void max_pool2d_bwd(const void* dy, const void* x, void* dx, const int64_t* geom, bool f64) {
@@ -196,7 +210,7 @@ void max_pool2d_bwd(const void* dy, const void* x, void* dx, const int64_t* geom
 #if OX_ISA_IS_scalar
 #include "core/checks.h"
 
-OX_ISA_DECLARE(void, max_pool2d_fwd, (const void*, void*, const int64_t*, bool))
+OX_ISA_DECLARE(void, max_pool2d_fwd, (const void*, void*, int64_t*, const int64_t*, bool))
 OX_ISA_DECLARE(void, max_pool2d_bwd, (const void*, const void*, void*, const int64_t*, bool))
 
 namespace ox {
@@ -250,10 +264,19 @@ static void geometry(const View& x, const Pool2d& p, int64_t* g) {
 // epilogues) measured 10–40× slower than the SSE2 code (e.g. 2x2 backward on
 // (64,6,28,28): 2.7 ms AVX-512, 0.11 ms AVX2, 0.07–0.15 ms SSE2; forward
 // 1.0 ms AVX-512 vs 0.05 ms). Revisit with hand-written intrinsics.
-void max_pool2d_forward_cpu(const View& x, const Pool2d& p, const View& y) {
+void max_pool2d_check_indices(const char* op, const View& indices, const View& y) {
+  check_same_device(op, "indices", indices, "out", y);
+  check_dtype(op, "indices", indices, {DType::i64});
+  check_same_shape(op, "indices", indices, y);
+  check_contiguous(op, "indices", indices);
+  check_writable(op, "indices", indices);
+}
+
+void max_pool2d_forward_cpu(const View& x, const Pool2d& p, const View& y, const View* indices) {
   int64_t g[13];
   geometry(x, p, g);
-  ::ox::scalar::max_pool2d_fwd(x.data, y.data, g, x.dtype == DType::f64);
+  ::ox::scalar::max_pool2d_fwd(x.data, y.data, indices ? indices->ptr<int64_t>() : nullptr, g,
+                               x.dtype == DType::f64);
 }
 
 void max_pool2d_backward_cpu(const View& dy, const View& x, const Pool2d& p, const View& dx) {

@@ -51,14 +51,15 @@ __device__ inline void windows_over(int64_t hh, int64_t s, int64_t pad, int64_t 
   *hi = min((hh + pad) / s, out - 1);
 }
 
-// One thread per output element.
-template <class T> __global__ void forward_kernel(const T* x, T* y, Geometry g) {
+// One thread per output element; with idx, also the winner's offset in its plane (−1: none).
+template <class T> __global__ void forward_kernel(const T* x, T* y, int64_t* idx, Geometry g) {
   const int64_t total = g.planes * g.ho * g.wo;
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = o / (g.ho * g.wo), r = o % (g.ho * g.wo);
     const T* plane = x + p * g.h * g.w;
     const int64_t pos = window_argmax(plane, g, r / g.wo, r % g.wo);
     y[o] = pos < 0 ? -CUDART_INF_F : plane[pos];
+    if (idx) idx[o] = pos;
   }
 }
 
@@ -100,14 +101,15 @@ unsigned blocks_for(int64_t n) {
 
 }  // namespace
 
-void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, uintptr_t stream) {
+void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, const View* indices, uintptr_t stream) {
   const Geometry g = geometry(x, p);
   const int64_t n = g.planes * g.ho * g.wo;
   if (n == 0) return;
+  int64_t* idx = indices ? indices->ptr<int64_t>() : nullptr;
   if (x.dtype == DType::f64)
-    forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(x.ptr<double>(), y.ptr<double>(), g);
+    forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(x.ptr<double>(), y.ptr<double>(), idx, g);
   else
-    forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(x.ptr<float>(), y.ptr<float>(), g);
+    forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(x.ptr<float>(), y.ptr<float>(), idx, g);
   cuda_check_launch("max_pool2d");
 }
 

@@ -23,6 +23,14 @@ def _forward(x, w):
     return out
 
 
+def _forward_with_indices(x, w):
+    x = x.contiguous()
+    shape = out_shape(x.shape, w)
+    out, indices = x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+    _C.max_pool2d(x, out, *w, cuda_stream(x), indices)
+    return out, indices
+
+
 def _backward(grad, x, w):
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -47,13 +55,29 @@ def max_pool2d_op(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int, ph: int =
     return _forward(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode))
 
 
-@max_pool2d_op.register_fake
-def _(x, kh, kw, sh, sw, ph=0, pw=0, dh=1, dw=1, ceil_mode=False):
-    w = (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+def _fake_out(x, w):
     shape = out_shape(x.shape, w)
     torch._check(shape != (0,) and x.dim() in (3, 4),
                  lambda: f"max_pool2d: invalid input shape {tuple(x.shape)} for window {w}")
     return x.new_empty(shape)
+
+
+@max_pool2d_op.register_fake
+def _(x, kh, kw, sh, sw, ph=0, pw=0, dh=1, dw=1, ceil_mode=False):
+    return _fake_out(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode))
+
+
+@torch.library.custom_op("oxkernels::max_pool2d_with_indices", mutates_args=())
+def max_pool2d_with_indices_op(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int, ph: int = 0, pw: int = 0,
+                               dh: int = 1, dw: int = 1, ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """max_pool2d and the int64 offsets of the elements it took (return_indices)."""
+    return _forward_with_indices(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode))
+
+
+@max_pool2d_with_indices_op.register_fake
+def _(x, kh, kw, sh, sw, ph=0, pw=0, dh=1, dw=1, ceil_mode=False):
+    out = _fake_out(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode))
+    return out, out.new_empty(out.shape, dtype=torch.int64)
 
 
 def _setup_context(ctx, inputs, output):
@@ -68,6 +92,18 @@ def _op_backward(ctx, grad):
 
 
 register_autograd(max_pool2d_op, _op_backward, _setup_context)
+
+
+def _with_indices_setup_context(ctx, inputs, output):
+    _setup_context(ctx, inputs, output)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _with_indices_op_backward(ctx, grad, grad_indices):
+    return _op_backward(ctx, grad)
+
+
+register_autograd(max_pool2d_with_indices_op, _with_indices_op_backward, _with_indices_setup_context)
 
 
 class _MaxPool2dFn(torch.autograd.Function):
@@ -86,8 +122,28 @@ class _MaxPool2dFn(torch.autograd.Function):
         return _backward(grad, x, ctx.window), None
 
 
+class _MaxPool2dWithIndicesFn(torch.autograd.Function):
+    """return_indices in eager mode: the indices are an output autograd does not differentiate;
+    the backward recomputes the winners from x as without them."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.window = w
+        ctx.save_for_backward(x)
+        out, indices = _forward_with_indices(x, w)
+        ctx.mark_non_differentiable(indices)
+        return out, indices
+
+    @staticmethod
+    @first_order("max_pool2d")
+    def backward(ctx, grad, grad_indices):
+        (x,) = ctx.saved_tensors
+        return _backward(grad, x, ctx.window), None
+
+
 _grad_enabled = torch.is_grad_enabled
 _apply = lean_apply(_MaxPool2dFn)
+_apply_with_indices = lean_apply(_MaxPool2dWithIndicesFn)
 
 
 def max_pool2d(x: torch.Tensor, w: tuple) -> torch.Tensor:
@@ -97,3 +153,12 @@ def max_pool2d(x: torch.Tensor, w: tuple) -> torch.Tensor:
     if x.requires_grad and _grad_enabled():
         return _apply(x, w)
     return _forward(x, w)
+
+
+def max_pool2d_with_indices(x: torch.Tensor, w: tuple):
+    """(max_pool2d of x over window w, the int64 offsets of the elements taken)."""
+    if use_custom_op(x):
+        return dispatcher_op(max_pool2d_with_indices_op)(x, *w)
+    if x.requires_grad and _grad_enabled():
+        return _apply_with_indices(x, w)
+    return _forward_with_indices(x, w)

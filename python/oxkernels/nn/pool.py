@@ -9,14 +9,11 @@ __all__ = ["MaxPool2d"]
 
 
 class MaxPool2d(NotScriptable, torch.nn.MaxPool2d):
-    """torch.nn.MaxPool2d with the same constructor and arguments, except return_indices=True
-    (ValueError: the backward recomputes each window's maximum instead of keeping indices)."""
+    """torch.nn.MaxPool2d with the same constructor and arguments (return_indices=True returns
+    (output, indices) as torch's, for MaxUnpool2d)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
-        if return_indices:
-            raise ValueError("oxkernels.nn.MaxPool2d: argument 'return_indices'=True is not supported (use "
-                             "torch.nn.MaxPool2d where the indices are needed, e.g. for MaxUnpool2d)")
         self._window_of = None  # the attributes the cached window was computed from
         self._window()
 
@@ -33,4 +30,6 @@ class MaxPool2d(NotScriptable, torch.nn.MaxPool2d):
         return self._window_value
 
     def forward(self, x):
+        if self.return_indices:
+            return _pool.max_pool2d_with_indices(x, self._window())
         return _pool.max_pool2d(x, self._window())

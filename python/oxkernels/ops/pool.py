@@ -7,6 +7,8 @@
 torch: NaN wins the window, the gradient goes to the first of equal maxima (the last
 NaN). Torch tensors in: differentiable.
 """
+import numpy as np
+
 from .. import _C
 from .._arrays import TORCH, array_kind, dense, empty, int_pair, stream_of
 
@@ -51,13 +53,15 @@ _Tensor = None
 _eager = None
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max pooling of x (N, C, H, W) or (C, H, W) with torch.nn.functional.max_pool2d's
-    arguments (not return_indices): kernel_size, stride, padding and dilation are ints or
-    pairs, stride defaults to kernel_size, padding is at most half the kernel."""
+    arguments: kernel_size, stride, padding and dilation are ints or pairs, stride defaults to
+    kernel_size, padding is at most half the kernel. With return_indices, also the int64 flat
+    offset in its (H, W) plane of each output's element, as torch (−1 for a window whose taps
+    all fall in the padding)."""
     global _Tensor, _eager
     if type(x) is _Tensor and type(kernel_size) is int and stride is None and kernel_size >= 1 and \
-            padding == 0 and dilation == 1 and not ceil_mode:
+            padding == 0 and dilation == 1 and not ceil_mode and not return_indices:
         return _eager(x, (kernel_size, kernel_size, kernel_size, kernel_size, 0, 0, 1, 1, False))
     w = window("max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
     if array_kind("max_pool2d", x=x) == TORCH:
@@ -66,11 +70,13 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         from .._torch import pool
 
         _Tensor, _eager = torch.Tensor, pool.max_pool2d
-        return pool.max_pool2d(x, w)
+        return pool.max_pool2d_with_indices(x, w) if return_indices else pool.max_pool2d(x, w)
     x = dense(x)
-    out = empty(x, out_shape(x.shape, w))
-    _C.max_pool2d(x, out, *w, 0)
-    return out
+    shape = out_shape(x.shape, w)
+    out = empty(x, shape)
+    indices = empty(x, shape, dtype=np.int64) if return_indices else None
+    _C.max_pool2d(x, out, *w, 0, indices)
+    return (out, indices) if return_indices else out
 
 
 def max_pool2d_backward(grad, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
