@@ -198,6 +198,35 @@ def test_bad_input(name):
         getattr(ops, f"{name}_backward")(np.zeros(3, np.float32), np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="'out' must have shape"):
         getattr(_C, name)(np.zeros(3, np.float32), np.zeros(4, np.float32), 0)
+    x = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match="'x' must be dense"):
+        getattr(_C, name)(x[:, ::2], np.zeros((4, 3), np.float32), 0)
+    with pytest.raises(ValueError, match="'out' must have the memory layout of 'x'"):
+        getattr(_C, name)(x, np.zeros((6, 4), np.float32).T, 0)
+    with pytest.raises(ValueError, match="'y' must have the memory layout of 'grad'"):
+        getattr(_C, f"{name}_backward")(x, np.zeros((6, 4), np.float32).T, np.zeros_like(x), 0)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid"])
+@pytest.mark.parametrize("path", ["eager", "custom_op", "no_grad"])
+def test_channels_last_stays_channels_last(rng, name, path):
+    # As torch's element-wise ops: the output takes the input's layout (no row-major copy of
+    # it), and the values and gradients are those of the row-major call.
+    x = torch.from_numpy(rng.standard_normal((3, 4, 5, 6))).to(memory_format=torch.channels_last)
+    fn = {"eager": getattr(ops, name), "custom_op": getattr(torch.ops.oxkernels, name),
+          "no_grad": getattr(ops, name)}[path]
+    xg = x.clone().requires_grad_(path != "no_grad")
+    xr = x.contiguous().requires_grad_(path != "no_grad")
+    y, y_row = fn(xg), fn(xr)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.stride() == getattr(torch, name)(x).stride()
+    assert torch.equal(y, y_row)
+    if path != "no_grad":
+        g = torch.from_numpy(rng.standard_normal((3, 4, 5, 6)))  # row-major: copied into y's layout
+        y.backward(g)
+        y_row.backward(g)
+        assert torch.equal(xg.grad, xr.grad)
+        torch.library.opcheck(getattr(torch.ops.oxkernels, name), (xg,))
+        torch.library.opcheck(getattr(torch.ops.oxkernels, f"{name}_backward"), (g, y.detach()))
 
 
 @requires_cuda

@@ -85,18 +85,20 @@ OX_ISA_DECLARE(void, activation_bwd, (bool, const void*, const void*, void*, int
 
 namespace ox {
 
-// `arg` must match `ref` (named ref_arg) in device, dtype and shape, and be contiguous.
+// Element-wise kernels run over the memory as a flat array: every array dense (row-major,
+// channels-last, ...) and all in one layout, so that flat element i is the same element of each.
+// `arg` must match `ref` (named ref_arg) in device, dtype, shape and layout.
 static void check_same_array_shape(const char* op, const char* arg, const View& out, const char* ref_arg,
                                    const View& x) {
   check_same_device(op, arg, out, ref_arg, x);
   check_same_dtype(op, arg, out, ref_arg, x);
   check_same_shape(op, arg, out, x);
-  check_contiguous(op, arg, out);
+  check_same_layout(op, arg, out, ref_arg, x);
 }
 
 void activation_check(const char* op, const View& x, const View& out) {
   check_dtype(op, "x", x, {DType::f32, DType::f64});
-  check_contiguous(op, "x", x);
+  check_dense(op, "x", x);
   check_numel_fits(op, "x", x);
   check_same_array_shape(op, "out", out, "x", x);
   check_writable(op, "out", out);
@@ -104,7 +106,7 @@ void activation_check(const char* op, const View& x, const View& out) {
 
 void activation_backward_check(const char* op, const View& g, const View& y, const View& out) {
   check_dtype(op, "grad", g, {DType::f32, DType::f64});
-  check_contiguous(op, "grad", g);
+  check_dense(op, "grad", g);
   check_numel_fits(op, "grad", g);
   check_same_array_shape(op, "y", y, "grad", g);
   check_same_array_shape(op, "out", out, "grad", g);

@@ -13,11 +13,25 @@ from ._glue import (call_backward, cuda_stream, dispatcher_op, first_order, incr
 
 
 
-_CONTIGUOUS = torch.contiguous_format
+_CHANNELS_LAST = torch.channels_last
 
 
-def _new(like: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(like, memory_format=_CONTIGUOUS)
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself when row-major or channels_last (the kernels run over any dense layout as a
+    flat array, and empty_like gives the output the same strides, as torch's own element-wise
+    ops do), else a row-major copy."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=_CHANNELS_LAST)):
+        return x
+    return x.contiguous()
+
+
+def _like(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """grad in y's layout (the backward kernels read both as one flat array)."""
+    if grad.is_contiguous() and y.is_contiguous():
+        return grad
+    if grad.stride() == y.stride():
+        return grad
+    return torch.empty_like(y).copy_(grad)
 
 
 def _define(name: str, forward_kernel, backward_kernel):
@@ -26,32 +40,32 @@ def _define(name: str, forward_kernel, backward_kernel):
 
     @torch.library.custom_op(f"oxkernels::{name}_backward", mutates_args=())
     def backward_op(grad: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        grad, y = grad.contiguous(), y.contiguous()
-        out = _new(y)
-        backward_kernel(grad, y, out, cuda_stream(y))
+        y = _dense(y)
+        out = torch.empty_like(y)
+        backward_kernel(_like(grad, y), y, out, cuda_stream(y))
         return out
 
     @backward_op.register_fake
     def _(grad, y):
-        return torch.empty_like(y, memory_format=torch.contiguous_format)
+        return torch.empty_like(_dense(y))
 
     @torch.library.custom_op(f"oxkernels::{name}", mutates_args=())
     def forward_op(x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        out = _new(x)
+        x = _dense(x)
+        out = torch.empty_like(x)
         forward_kernel(x, out, cuda_stream(x))
         return out
 
     @forward_op.register_fake
     def _(x):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
+        return torch.empty_like(_dense(x))
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
 
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return call_backward(backward_op, grad.contiguous(), y)
+        return call_backward(backward_op, grad, y)
 
     register_autograd(forward_op, backward, setup_context)
 
@@ -62,8 +76,8 @@ def _define(name: str, forward_kernel, backward_kernel):
 
         @staticmethod
         def forward(ctx, x):
-            x = x.contiguous()  # a view of any layout is read through a row-major copy
-            out = torch.empty_like(x, memory_format=_CONTIGUOUS)
+            x = _dense(x)  # another layout is read through a row-major copy
+            out = torch.empty_like(x)  # x's strides
             forward_kernel(x, out, cuda_stream(x))
             ctx.save_for_backward(out)
             return out
@@ -72,8 +86,8 @@ def _define(name: str, forward_kernel, backward_kernel):
         @first_order(name)
         def backward(ctx, grad):
             (y,) = ctx.saved_tensors
-            out = torch.empty_like(y)  # y is contiguous: so is out
-            backward_kernel(grad.contiguous(), y, out, cuda_stream(y))
+            out = torch.empty_like(y)  # y is dense: out has its strides
+            backward_kernel(_like(grad, y), y, out, cuda_stream(y))
             return out
 
     EagerFn.__name__ = f"{name.capitalize()}Function"
@@ -111,8 +125,8 @@ def relu(x: torch.Tensor) -> torch.Tensor:
         return dispatcher_op(relu_op)(x)
     if x.requires_grad and _grad_enabled():
         return _relu_apply(x)
-    x = x.contiguous()  # no autograd needed: the kernel directly
-    out = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    x = _dense(x)  # no autograd needed: the kernel directly
+    out = torch.empty_like(x)
     _C.relu(x, out, cuda_stream(x))
     return out
 
@@ -133,7 +147,7 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
         return dispatcher_op(sigmoid_op)(x)
     if x.requires_grad and _grad_enabled():
         return _sigmoid_apply(x)
-    x = x.contiguous()
-    out = torch.empty_like(x, memory_format=_CONTIGUOUS)
+    x = _dense(x)
+    out = torch.empty_like(x)
     _C.sigmoid(x, out, cuda_stream(x))
     return out
