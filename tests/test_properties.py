@@ -129,22 +129,30 @@ def test_matmul(m, k, n, ta, tb, seed):
 @prop
 @given(n=st.integers(1, 30), c=st.integers(1, 12), smoothing=st.sampled_from([0.0, 0.1, 0.5]),
        reduction=st.sampled_from(["mean", "sum", "none"]), ignore=st.booleans(),
-       scale=st.sampled_from([1.0, 100.0, 1e4]), seed=st.integers(0, 2**31))
-def test_cross_entropy(n, c, smoothing, reduction, ignore, scale, seed):
+       scale=st.sampled_from([1.0, 100.0, 1e4]), weighted=st.booleans(), probs=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_cross_entropy(n, c, smoothing, reduction, ignore, scale, weighted, probs, seed):
     logits = arr(seed, n, c) * scale
-    target = np.random.default_rng(seed + 1).integers(0, c, n)
-    if ignore:
-        target[::3] = -100
+    rng = np.random.default_rng(seed + 1)
+    if probs:  # class probabilities (ignore_index does not apply)
+        target = rng.dirichlet(np.ones(c), n)
+    else:
+        target = rng.integers(0, c, n)
+        if ignore:
+            target[::3] = -100
+    weight = rng.random(c) + 0.1 if weighted else None
     lt = T(logits).requires_grad_()
-    ref = torch.nn.functional.cross_entropy(lt, T(target), reduction=reduction, label_smoothing=smoothing)
-    got = ops.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
+    ref = torch.nn.functional.cross_entropy(lt, T(target), None if weight is None else T(weight),
+                                            reduction=reduction, label_smoothing=smoothing)
+    got = ops.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing, weight=weight)
     if not torch.isfinite(ref).all():  # e.g. mean over all-ignored targets is nan in torch
         assert np.array_equal(np.isnan(got), torch.isnan(ref).numpy())
         return
     assert rel_err(got, ref.detach().numpy()) < TOL
     g = arr(seed + 2, *ref.shape)
     ref.backward(T(g))
-    got_grad = ops.cross_entropy_backward(g, logits, target, reduction=reduction, label_smoothing=smoothing)
+    got_grad = ops.cross_entropy_backward(g, logits, target, reduction=reduction, label_smoothing=smoothing,
+                                          weight=weight)
     assert rel_err(got_grad, lt.grad.numpy()) < TOL
 
 
