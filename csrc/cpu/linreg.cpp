@@ -26,8 +26,9 @@ constexpr int kLanes = 16;
 constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kMinBlockElems = 16384;  // a block's share of X, so tiny problems run in one block
 
-template <class T> static inline T sum_lanes(T* p) {
-  for (int w = kLanes / 2; w > 0; w /= 2)
+// p[0] + … + p[W−1] by a fixed pairwise tree (W a power of 2); overwrites p.
+template <int W = kLanes, class T> static inline T sum_lanes(T* p) {
+  for (int w = W / 2; w > 0; w /= 2)
     for (int k = 0; k < w; ++k) p[k] += p[k + w];
   return p[0];
 }
@@ -125,20 +126,13 @@ template <class T> static void tile_grad(const T* Xt, const T* Rt, int64_t dp, i
 // (so they stay in L1 between the two passes over them):
 //   r_i = x_i·w_b + θ_b[d] − y_i   (R independent dot products, the tail columns masked),
 //   G_b[:d] += Σ_i r_i x_i,   G_b[d] += Σ_i r_i,   L_b += Σ_i r_i².
-// Each dot is L-lane partial sums reduced by a fixed pairwise tree; rows are added in order.
-template <class T> static inline T sum_tree(const typename Vec<T>::R& v) {
-  constexpr int L = Vec<T>::L;
-  T lanes[L];
-  Vec<T>::storeu(lanes, v);
-  for (int w = L / 2; w > 0; w /= 2)
-    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
-  return lanes[0];
-}
-
+// Each dot is L-lane partial sums reduced by sum_lanes' tree; rows are added in order.
+// G and theta are B × (d+1).
 template <int R, class T>
-static inline void row_group(const T* const* x, const T* yr, const T* theta, int64_t d, int64_t stride, int64_t dp,
-                             int64_t B, bool want_grad, T* G, T* L) {
+static inline void row_group(const T* const* x, const T* yr, const T* theta, int64_t d, int64_t B, bool want_grad,
+                             T* G, T* L) {
   using S = Vec<T>;
+  const int64_t stride = d + 1;
   const int64_t full = d / S::L * S::L;
   const typename S::M tail = S::mask(d - full);
   for (int64_t b = 0; b < B; ++b) {
@@ -158,13 +152,15 @@ static inline void row_group(const T* const* x, const T* yr, const T* theta, int
     T res[R];
     T r_sum = 0, r_sq = 0;
     for (int i = 0; i < R; ++i) {
-      res[i] = sum_tree<T>(acc[i]) + th[d] - yr[i];
+      T lanes[S::L];
+      S::storeu(lanes, acc[i]);
+      res[i] = sum_lanes<S::L>(lanes) + th[d] - yr[i];
       r_sum += res[i];
       r_sq += res[i] * res[i];
     }
     L[b] += r_sq;
     if (!want_grad) continue;
-    T* g = G + b * dp;
+    T* g = G + b * stride;
     for (int64_t c = 0; c < full; c += S::L) {
       typename S::R gv = S::loadu(g + c);
       for (int i = 0; i < R; ++i) gv = S::fma(S::set1(res[i]), S::loadu(x[i] + c), gv);
@@ -183,7 +179,7 @@ constexpr int kGroupRows = 8;
 
 template <class T, bool kIndexed>
 static void rows_wide(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
-                      int64_t d, int64_t B, int64_t dp, bool want_grad, T* G, T* L) {
+                      int64_t d, int64_t B, bool want_grad, T* G, T* L) {
   const T* x[kGroupRows];
   T yr[kGroupRows];
   int64_t j = begin;
@@ -193,13 +189,13 @@ static void rows_wide(const T* X, const T* y, const T* theta, const int64_t* row
       x[i] = X + row * d;
       yr[i] = y[row];
     }
-    row_group<kGroupRows>(x, yr, theta, d, d + 1, dp, B, want_grad, G, L);
+    row_group<kGroupRows>(x, yr, theta, d, B, want_grad, G, L);
   }
   for (; j < end; ++j) {
     const int64_t row = kIndexed ? rows[j] : j;
     x[0] = X + row * d;
     yr[0] = y[row];
-    row_group<1>(x, yr, theta, d, d + 1, dp, B, want_grad, G, L);
+    row_group<1>(x, yr, theta, d, B, want_grad, G, L);
   }
 }
 
@@ -241,7 +237,7 @@ static void tile_transposed(const T* XtT, const T* yt, const T* theta, int64_t s
 
 template <class T, bool kIndexed>
 static void rows_narrow(const T* X, const T* y, const T* theta, const int64_t* rows, int64_t begin, int64_t end,
-                        int64_t d, int64_t B, int64_t dp, bool want_grad, T* Gp, T* L) {
+                        int64_t d, int64_t B, bool want_grad, T* Gp, T* L) {
   const int64_t stride = d + 1;
   T XtT[kNarrow * kTileRows];
   T yt[kTileRows];
@@ -264,8 +260,8 @@ static void rows_narrow(const T* X, const T* y, const T* theta, const int64_t* r
     tile_transposed(XtT, yt, theta, stride, B, want_grad, Gl, Ll);
   }
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t c = 0; c < stride; ++c) Gp[b * dp + c] += sum_lanes(Gl + (b * stride + c) * kVec);
-    L[b] += sum_lanes(Ll + b * kVec);
+    for (int64_t c = 0; c < stride; ++c) Gp[b * stride + c] += sum_lanes<kVec>(Gl + (b * stride + c) * kVec);
+    L[b] += sum_lanes<kVec>(Ll + b * kVec);
   }
   delete[] Ll;
   delete[] Gl;
@@ -338,11 +334,11 @@ static void evaluate(const T* X, const T* y, const T* theta, const int64_t* rows
       if (rows) rows_tiled<T, true>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
       else rows_tiled<T, false>(X, y, ThT, rows, begin, end, d, B, dp, Bp, want_grad, G, L);
     } else if (narrow) {
-      if (rows) rows_narrow<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
-      else rows_narrow<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+      if (rows) rows_narrow<T, true>(X, y, theta, rows, begin, end, d, B, want_grad, G, L);
+      else rows_narrow<T, false>(X, y, theta, rows, begin, end, d, B, want_grad, G, L);
     } else {
-      if (rows) rows_wide<T, true>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
-      else rows_wide<T, false>(X, y, theta, rows, begin, end, d, B, dp, want_grad, G, L);
+      if (rows) rows_wide<T, true>(X, y, theta, rows, begin, end, d, B, want_grad, G, L);
+      else rows_wide<T, false>(X, y, theta, rows, begin, end, d, B, want_grad, G, L);
     }
   });
   const T inv_m = T(1) / static_cast<T>(m);
