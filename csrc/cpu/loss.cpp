@@ -59,18 +59,19 @@ template <class T> struct Targets {
   T w(int64_t j) const { return weight ? weight[j] : T(1); }
   T b_prob(int64_t i, int64_t j) const { return w(j) * (keep * probs[i * C + j] + smooth); }
 
-  // A_i = Σ_j b_ij: exactly 1 for unweighted class targets ((1−ε) + C·ε/C).
+  // A_i = Σ_j b_ij: exactly 1 for unweighted class targets ((1−ε) + C·ε/C), 0 for an ignored row.
   T mass(int64_t i) const {
+    if (ignored(i)) return T(0);
     if (index) return weight ? keep * weight[index[i]] + smooth * weight_sum : T(1);
     T a = 0;
     for (int64_t j = 0; j < C; ++j) a += b_prob(i, j);
     return a;
   }
 
-  // ℓ_i from lse_i and the row x_i (0 for an ignored row).
-  T loss(int64_t i, const T* x, T lse) const {
+  // ℓ_i from lse_i, the row x_i and a = mass(i) (0 for an ignored row).
+  T loss(int64_t i, const T* x, T lse, T a) const {
     if (ignored(i)) return T(0);
-    T l = mass(i) * lse;
+    T l = a * lse;
     if (index) {
       const int64_t t = index[i];
       l -= keep * w(t) * x[t];
@@ -87,15 +88,15 @@ template <class T> struct Targets {
   }
 
   // Row i of the gradient scaled by s, from er = e^{x − m} (the chunk_lse scratch;
-  // softmax = er / Σ er): d_j = s (A_i softmax_j − b_ij), 0 for an ignored row.
-  void grad_row(int64_t i, const T* er, T s, T* d) const {
+  // softmax = er / Σ er) and a = mass(i): d_j = s (A_i softmax_j − b_ij), 0 for an ignored row.
+  void grad_row(int64_t i, const T* er, T s, T a, T* d) const {
     if (ignored(i)) {
       for (int64_t j = 0; j < C; ++j) d[j] = 0;
       return;
     }
     T sum = 0;
     for (int64_t j = 0; j < C; ++j) sum += er[j];
-    const T p_scale = s * mass(i) / sum;
+    const T p_scale = s * a / sum;
     if (index) {
       if (weight) {
         for (int64_t j = 0; j < C; ++j) d[j] = er[j] * p_scale - s * smooth * weight[j];
@@ -134,10 +135,11 @@ static double ce_rows(const T* x, const Targets<T>& tg, int64_t r0, int64_t r1, 
     chunk_lse(x + c0 * C, rows, C, e, lse);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = c0 + r;
-      const T l = tg.loss(i, x + i * C, lse[r]);
+      const T a = tg.mass(i);  // O(C) for probabilities: once for the loss and the gradient
+      const T l = tg.loss(i, x + i * C, lse[r], a);
       if (row_loss) row_loss[i] = l;
       total += static_cast<double>(l);
-      if (dx) tg.grad_row(i, e + r * C, s, dx + i * C);
+      if (dx) tg.grad_row(i, e + r * C, s, a, dx + i * C);
     }
   }
   delete[] e;
@@ -185,7 +187,7 @@ static void ce_backward(const T* g, const T* x, const Targets<T>& tg, int64_t N,
       chunk_lse(x + c0 * C, rows, C, e, lse);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t i = c0 + r;
-        tg.grad_row(i, e + r * C, reduction == Reduction::none ? g[i] : scale_all, dx + i * C);
+        tg.grad_row(i, e + r * C, reduction == Reduction::none ? g[i] : scale_all, tg.mass(i), dx + i * C);
       }
     }
     delete[] e;
@@ -339,7 +341,8 @@ void cross_entropy_check(const char* op, const View& logits, const View& target,
   check_numel_fits(op, "logits", logits);
   check_same_device(op, "target", target, "logits", logits);
   const bool probs = is_probability_target(target);
-  const bool index_shape = logits.ndim == 2 ? target.ndim == 1 && target.shape[0] == logits.shape[0] : target.ndim == 0;
+  const bool index_shape =
+      logits.ndim == 2 ? target.ndim == 1 && target.shape[0] == logits.shape[0] : target.ndim == 0;
   if (probs && index_shape)  // meant as class indices
     type_error(op, ": argument 'target' must be int64 for class indices, got ", dtype_of(target),
                " of shape ", shape_str(target), " (a floating target is read as class probabilities, of the "
