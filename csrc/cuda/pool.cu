@@ -2,45 +2,16 @@
 
 #include "core/cuda_check.h"
 #include "pool.h"
+#include "pool_window.h"
 
 namespace ox {
 namespace {
 
 constexpr int kThreads = 256;
 
-struct Geometry {
-  int64_t planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-// torch's rule, as on the CPU: v replaces the running maximum when greater or NaN.
-template <class T> __device__ inline bool takes_over(T v, T m) { return v > m || v != v; }
-
-// The window taps inside the plane along one axis: offsets start + t·dil for t in [first, end).
-struct Taps {
-  int64_t start, first, end;
-};
-
-__device__ inline Taps taps(int64_t out_index, int64_t stride, int64_t pad, int64_t k, int64_t dil, int64_t extent) {
-  const int64_t start = out_index * stride - pad;
-  const int64_t first = start < 0 ? (-start + dil - 1) / dil : 0;
-  const int64_t past = extent - 1 - start;
-  const int64_t end = past < 0 ? 0 : min(past / dil + 1, k);
-  return Taps{start, first, end > first ? end : first};
-}
-
-// Offset (within the plane) of the window's winner: row-major scan from its first tap inside
-// the plane; −1 when no tap is inside.
-template <class T> __device__ inline int64_t window_argmax(const T* plane, const Geometry& g, int64_t i, int64_t j) {
-  const Taps r = taps(i, g.sh, g.ph, g.kh, g.dh, g.h), c = taps(j, g.sw, g.pw, g.kw, g.dw, g.w);
-  if (r.first == r.end || c.first == c.end) return -1;
-  int64_t pos = (r.start + r.first * g.dh) * g.w + c.start + c.first * g.dw;
-  T m = plane[pos];
-  for (int64_t a = r.first; a < r.end; ++a)
-    for (int64_t b = c.first; b < c.end; ++b) {
-      const int64_t q = (r.start + a * g.dh) * g.w + c.start + b * g.dw;
-      if (takes_over(plane[q], m)) { m = plane[q]; pos = q; }
-    }
-  return pos;
+// Offset in the plane of output (i, j)'s winner (pool_window.h), −1 when no tap is inside.
+template <class T> __device__ inline int64_t argmax_at(const T* plane, const PoolGeometry& g, int64_t i, int64_t j) {
+  return window_argmax(plane, g, pool_taps(i, g.sh, g.ph, g.kh, g.dh, g.h), pool_taps(j, g.sw, g.pw, g.kw, g.dw, g.w));
 }
 
 // Output indices i whose window can hold input row hh: i·s − pad ≤ hh ≤ i·s − pad + dil(k − 1).
@@ -52,12 +23,12 @@ __device__ inline void windows_over(int64_t hh, int64_t s, int64_t pad, int64_t 
 }
 
 // One thread per output element; with idx, also the winner's offset in its plane (−1: none).
-template <class T> __global__ void forward_kernel(const T* x, T* y, int64_t* idx, Geometry g) {
+template <class T> __global__ void forward_kernel(const T* x, T* y, int64_t* idx, PoolGeometry g) {
   const int64_t total = g.planes * g.ho * g.wo;
   for (int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; o < total; o += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = o / (g.ho * g.wo), r = o % (g.ho * g.wo);
     const T* plane = x + p * g.h * g.w;
-    const int64_t pos = window_argmax(plane, g, r / g.wo, r % g.wo);
+    const int64_t pos = argmax_at(plane, g, r / g.wo, r % g.wo);
     y[o] = pos < 0 ? -CUDART_INF_F : plane[pos];
     if (idx) idx[o] = pos;
   }
@@ -66,7 +37,7 @@ template <class T> __global__ void forward_kernel(const T* x, T* y, int64_t* idx
 // One thread per input element: gathers dy over the windows that contain it and
 // chose it (recomputed), in window order; no atomics, deterministic, and the
 // same summation order as the CPU kernel.
-template <class T> __global__ void backward_kernel(const T* dy, const T* x, T* dx, Geometry g) {
+template <class T> __global__ void backward_kernel(const T* dy, const T* x, T* dx, PoolGeometry g) {
   const int64_t total = g.planes * g.h * g.w;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = e / (g.h * g.w), q = e % (g.h * g.w);
@@ -79,19 +50,9 @@ template <class T> __global__ void backward_kernel(const T* dy, const T* x, T* d
     T acc = 0;
     for (int64_t i = i0; i <= i1; ++i)
       for (int64_t j = j0; j <= j1; ++j)
-        if (window_argmax(plane, g, i, j) == q) acc += grad[i * g.wo + j];
+        if (argmax_at(plane, g, i, j) == q) acc += grad[i * g.wo + j];
     dx[e] = acc;
   }
-}
-
-Geometry geometry(const View& x, const Pool2d& p) {
-  const int64_t h = x.size(-2), w = x.size(-1);
-  return Geometry{x.ndim == 4 ? x.shape[0] * x.shape[1] : x.shape[0],
-                  h,
-                  w,
-                  pool_out_size(h, p.kh, p.sh, p.ph, p.dh, p.ceil_mode),
-                  pool_out_size(w, p.kw, p.sw, p.pw, p.dw, p.ceil_mode),
-                  p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw};
 }
 
 unsigned blocks_for(int64_t n) {
@@ -102,7 +63,7 @@ unsigned blocks_for(int64_t n) {
 }  // namespace
 
 void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, const View* indices, uintptr_t stream) {
-  const Geometry g = geometry(x, p);
+  const PoolGeometry g = pool_geometry(x, p);
   const int64_t n = g.planes * g.ho * g.wo;
   if (n == 0) return;
   int64_t* idx = indices ? indices->ptr<int64_t>() : nullptr;
@@ -114,7 +75,7 @@ void max_pool2d_forward_cuda(const View& x, const Pool2d& p, const View& y, cons
 }
 
 void max_pool2d_backward_cuda(const View& dy, const View& x, const Pool2d& p, const View& dx, uintptr_t stream) {
-  const Geometry g = geometry(x, p);
+  const PoolGeometry g = pool_geometry(x, p);
   const int64_t n = g.planes * g.h * g.w;
   if (n == 0) return;
   if (x.dtype == DType::f64)
