@@ -33,7 +33,7 @@ def _loss_shape(logits, reduction):
     return (logits.shape[0],) if reduction == 0 and logits.dim() == 2 else ()
 
 
-def _dense(t):
+def _contiguous_or_none(t):
     return None if t is None else t.contiguous()
 
 
@@ -41,7 +41,7 @@ def _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight
     logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(_loss_shape(logits, reduction), dtype=logits.dtype, device=logits.device)
     _C.cross_entropy(logits, target, out, reduction, label_smoothing, ignore_index, _workspace(logits),
-                     cuda_stream(logits), None, _dense(weight))
+                     cuda_stream(logits), None, _contiguous_or_none(weight))
     return out
 
 
@@ -49,7 +49,7 @@ def _ce_backward(grad, logits, target, reduction, label_smoothing, ignore_index,
     logits, target = logits.contiguous(), target.contiguous()
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _C.cross_entropy_backward(grad.contiguous(), logits, target, out, reduction, label_smoothing, ignore_index,
-                              _workspace(logits), cuda_stream(logits), _dense(weight))
+                              _workspace(logits), cuda_stream(logits), _contiguous_or_none(weight))
     return out
 
 
@@ -107,7 +107,7 @@ class _CrossEntropyFn(torch.autograd.Function):
             out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
             grad = torch.empty_like(dense_logits)
             _C.cross_entropy(dense_logits, target.contiguous(), out, reduction, label_smoothing, ignore_index, None,
-                             0, grad, None if weight is None else weight.contiguous())
+                             0, grad, _contiguous_or_none(weight))
         ctx.grad = grad  # not an input or output of the node: no reference cycle, no version check needed
         ctx.args = (reduction, label_smoothing, ignore_index)
         ctx.save_for_backward(logits, target, weight)

@@ -16,19 +16,14 @@ from ._glue import call_backward, cuda_stream, dispatcher_op, first_order, lean_
 
 
 # A window is the 9-tuple (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode) of ops.pool.window.
-def _forward(x, w):
+def _forward(x, w, with_indices=False):
+    """The pooled x, and with_indices also the int64 offsets of the elements taken."""
     x = x.contiguous()
-    out = x.new_empty(out_shape(x.shape, w))  # (0,) for arguments the C++ checks refuse by name
-    _C.max_pool2d(x, out, *w, cuda_stream(x))
-    return out
-
-
-def _forward_with_indices(x, w):
-    x = x.contiguous()
-    shape = out_shape(x.shape, w)
-    out, indices = x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+    shape = out_shape(x.shape, w)  # (0,) for arguments the C++ checks refuse by name
+    out = x.new_empty(shape)
+    indices = x.new_empty(shape, dtype=torch.int64) if with_indices else None
     _C.max_pool2d(x, out, *w, cuda_stream(x), indices)
-    return out, indices
+    return (out, indices) if with_indices else out
 
 
 def _backward(grad, x, w):
@@ -71,7 +66,7 @@ def _(x, kh, kw, sh, sw, ph=0, pw=0, dh=1, dw=1, ceil_mode=False):
 def max_pool2d_with_indices_op(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int, ph: int = 0, pw: int = 0,
                                dh: int = 1, dw: int = 1, ceil_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """max_pool2d and the int64 offsets of the elements it took (return_indices)."""
-    return _forward_with_indices(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode))
+    return _forward(x, (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode), with_indices=True)
 
 
 @max_pool2d_with_indices_op.register_fake
@@ -130,7 +125,7 @@ class _MaxPool2dWithIndicesFn(torch.autograd.Function):
     def forward(ctx, x, w):
         ctx.window = w
         ctx.save_for_backward(x)
-        out, indices = _forward_with_indices(x, w)
+        out, indices = _forward(x, w, with_indices=True)
         ctx.mark_non_differentiable(indices)
         return out, indices
 
@@ -161,4 +156,4 @@ def max_pool2d_with_indices(x: torch.Tensor, w: tuple):
         return dispatcher_op(max_pool2d_with_indices_op)(x, *w)
     if x.requires_grad and _grad_enabled():
         return _apply_with_indices(x, w)
-    return _forward_with_indices(x, w)
+    return _forward(x, w, with_indices=True)
