@@ -14,7 +14,7 @@
 // probabilities (torch's rules). The gradient is s_i ∂ℓ_i/∂x_i with s_i = g_i (none), g (sum),
 // g / that divisor (mean), 0 if ignored.
 // logits (N, C) or (C,) contiguous float32/float64; target (N,) or () int64, or probabilities of the
-// logits' shape and dtype; weight (C,) of the logits' dtype. CUDA: class targets without weight.
+// logits' shape and dtype; weight (C,) of the logits' dtype.
 #pragma once
 #include <cstdint>
 

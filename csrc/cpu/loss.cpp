@@ -6,6 +6,7 @@
 #include "core/isa.h"
 #include "core/threading.h"
 #include "cpu/vexp.h"
+#include "loss_targets.h"
 
 namespace ox {
 namespace OX_ISA {
@@ -57,12 +58,12 @@ template <class T> struct Targets {
 
   bool ignored(int64_t i) const { return index && index[i] == ignore; }
   T w(int64_t j) const { return weight ? weight[j] : T(1); }
-  T b_prob(int64_t i, int64_t j) const { return w(j) * (keep * probs[i * C + j] + smooth); }
+  T b_prob(int64_t i, int64_t j) const { return probability_coefficient(w(j), probs[i * C + j], keep, smooth); }
 
   // A_i = Σ_j b_ij: exactly 1 for unweighted class targets ((1−ε) + C·ε/C), 0 for an ignored row.
   T mass(int64_t i) const {
     if (ignored(i)) return T(0);
-    if (index) return weight ? keep * weight[index[i]] + smooth * weight_sum : T(1);
+    if (index) return weight ? class_target_mass(weight[index[i]], weight_sum, keep, smooth) : T(1);
     T a = 0;
     for (int64_t j = 0; j < C; ++j) a += b_prob(i, j);
     return a;
@@ -363,9 +364,6 @@ void cross_entropy_check(const char* op, const View& logits, const View& target,
     check_like(op, "weight", *ce.weight, "logits", logits);
     check_shape(op, "weight", *ce.weight, {C});
   }
-  if (logits.device == Device::cuda && (probs || ce.weight))
-    value_error(op, ": ", probs ? "class-probability targets" : "argument 'weight' (class weights)",
-                " are supported on the CPU only, not yet on CUDA");
   if (!(ce.label_smoothing >= 0.0 && ce.label_smoothing <= 1.0))
     value_error(op, ": argument 'label_smoothing' must be in [0, 1], got ", ce.label_smoothing);
   const int r = static_cast<int>(ce.reduction);

@@ -1,6 +1,7 @@
 #include "core/cuda_check.h"
 #include "cuda/device_math.cuh"
 #include "loss.h"
+#include "loss_targets.h"
 
 namespace ox {
 namespace {
@@ -20,19 +21,15 @@ template <class T> __device__ inline T warp_max(T v) {  // NaN is skipped here a
   return v;
 }
 
-// Row statistics of C values at stride `inner`: lse = m + log Σ e^{x−m}, and Σ x.
-template <class T> __device__ inline void row_lse(const T* x, int64_t C, int64_t inner, T* lse, T* sum_x) {
+// Row statistics of C values at stride `inner`: lse = m + log Σ e^{x−m}.
+template <class T> __device__ inline T row_lse(const T* x, int64_t C, int64_t inner) {
   const int lane = threadIdx.x & 31;
   T m = x[0];
   for (int64_t j = lane; j < C; j += 32) m = x[j * inner] > m ? x[j * inner] : m;
   m = warp_max(m);
-  T s = 0, sx = 0;
-  for (int64_t j = lane; j < C; j += 32) {
-    s += exp_(x[j * inner] - m);
-    sx += x[j * inner];
-  }
-  *lse = m + log_(warp_sum(s));
-  *sum_x = warp_sum(sx);
+  T s = 0;
+  for (int64_t j = lane; j < C; j += 32) s += exp_(x[j * inner] - m);
+  return m + log_(warp_sum(s));
 }
 
 unsigned row_blocks(int64_t rows) {
@@ -40,81 +37,125 @@ unsigned row_blocks(int64_t rows) {
   return static_cast<unsigned>(b < 65535 ? b : 65535);  // grid-stride over rows beyond that
 }
 
-// ℓ_i per row into `dst` (the output for 'none', else the workspace); NaN for an invalid target.
-template <class T>
-__global__ void ce_rows_kernel(const T* x, const int64_t* t, int64_t N, int64_t C, T keep, T smooth, bool smoothing,
-                               int64_t ignore, T* dst) {
+// The rows' targets in loss.h's general form: class indices or probabilities, with class
+// weights or without.
+template <class T> struct RowTargets {
+  const int64_t* index;  // (N,) class targets, or nullptr for probabilities
+  const T* probs;        // (N, C) class probabilities, or nullptr
+  const T* weight;       // (C,) class weights, or nullptr (all 1)
+  int64_t C, ignore;
+  T keep, smooth;  // 1 − ε, ε/C
+  bool smoothing;  // ε ≠ 0
+
+  __device__ T w(int64_t j) const { return weight ? weight[j] : T(1); }
+  __device__ bool ignored(int64_t i) const { return index && index[i] == ignore; }
+  __device__ bool out_of_range(int64_t i) const { return index && !ignored(i) && (index[i] < 0 || index[i] >= C); }
+  // b_ij (loss_targets.h): for class targets the smoothing part plus, at j = t, (1 − ε) w_t.
+  __device__ T b(int64_t i, int64_t j) const {
+    if (probs) return probability_coefficient(w(j), probs[i * C + j], keep, smooth);
+    return smooth * w(j) + (j == index[i] ? keep * w(j) : T(0));
+  }
+  // What 'mean' divides by, row i's share: w_{t_i} (0 if ignored or out of range), 1 for probabilities.
+  __device__ double divisor_share(int64_t i) const {
+    if (!index) return 1.0;
+    return ignored(i) || out_of_range(i) ? 0.0 : static_cast<double>(w(index[i]));
+  }
+};
+
+template <class T> struct RowTerms {
+  T lse, mass, bx;  // lse_i, A_i = Σ_j b_ij, Σ_j b_ij x_ij
+};
+
+// One warp: the terms of row i (neither ignored nor out of range) of ℓ_i = A_i lse_i − Σ_j b_ij x_ij.
+template <class T> __device__ RowTerms<T> row_terms(const T* xi, int64_t i, const RowTargets<T>& tg) {
+  const int lane = threadIdx.x & 31;
+  const int64_t C = tg.C;
+  T m = xi[0];
+  for (int64_t j = lane; j < C; j += 32) m = xi[j] > m ? xi[j] : m;
+  m = warp_max(m);
+  // Per lane: Σ e^{x−m}; probabilities: Σ b and Σ b x; class targets: Σ w and (only when ε ≠ 0:
+  // with a −inf logit, a masked class, 0·(−inf) would make the loss NaN) Σ w x.
+  T s = 0, mass = 0, bx = 0;
+  for (int64_t j = lane; j < C; j += 32) {
+    const T v = xi[j];
+    s += exp_(v - m);
+    if (tg.probs) {
+      const T b = tg.b(i, j);
+      mass += b;
+      bx += b * v;
+    } else {
+      if (tg.weight) mass += tg.weight[j];
+      if (tg.smoothing) bx += tg.w(j) * v;
+    }
+  }
+  RowTerms<T> r{m + log_(warp_sum(s)), warp_sum(mass), warp_sum(bx)};
+  if (tg.index) {
+    const int64_t t = tg.index[i];
+    const T wt = tg.w(t);
+    r.mass = tg.weight ? class_target_mass(wt, r.mass, tg.keep, tg.smooth) : T(1);
+    r.bx = tg.keep * wt * xi[t] + (tg.smoothing ? tg.smooth * r.bx : T(0));
+  }
+  return r;
+}
+
+// ℓ_i per row into `dst` (the output for 'none', else the workspace): 0 where ignored, NaN for
+// a class outside [0, C).
+template <class T> __global__ void ce_rows_kernel(const T* x, RowTargets<T> tg, int64_t N, T* dst) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (int64_t i = blockIdx.x * int64_t(kWarps) + warp; i < N; i += int64_t(gridDim.x) * kWarps) {
-    const T* xi = x + i * C;
-    T lse, sum_x;
-    row_lse(xi, C, 1, &lse, &sum_x);
-    if (lane == 0) {
-      const int64_t ti = t[i];
-      T l = 0;
-      // As on the CPU, the smoothing term only when ε ≠ 0: with a −inf logit (a masked class)
-      // Σx is −inf, and 0·(−inf) would make the loss NaN.
-      if (ti != ignore) l = (ti < 0 || ti >= C) ? T(NAN) : lse - keep * xi[ti] - (smoothing ? smooth * sum_x : T(0));
-      dst[i] = l;
+    if (tg.ignored(i) || tg.out_of_range(i)) {  // the same for the whole warp
+      if (lane == 0) dst[i] = tg.ignored(i) ? T(0) : T(NAN);
+      continue;
     }
+    const RowTerms<T> r = row_terms(x + i * tg.C, i, tg);
+    if (lane == 0) dst[i] = r.mass * r.lse - r.bx;
   }
 }
 
-// One block: Σ ℓ_i (in double, fixed order) and, for 'mean', ÷ #valid targets.
+// One block, in double and a fixed order: the divisor of 'mean' (Σ_i divisor_share(i)) into
+// *divisor when given, and Σ ℓ_i (÷ the divisor if mean) into *loss when given.
 template <class T>
-__global__ void ce_reduce_kernel(const T* row_loss, const int64_t* t, int64_t N, int64_t ignore, bool mean, T* out) {
+__global__ void ce_sums_kernel(const T* row_loss, RowTargets<T> tg, int64_t N, bool mean, T* loss, T* divisor) {
   __shared__ double sums[kThreads];
-  __shared__ double counts[kThreads];
-  double s = 0, c = 0;
+  __shared__ double shares[kThreads];
+  double s = 0, d = 0;
   for (int64_t i = threadIdx.x; i < N; i += kThreads) {
-    s += static_cast<double>(row_loss[i]);
-    c += t[i] != ignore;
+    if (row_loss) s += static_cast<double>(row_loss[i]);
+    d += tg.divisor_share(i);
   }
   sums[threadIdx.x] = s;
-  counts[threadIdx.x] = c;
+  shares[threadIdx.x] = d;
   __syncthreads();
   for (int k = kThreads / 2; k > 0; k /= 2) {
     if (threadIdx.x < k) {
       sums[threadIdx.x] += sums[threadIdx.x + k];
-      counts[threadIdx.x] += counts[threadIdx.x + k];
+      shares[threadIdx.x] += shares[threadIdx.x + k];
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[0] = static_cast<T>(mean ? sums[0] / counts[0] : sums[0]);
+  if (threadIdx.x != 0) return;
+  if (loss) loss[0] = static_cast<T>(mean ? sums[0] / shares[0] : sums[0]);
+  if (divisor) divisor[0] = static_cast<T>(shares[0]);
 }
 
-// One block: count of targets ≠ ignore_index into dst[0] (for the 'mean' backward).
-template <class T> __global__ void count_valid_kernel(const int64_t* t, int64_t N, int64_t ignore, T* dst) {
-  __shared__ int64_t counts[kThreads];
-  int64_t c = 0;
-  for (int64_t i = threadIdx.x; i < N; i += kThreads) c += t[i] != ignore;
-  counts[threadIdx.x] = c;
-  __syncthreads();
-  for (int k = kThreads / 2; k > 0; k /= 2) {
-    if (threadIdx.x < k) counts[threadIdx.x] += counts[threadIdx.x + k];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) dst[0] = static_cast<T>(counts[0]);
-}
-
-// dx_ij = s_i (e^{x_ij − lse_i} − (1−ε)[j = t_i] − ε/C); s_i from the reduction, 0 if ignored.
+// dx_ij = s_i (A_i e^{x_ij − lse_i} − b_ij); s_i = g_i (none), g (sum), g / divisor (mean);
+// 0 where ignored, NaN for a class outside [0, C).
 template <class T>
-__global__ void ce_backward_kernel(const T* g, const T* x, const int64_t* t, int64_t N, int64_t C, T keep, T smooth,
-                                   int64_t ignore, int reduction, const T* count, T* dx) {
+__global__ void ce_backward_kernel(const T* g, const T* x, RowTargets<T> tg, int64_t N, int reduction,
+                                   const T* divisor, T* dx) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t C = tg.C;
   for (int64_t i = blockIdx.x * int64_t(kWarps) + warp; i < N; i += int64_t(gridDim.x) * kWarps) {
     const T* xi = x + i * C;
     T* di = dx + i * C;
-    const int64_t ti = t[i];
-    if (ti == ignore) {
-      for (int64_t j = lane; j < C; j += 32) di[j] = 0;
+    if (tg.ignored(i) || tg.out_of_range(i)) {
+      const T fill = tg.ignored(i) ? T(0) : T(NAN);
+      for (int64_t j = lane; j < C; j += 32) di[j] = fill;
       continue;
     }
-    T lse, sum_x;
-    row_lse(xi, C, 1, &lse, &sum_x);
-    T s = reduction == 0 ? g[i] : (reduction == 2 ? g[0] : g[0] / count[0]);
-    if (ti < 0 || ti >= C) s = T(NAN);
-    for (int64_t j = lane; j < C; j += 32) di[j] = s * (exp_(xi[j] - lse) - (j == ti ? keep : T(0)) - smooth);
+    const RowTerms<T> r = row_terms(xi, i, tg);
+    const T s = reduction == 0 ? g[i] : (reduction == 2 ? g[0] : g[0] / divisor[0]);
+    for (int64_t j = lane; j < C; j += 32) di[j] = s * (r.mass * exp_(xi[j] - r.lse) - tg.b(i, j));
   }
 }
 
@@ -123,8 +164,7 @@ template <class T> __global__ void softmax_kernel(const T* x, int64_t outer, int
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   for (int64_t q = blockIdx.x * int64_t(kWarps) + warp; q < outer * inner; q += int64_t(gridDim.x) * kWarps) {
     const int64_t base = (q / inner) * C * inner + q % inner;
-    T lse, sum_x;
-    row_lse(x + base, C, inner, &lse, &sum_x);
+    const T lse = row_lse(x + base, C, inner);
     for (int64_t j = lane; j < C; j += 32) {
       const T z = x[base + j * inner] - lse;
       y[base + j * inner] = log ? z : exp_(z);
@@ -149,20 +189,31 @@ __global__ void softmax_backward_kernel(const T* g, const T* y, int64_t outer, i
   }
 }
 
+template <class T> RowTargets<T> row_targets(const View& target, const CrossEntropy& ce, int64_t C) {
+  const bool probs = is_probability_target(target);
+  return RowTargets<T>{probs ? nullptr : target.ptr<int64_t>(),
+                       probs ? target.ptr<T>() : nullptr,
+                       ce.weight ? ce.weight->ptr<T>() : nullptr,
+                       C,
+                       ce.ignore_index,
+                       T(1 - ce.label_smoothing),
+                       T(ce.label_smoothing / static_cast<double>(C)),
+                       ce.label_smoothing != 0};
+}
+
 template <class T>
 void ce_forward(const View& logits, const View& target, const CrossEntropy& ce, const View& out, const View& ws,
                 cudaStream_t s) {
   const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
-  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
+  const RowTargets<T> tg = row_targets<T>(target, ce, C);
   T* rows = ce.reduction == Reduction::none ? out.ptr<T>() : ws.ptr<T>();
   if (N > 0) {
-    ce_rows_kernel<<<row_blocks(N), kThreads, 0, s>>>(logits.ptr<T>(), target.ptr<int64_t>(), N, C, keep, smooth,
-                                                      ce.label_smoothing != 0, ce.ignore_index, rows);
+    ce_rows_kernel<<<row_blocks(N), kThreads, 0, s>>>(logits.ptr<T>(), tg, N, rows);
     cuda_check_launch("cross_entropy");
   }
   if (ce.reduction != Reduction::none) {
-    ce_reduce_kernel<<<1, kThreads, 0, s>>>(rows, target.ptr<int64_t>(), N, ce.ignore_index,
-                                            ce.reduction == Reduction::mean, out.ptr<T>());
+    ce_sums_kernel<<<1, kThreads, 0, s>>>(rows, tg, N, ce.reduction == Reduction::mean, out.ptr<T>(),
+                                          static_cast<T*>(nullptr));
     cuda_check_launch("cross_entropy (reduce)");
   }
 }
@@ -172,14 +223,14 @@ void ce_backward(const View& grad, const View& logits, const View& target, const
                  const View& ws, cudaStream_t s) {
   const int64_t N = logits.ndim == 2 ? logits.shape[0] : 1, C = logits.size(-1);
   if (N == 0) return;
-  const T keep = T(1 - ce.label_smoothing), smooth = T(ce.label_smoothing / static_cast<double>(C));
+  const RowTargets<T> tg = row_targets<T>(target, ce, C);
   if (ce.reduction == Reduction::mean) {
-    count_valid_kernel<<<1, kThreads, 0, s>>>(target.ptr<int64_t>(), N, ce.ignore_index, ws.ptr<T>());
-    cuda_check_launch("cross_entropy_backward (count)");
+    ce_sums_kernel<<<1, kThreads, 0, s>>>(static_cast<const T*>(nullptr), tg, N, true, static_cast<T*>(nullptr),
+                                          ws.ptr<T>());
+    cuda_check_launch("cross_entropy_backward (divisor)");
   }
-  ce_backward_kernel<<<row_blocks(N), kThreads, 0, s>>>(grad.ptr<T>(), logits.ptr<T>(), target.ptr<int64_t>(), N, C,
-                                                        keep, smooth, ce.ignore_index, static_cast<int>(ce.reduction),
-                                                        ws.ptr<T>(), dx.ptr<T>());
+  ce_backward_kernel<<<row_blocks(N), kThreads, 0, s>>>(grad.ptr<T>(), logits.ptr<T>(), tg, N,
+                                                        static_cast<int>(ce.reduction), ws.ptr<T>(), dx.ptr<T>());
   cuda_check_launch("cross_entropy_backward");
 }
 

@@ -11,7 +11,7 @@ __all__ = ["CrossEntropyLoss"]
 class CrossEntropyLoss(NotScriptable, torch.nn.CrossEntropyLoss):
     """torch.nn.CrossEntropyLoss with the same constructor (size_average / reduce handled as
     torch does; weight a buffer as in torch), for (N, C), (C,) or (N, C, d1, …, dk) inputs and
-    class-index or class-probability targets. Weights and probabilities run on the CPU only."""
+    class-index or class-probability targets."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):

@@ -76,7 +76,7 @@ def cross_entropy(logits, target, reduction="mean", label_smoothing=0.0, ignore_
     reduction: 'mean' (see above), 'sum' or 'none'; label_smoothing ε in [0, 1]; class targets
     equal to ignore_index contribute nothing; weight: optional (C,) class weights of the logits'
     dtype. Class targets outside [0, C) raise ValueError (CPU; on CUDA such rows give NaN, see
-    csrc/loss.h). Probability targets and weights: CPU only for now."""
+    csrc/loss.h)."""
     op = "cross_entropy"
     r = _reduction(op, reduction)
     eps, ignore = _scalar_args(op, label_smoothing, ignore_index)
