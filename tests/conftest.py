@@ -9,14 +9,15 @@ import pytest
 import oxkernels
 
 
-def rel_err(out, ref) -> float:
-    """‖out − ref‖ / ‖ref‖ in float64 (NaN anywhere gives inf)."""
+def rel_err(out, ref, floor: float = 0.0) -> float:
+    """‖out − ref‖ / max(‖ref‖, floor) in float64 (NaN anywhere gives inf). A floor states the
+    scale of the rounding error where the result can be far smaller than its terms."""
     out = np.asarray(_to_numpy(out), dtype=np.float64)
     ref = np.asarray(_to_numpy(ref), dtype=np.float64)
     assert out.shape == ref.shape, f"shape {out.shape} != reference {ref.shape}"
     if not np.all(np.isfinite(out)) and not np.array_equal(np.isnan(out), np.isnan(ref)):
         return float("inf")
-    denom = np.linalg.norm(ref)
+    denom = max(float(np.linalg.norm(ref)), floor)
     return float(np.linalg.norm(out - ref) / (denom if denom > 0 else 1.0))
 
 
