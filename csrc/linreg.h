@@ -5,7 +5,9 @@
 // theta is (d+1,) or a batch (B, d+1): B results from one pass over X.
 //
 // fit runs a whole optimisation natively (GD, SGD, mini-batch SGD, Adam) for
-// B trajectories at once (one learning rate and seed each).
+// B trajectories at once (one learning rate and seed each). On the CPU, a fit long enough
+// to pay for it takes f and ∇f over all rows from f's quadratic form (linreg_quadratic.h)
+// instead of a pass over X per step.
 #pragma once
 #include <cstdint>
 

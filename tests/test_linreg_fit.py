@@ -76,6 +76,78 @@ def test_fit_float32_follows_float64(rng, method):
     assert rel_err(res32.thetas, res64.thetas) < 1e-5
 
 
+# ---- the quadratic form (csrc/linreg_quadratic.h): f and ∇f over all rows without a pass ----
+# It is used when steps >= 2(d+1)/3 + 4 (and d+1 <= n, d+1 <= 512): a fit of few steps takes the
+# passes over X, a longer one the form, so the two paths meet on the prefix of a trajectory.
+
+def _quadratic_used(n, d, steps):
+    dim = d + 1
+    return dim <= 512 and dim <= n and steps >= 2 * dim // 3 + 4
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_quadratic_form_and_passes_agree(rng, method, dtype, tol):
+    X, y = dense_problem(rng, 400, 17, dtype)
+    theta0 = (0.1 * rng.standard_normal(18)).astype(dtype)
+    short, long = 10, 60
+    assert not _quadratic_used(400, 17, short) and _quadratic_used(400, 17, long)
+    passes = fit(X, y, method, 0.05, short, batch_size=7, seed=5, theta0=theta0)
+    form = fit(X, y, method, 0.05, long, batch_size=7, seed=5, theta0=theta0)
+    assert np.array_equal(form.indices[:short], passes.indices)
+    assert rel_err(form.thetas[:short + 1], passes.thetas) < tol
+    assert rel_err(form.losses[:short + 1], passes.losses) < tol
+    thetas, losses = numpy_course(X, y, method, 0.05, long, form.indices, theta0)
+    assert rel_err(form.thetas, thetas) < (1e-12 if dtype == np.float64 else 1e-5)
+    assert rel_err(form.losses, losses) < (1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_noise_free_loss_falls_to_the_floor_of_a_direct_pass(rng):
+    """y exactly linear: the loss falls geometrically to ~1e-31. The textbook form
+    ½θᵀAθ − θᵀc + ½‖y‖²/n would stall near 1e-15 here (cancellation), and could go negative."""
+    X = rng.standard_normal((500, 5))
+    y = X @ rng.standard_normal(5) + 0.7
+    res = fit(X, y, "gd", 0.5, 300)
+    _, losses = numpy_course(X, y, "gd", 0.5, 300, res.indices, np.zeros(6))
+    assert _quadratic_used(500, 5, 300)
+    above_floor = losses > 1e-24
+    assert above_floor[:30].all()
+    np.testing.assert_allclose(res.losses[above_floor], losses[above_floor], rtol=1e-4)
+    assert (res.losses >= 0).all() and res.losses[-1] < 1e-28
+
+
+def test_collinear_columns_and_few_rows(rng):
+    """A singular A (a repeated column; fewer rows than d+1, where the passes are used) still
+    gives the course's trajectory."""
+    X, y = dense_problem(rng, 300, 4)
+    X = np.hstack([X, X[:, :1]])
+    res = fit(X, y, "gd", 0.1, 200)
+    assert _quadratic_used(300, 5, 200)
+    thetas, losses = numpy_course(X, y, "gd", 0.1, 200, res.indices, np.zeros(6))
+    assert rel_err(res.thetas, thetas) < 1e-12 and rel_err(res.losses, losses) < 1e-12
+    X, y = dense_problem(rng, 4, 9)
+    res = fit(X, y, "adam", 0.05, 200, batch_size=2)
+    thetas, losses = numpy_course(X, y, "adam", 0.05, 200, res.indices, np.zeros(10))
+    assert rel_err(res.thetas, thetas) < 1e-12 and rel_err(res.losses, losses) < 1e-12
+
+
+def test_quadratic_form_is_the_same_at_any_thread_count(rng):
+    import oxkernels
+
+    X, y = dense_problem(rng, 20000, 40, np.float32)
+    before = oxkernels.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            oxkernels.set_num_threads(threads)
+            results.append(fit(X, y, "minibatch", 0.05, 100, batch_size=16, seed=2))
+    finally:
+        oxkernels.set_num_threads(before)
+    assert _quadratic_used(20000, 40, 100)
+    assert np.array_equal(results[0].thetas, results[1].thetas)
+    assert np.array_equal(results[0].losses, results[1].losses)
+
+
 @pytest.mark.parametrize("method,lr,steps", [("gd", 0.3, 2000), ("adam", 0.02, 3000)])
 def test_gd_and_adam_converge_to_lstsq(rng, method, lr, steps):
     X, y = dense_problem(rng, 500, 4)

@@ -3,10 +3,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 #include "core/isa.h"
 #include "core/threading.h"
 #include "cpu/simd.h"
+#include "linreg_quadratic.h"
 #include "linreg_sample.h"
 
 namespace ox {
@@ -363,12 +366,18 @@ static void evaluate(const T* X, const T* y, const T* theta, const int64_t* rows
 //   m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  m̂ = m/(1−β1^t),  v̂ = v/(1−β2^t),
 //   θ ← θ − lr m̂ / (√v̂ + ε)   (t = 1, 2, ...).
 // g_t is the gradient over all rows (gd) or over the rows drawn for step t.
-// losses[t] = f(θ_t) over all rows.
+// losses[t] = f(θ_t) over all rows. Over all rows f and ∇f come from a pass over X, or from the
+// quadratic form `quad` when given (linreg_quadratic.h).
 template <class T>
 static void fit_one(const T* X, const T* y, int64_t n, int64_t d, const T* theta0, T lr, uint64_t seed, int method,
                     int64_t steps, int64_t batch, double beta1, double beta2, double eps, T* thetas, T* losses,
-                    int64_t* indices, T* state) {
+                    int64_t* indices, T* state, const LinregQuadratic* quad) {
   const int64_t stride = d + 1;
+  std::vector<double> scratch(quad ? stride : 0);  // the form's
+  auto all_rows = [&](const T* th, T* grad, T* loss) {
+    if (quad) *loss = linreg_quadratic_eval(*quad, th, grad, scratch.data());
+    else evaluate(X, y, th, static_cast<const int64_t*>(nullptr), n, d, 1, grad, loss);
+  };
   T* g = new T[stride];
   T* mom = state;
   T* vel = state + stride;
@@ -381,9 +390,9 @@ static void fit_one(const T* X, const T* y, int64_t n, int64_t d, const T* theta
     const T* th = thetas + t * stride;
     T* next = thetas + (t + 1) * stride;
     if (method == static_cast<int>(FitMethod::gd)) {
-      evaluate(X, y, th, nullptr, n, d, 1, g, losses + t);
+      all_rows(th, g, losses + t);
     } else {
-      evaluate(X, y, th, nullptr, n, d, 1, static_cast<T*>(nullptr), losses + t);
+      all_rows(th, static_cast<T*>(nullptr), losses + t);
       int64_t* idx = indices + t * batch;
       linreg_sample_rows(seed, static_cast<uint64_t>(t), n, batch, idx);
       evaluate(X, y, th, idx, batch, d, 1, g, static_cast<T*>(nullptr));
@@ -401,14 +410,14 @@ static void fit_one(const T* X, const T* y, int64_t n, int64_t d, const T* theta
       for (int64_t c = 0; c < stride; ++c) next[c] = th[c] - lr * g[c];
     }
   }
-  evaluate(X, y, thetas + steps * stride, nullptr, n, d, 1, static_cast<T*>(nullptr), losses + steps);
+  all_rows(thetas + steps * stride, static_cast<T*>(nullptr), losses + steps);
   delete[] g;
 }
 
 template <class T>
 static void fit_all(const T* X, const T* y, int64_t n, int64_t d, int64_t B, const T* theta0, const double* lr,
                     const int64_t* seed, int method, int64_t steps, int64_t batch, double beta1, double beta2,
-                    double eps, T* thetas, T* losses, int64_t* indices, T* state) {
+                    double eps, T* thetas, T* losses, int64_t* indices, T* state, const LinregQuadratic* quad) {
   const int64_t stride = d + 1;
   // Trajectories in parallel; the row blocks inside each then run serially (nested calls), with
   // the same split as a single trajectory, so a grid entry equals the run made alone.
@@ -416,7 +425,7 @@ static void fit_all(const T* X, const T* y, int64_t n, int64_t d, int64_t B, con
     for (int64_t b = b0; b < b1; ++b)
       fit_one(X, y, n, d, theta0 + b * stride, static_cast<T>(lr[b]), static_cast<uint64_t>(seed[b]), method, steps,
               batch, beta1, beta2, eps, thetas + b * (steps + 1) * stride, losses + b * (steps + 1),
-              indices + b * steps * batch, state + b * 2 * stride);
+              indices + b * steps * batch, state + b * 2 * stride, quad);
   });
 }
 
@@ -433,15 +442,16 @@ void linreg_eval(const void* X, const void* y, const void* theta, const int64_t*
 
 void linreg_fit(const void* X, const void* y, int64_t n, int64_t d, int64_t B, const void* theta0, const double* lr,
                 const int64_t* seed, int method, int64_t steps, int64_t batch, double beta1, double beta2,
-                double eps, void* thetas, void* losses, int64_t* indices, void* state, bool f64) {
+                double eps, void* thetas, void* losses, int64_t* indices, void* state, const LinregQuadratic* quad,
+                bool f64) {
   if (f64)
     fit_all(static_cast<const double*>(X), static_cast<const double*>(y), n, d, B,
             static_cast<const double*>(theta0), lr, seed, method, steps, batch, beta1, beta2, eps,
-            static_cast<double*>(thetas), static_cast<double*>(losses), indices, static_cast<double*>(state));
+            static_cast<double*>(thetas), static_cast<double*>(losses), indices, static_cast<double*>(state), quad);
   else
     fit_all(static_cast<const float*>(X), static_cast<const float*>(y), n, d, B, static_cast<const float*>(theta0),
             lr, seed, method, steps, batch, beta1, beta2, eps, static_cast<float*>(thetas),
-            static_cast<float*>(losses), indices, static_cast<float*>(state));
+            static_cast<float*>(losses), indices, static_cast<float*>(state), quad);
 }
 
 }  // namespace OX_ISA
@@ -456,7 +466,7 @@ OX_ISA_DECLARE(void, linreg_eval, (const void*, const void*, const void*, const 
                                    void*, void*, bool))
 OX_ISA_DECLARE(void, linreg_fit, (const void*, const void*, int64_t, int64_t, int64_t, const void*, const double*,
                                   const int64_t*, int, int64_t, int64_t, double, double, double, void*, void*,
-                                  int64_t*, void*, bool))
+                                  int64_t*, void*, const LinregQuadratic*, bool))
 
 namespace ox {
 
@@ -590,10 +600,12 @@ void linreg_fit_check(const FitArgs& a, const FitParams& p) {
 void linreg_fit_cpu(const FitArgs& a, const FitParams& p) {
   const int64_t B = a.theta0.shape[0];
   if (B == 0) return;
+  std::optional<LinregQuadratic> quad;
+  if (linreg_quadratic_pays(a.X.shape[0], a.X.shape[1], p.steps)) quad = linreg_quadratic_build(a.X, a.y);
   OX_ISA_DISPATCH(linreg_fit, a.X.data, a.y.data, a.X.shape[0], a.X.shape[1], B, a.theta0.data,
                   a.lr.ptr<double>(), a.seed.ptr<int64_t>(), static_cast<int>(p.method), p.steps, p.batch, p.beta1,
                   p.beta2, p.eps, a.thetas.data, a.losses.data, a.indices.ptr<int64_t>(), a.state.data,
-                  a.X.dtype == DType::f64);
+                  quad ? &*quad : nullptr, a.X.dtype == DType::f64);
 }
 
 }  // namespace ox
