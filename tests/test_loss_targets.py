@@ -35,22 +35,44 @@ def _torch_reference(logits, target, weight, reduction, smoothing, g):
     return loss.detach().numpy(), x.grad.numpy()
 
 
+def _numpy_results(logits, target, w, g, reduction, smoothing):
+    loss = ops.cross_entropy(logits, target, reduction, smoothing, weight=w)
+    grad = ops.cross_entropy_backward(g, logits, target, reduction, smoothing, weight=w)
+    assert loss.dtype == logits.dtype and grad.dtype == logits.dtype
+    return loss, [grad]
+
+
+def _cuda_results(logits, target, w, g, reduction, smoothing):
+    """On a non-default stream: through autograd (the eager Function) and the backward op."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        x = torch.from_numpy(logits).cuda().requires_grad_(True)
+        t, wc = torch.from_numpy(target).cuda(), None if w is None else torch.from_numpy(w).cuda()
+        gc = torch.from_numpy(g).cuda()
+        loss = ops.cross_entropy(x, t, reduction, smoothing, weight=wc)
+        loss.backward(gc)
+        grad_op = ops.cross_entropy_backward(gc, x.detach(), t, reduction, smoothing, weight=wc)
+    stream.synchronize()
+    return loss.detach().cpu().numpy(), [x.grad.cpu().numpy(), grad_op.cpu().numpy()]
+
+
+@pytest.mark.parametrize("where", ["numpy", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("smoothing", [0.0, 0.15])
 @pytest.mark.parametrize("target_kind,weighted", [("index", True), ("probs", False), ("probs", True)])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-@pytest.mark.parametrize("n,c", [(1, 1), (7, 3), (33, 10), (129, 31)])
-def test_numpy_matches_torch(rng, reduction, smoothing, target_kind, weighted, dtype, tol, n, c):
+@pytest.mark.parametrize("n,c", [(1, 1), (7, 3), (33, 10), (129, 31), (300, 100)])
+def test_matches_torch(rng, where, reduction, smoothing, target_kind, weighted, dtype, tol, n, c):
     logits, index, probs, weight = _problem(rng, n, c, dtype)
     target = index if target_kind == "index" else probs
     w = weight if weighted else None
-    g = rng.standard_normal(n if reduction == "none" else ()).astype(dtype)
-    ref_loss, ref_grad = _torch_reference(logits, target, w, reduction, smoothing, np.asarray(g))
-    loss = ops.cross_entropy(logits, target, reduction, smoothing, weight=w)
-    grad = ops.cross_entropy_backward(np.asarray(g), logits, target, reduction, smoothing, weight=w)
-    assert loss.dtype == dtype and grad.dtype == dtype
+    g = np.asarray(rng.standard_normal(n if reduction == "none" else ()).astype(dtype))
+    ref_loss, ref_grad = _torch_reference(logits, target, w, reduction, smoothing, g)
+    results = _numpy_results if where == "numpy" else _cuda_results
+    loss, grads = results(logits, target, w, g, reduction, smoothing)
     np.testing.assert_allclose(loss, ref_loss, rtol=tol, atol=tol, equal_nan=True)
-    assert rel_err(grad, ref_grad) < tol
+    for grad in grads:
+        assert rel_err(grad, ref_grad) < tol
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -152,33 +174,6 @@ def test_gradients_of_target_or_weight_are_refused():
         ops.cross_entropy(x, torch.tensor([0, 1, 2, 0]), weight=torch.ones(3, requires_grad=True))
     with torch.no_grad():  # nothing to differentiate: fine
         assert torch.isfinite(onn.CrossEntropyLoss()(x, probs))
-
-
-@requires_cuda
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("smoothing", [0.0, 0.15])
-@pytest.mark.parametrize("target_kind,weighted", [("index", True), ("probs", False), ("probs", True)])
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-@pytest.mark.parametrize("n,c", [(1, 1), (33, 10), (129, 31), (300, 100)])
-def test_cuda_matches_torch(rng, reduction, smoothing, target_kind, weighted, dtype, tol, n, c):
-    """On a non-default stream, through autograd (the eager Function) and the backward op."""
-    logits, index, probs, weight = _problem(rng, n, c, dtype)
-    target = index if target_kind == "index" else probs
-    w = weight if weighted else None
-    g = rng.standard_normal(n if reduction == "none" else ()).astype(dtype)
-    ref_loss, ref_grad = _torch_reference(logits, target, w, reduction, smoothing, np.asarray(g))
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        x = torch.from_numpy(logits).cuda().requires_grad_(True)
-        t, wc = torch.from_numpy(target).cuda(), None if w is None else torch.from_numpy(w).cuda()
-        gc = torch.from_numpy(np.asarray(g)).cuda()
-        loss = ops.cross_entropy(x, t, reduction, smoothing, weight=wc)
-        loss.backward(gc)
-        grad_op = ops.cross_entropy_backward(gc, x.detach(), t, reduction, smoothing, weight=wc)
-    stream.synchronize()
-    np.testing.assert_allclose(loss.detach().cpu().numpy(), ref_loss, rtol=tol, atol=tol, equal_nan=True)
-    assert rel_err(x.grad.cpu().numpy(), ref_grad) < tol
-    assert rel_err(grad_op.cpu().numpy(), ref_grad) < tol
 
 
 @requires_cuda
