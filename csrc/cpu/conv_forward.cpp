@@ -25,13 +25,18 @@ namespace OX_ISA {
 template <class T> static void forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
   if (s.N == 0 || s.O == 0 || s.OH == 0 || s.OW == 0) return;
   Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
-  const BufGeom g = input_geom(s, Vec<T>::L);
   const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
+  // Channel-vector tiles read only the pixels of their windows, so without padding and with
+  // column stride 1 the image itself is their buffer (no copy: that was 10 % of conv2's forward).
+  const bool in_place = use_channel_vectors<T>(s.O, s.OW) && s.ph == 0 && s.pw == 0 && s.sw == 1;
+  const BufGeom g = in_place ? BufGeom{s.C, s.H, 1, s.W} : input_geom(s, Vec<T>::L);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
-    T* buf = new T[g.size()];
+    T* buf = in_place ? nullptr : new T[g.size()];
     RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
     for (int64_t n = n0; n < n1; ++n) {
-      fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
+      const T* image = x + n * s.C * s.H * s.W;
+      if (in_place) a.buf = image;
+      else fill_buffer(image, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
       rows(a, 0, s.OH, y + n * s.O * s.OH * s.OW, s.OH * s.OW, s.OW);
     }
     delete[] buf;

@@ -93,6 +93,14 @@ static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t o
     for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
       const T* wk = wblock + (c * KH + kh) * KW * L;
       const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
+      if (sw == 1) {  // the common case, without the phase arithmetic below
+        for (int64_t kw = 0; kw < KW; ++kw, wk += L) {
+          const typename V::R wv = V::loadu(wk);
+#pragma GCC unroll 32
+          for (int p = 0; p < PB; ++p) acc[p] = V::fma(V::set1(row[kw + p]), wv, acc[p]);
+        }
+        continue;
+      }
       for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
         const T* xp = row + q * Wj + j;
         if (++q == sw) {
