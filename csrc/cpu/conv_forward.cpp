@@ -22,14 +22,21 @@ namespace ox {
 namespace OX_ISA {
 
 // ---- forward ---------------------------------------------------------------
+// Channel-vector tiles read only the pixels of their windows, so without padding and with column
+// stride 1 the image itself is their buffer (the copy was ~10 % of conv2's forward).
+template <class T> static bool image_is_buffer(const ConvShape& s) {
+  return use_channel_vectors<T>(s.O, s.OW) && s.ph == 0 && s.pw == 0 && s.sw == 1;
+}
+template <class T> static BufGeom forward_geom(const ConvShape& s) {
+  return image_is_buffer<T>(s) ? BufGeom{s.C, s.H, 1, s.W} : input_geom(s, Vec<T>::L);
+}
+
 template <class T> static void forward(const ConvShape& s, const T* x, const T* w, const T* b, T* y) {
   if (s.N == 0 || s.O == 0 || s.OH == 0 || s.OW == 0) return;
   Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
   const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
-  // Channel-vector tiles read only the pixels of their windows, so without padding and with
-  // column stride 1 the image itself is their buffer (no copy: that was 10 % of conv2's forward).
-  const bool in_place = use_channel_vectors<T>(s.O, s.OW) && s.ph == 0 && s.pw == 0 && s.sw == 1;
-  const BufGeom g = in_place ? BufGeom{s.C, s.H, 1, s.W} : input_geom(s, Vec<T>::L);
+  const bool in_place = image_is_buffer<T>(s);
+  const BufGeom g = forward_geom<T>(s);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
     T* buf = in_place ? nullptr : new T[g.size()];
     RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
@@ -74,12 +81,8 @@ static void conv_pool2_tile_cv(const RowsArgs<float>& a, int64_t ob, int64_t p, 
       const float* wk = wblock + (c * KH + kh) * KW * L;
       const float* row0 = a.buf + ((c * R + 2 * p * a.sh + kh) * sw) * Wj + ow0;
       const float* row1 = a.buf + ((c * R + (2 * p + 1) * a.sh + kh) * sw) * Wj + ow0;
-      for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
-        const int64_t off = q * Wj + j;
-        if (++q == sw) {
-          q = 0;
-          ++j;
-        }
+      for (int64_t kw = 0; kw < KW; ++kw, wk += L) {
+        const int64_t off = tap_offset(kw, sw, Wj);
         const __m512 wv = _mm512_loadu_ps(wk);
 #pragma GCC unroll 32
         for (int t = 0; t < PB; ++t) {
@@ -176,16 +179,19 @@ static void fused_forward(const ConvShape& s, int64_t P, const T* x, const T* w,
   if (s.N == 0 || s.O == 0 || PH == 0 || PW == 0) return;
   if (k5_fused_forward<T>(s, P, x, w, b, out, idx)) return;
   Packed<T> pk(w, b, s.O, s.C, s.KH, s.KW, false, s.OW);
-  const BufGeom g = input_geom(s, Vec<T>::L);
+  const bool in_place = image_is_buffer<T>(s);
+  const BufGeom g = forward_geom<T>(s);
   const RowsFn<T> rows = pick_rows<T>(pk, s.O, s.OW);
   parallel_for(s.N, 1, [&](int64_t n0, int64_t n1) {
-    T* buf = new T[g.size()];
+    T* buf = in_place ? nullptr : new T[g.size()];
     T* band = new T[pk.nob * pk.ob * P * s.OW];  // conv rows [p·P, p·P + P) of all channels
     RowsArgs<T> a{buf, g, s.KH, s.KW, s.sh, pk.wp, pk.bp, s.O, pk.nob, s.OW, s.ph, s.ph + s.H};
     int64_t woff[15 * 15];  // window position e = r·P + c → offset r·OW + c in the band
     for (int64_t e = 0; e < P * P; ++e) woff[e] = (e / P) * s.OW + e % P;
     for (int64_t n = n0; n < n1; ++n) {
-      fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
+      const T* image = x + n * s.C * s.H * s.W;
+      if (in_place) a.buf = image;
+      else fill_buffer(image, s.H, s.W, 1, 1, s.ph, s.pw, g, buf);
       if (fused_forward_cv<T>(s, P, a, pk.nob, out + n * s.O * PH * PW, idx + n * s.O * PH * PW)) continue;
       for (int64_t p = 0; p < PH; ++p) {
         rows(a, p * P, p * P + P, band, P * s.OW, s.OW);

@@ -72,6 +72,12 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
   }
 }
 
+// Where tap kw of a row starts in a buffer row split into sw column phases of Wj: phase kw % sw,
+// column kw / sw (stride 1, the usual case, is tested first: the compiler then splits the loop).
+static inline int64_t tap_offset(int64_t kw, int64_t sw, int64_t Wj) {
+  return sw == 1 ? kw : (kw % sw) * Wj + kw / sw;
+}
+
 // Channel-vectorised variant for output-channel counts that are a multiple of
 // the lane count L (conv2: 16 channels, 10-pixel rows): a vector holds L output
 // channels of one pixel, a tile holds PB pixels of a row, and each tap is one
@@ -93,20 +99,8 @@ static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t o
     for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
       const T* wk = wblock + (c * KH + kh) * KW * L;
       const T* row = a.buf + ((c * R + oh * a.sh + kh) * sw) * Wj + ow0;
-      if (sw == 1) {  // the common case, without the phase arithmetic below
-        for (int64_t kw = 0; kw < KW; ++kw, wk += L) {
-          const typename V::R wv = V::loadu(wk);
-#pragma GCC unroll 32
-          for (int p = 0; p < PB; ++p) acc[p] = V::fma(V::set1(row[kw + p]), wv, acc[p]);
-        }
-        continue;
-      }
-      for (int64_t kw = 0, q = 0, j = 0; kw < KW; ++kw, wk += L) {
-        const T* xp = row + q * Wj + j;
-        if (++q == sw) {
-          q = 0;
-          ++j;
-        }
+      for (int64_t kw = 0; kw < KW; ++kw, wk += L) {
+        const T* xp = row + tap_offset(kw, sw, Wj);
         const typename V::R wv = V::loadu(wk);
 #pragma GCC unroll 32
         for (int p = 0; p < PB; ++p) acc[p] = V::fma(V::set1(xp[p]), wv, acc[p]);
