@@ -52,39 +52,45 @@ SHAPES = [(1, 1, 1), (3, 7, 1), (7, 33, 31), (33, 31, 129), (127, 129, 7), (13, 
           (37, 16, 100), (50, 17, 3)]
 
 
+DTYPES = [(np.float32, 1e-5), (np.float64, 1e-13)]  # float64 has its own vector tiles (MR × NR, KC)
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("m,n,k", SHAPES)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
-def test_gemm_matches_float64_on_every_isa(isa, rng, m, n, k, trans_a, trans_b):
-    a, b = operands(rng, m, n, k, trans_a, trans_b)
-    out = poison(np.empty((m, n), np.float32))
+def test_gemm_matches_float64_on_every_isa(isa, rng, m, n, k, trans_a, trans_b, dtype, tol):
+    a, b = operands(rng, m, n, k, trans_a, trans_b, dtype)
+    out = poison(np.empty((m, n), dtype))
     _C.gemm(a, b, out, trans_a, trans_b)
-    assert rel_err(out, reference(a, b, trans_a, trans_b)) < 1e-5
+    assert rel_err(out, reference(a, b, trans_a, trans_b)) < tol
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
-def test_gemm_epilogue_bias_activation_alpha_beta(isa, rng, activation):
+def test_gemm_epilogue_bias_activation_alpha_beta(isa, rng, activation, dtype, tol):
     m, n, k = 37, 75, 301  # several tiles and two k blocks, ragged edges
-    a, b = operands(rng, m, n, k, False, True)
-    bias = rng.standard_normal(n).astype(np.float32)
-    c = rng.standard_normal((m, n)).astype(np.float32)
+    a, b = operands(rng, m, n, k, False, True, dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
     out = c.copy()
     _C.gemm(a, b, out, False, True, 0.5, -1.5, bias, activation)
     ref = reference(a, b, False, True, bias, activation, 0.5, -1.5, c)
-    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, ref) < tol
 
 
+@pytest.mark.parametrize("dtype,tol", DTYPES)
 @pytest.mark.parametrize("m,n,k", [(37, 40, 100), (8, 33, 64), (20, 7, 5), (64, 64, 784), (3, 100, 120)])
-def test_gemm_operands_read_in_place_or_packed_give_the_same_bits(isa, rng, m, n, k):
+def test_gemm_operands_read_in_place_or_packed_give_the_same_bits(isa, rng, m, n, k, dtype, tol):
     # Row-major operands may be read in place (gemm.cpp: direct A / direct B); the same values
     # in column-major order are always packed first. Same k order either way: equal bits.
-    a, b = operands(rng, m, n, k, False, False)
+    a, b = operands(rng, m, n, k, False, False, dtype)
     results = []
     for a_in, b_in in [(a, b), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
                        (np.asfortranarray(a), np.asfortranarray(b))]:
-        out = poison(np.empty((m, n), np.float32))
+        out = poison(np.empty((m, n), dtype))
         _C.gemm(a_in, b_in, out)
         results.append(out)
-    assert rel_err(results[0], reference(a, b, False, False)) < 1e-5
+    assert rel_err(results[0], reference(a, b, False, False)) < tol
     for out in results[1:]:
         assert np.array_equal(out, results[0])
 

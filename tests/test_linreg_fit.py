@@ -77,12 +77,12 @@ def test_fit_float32_follows_float64(rng, method):
 
 
 # ---- the quadratic form (csrc/linreg_quadratic.h): f and ∇f over all rows without a pass ----
-# It is used when steps >= 2(d+1)/3 + 4 (and d+1 <= n, d+1 <= 512): a fit of few steps takes the
+# It is used when steps >= (d+1)/4 + 4 (and d+1 <= n, d+1 <= 512): a fit of few steps takes the
 # passes over X, a longer one the form, so the two paths meet on the prefix of a trajectory.
 
 def _quadratic_used(n, d, steps):
     dim = d + 1
-    return dim <= 512 and dim <= n and steps >= 2 * dim // 3 + 4
+    return dim <= 512 and dim <= n and steps >= dim // 4 + 4
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -90,7 +90,7 @@ def _quadratic_used(n, d, steps):
 def test_quadratic_form_and_passes_agree(rng, method, dtype, tol):
     X, y = dense_problem(rng, 400, 17, dtype)
     theta0 = (0.1 * rng.standard_normal(18)).astype(dtype)
-    short, long = 10, 60
+    short, long = 6, 60
     assert not _quadratic_used(400, 17, short) and _quadratic_used(400, 17, long)
     passes = fit(X, y, method, 0.05, short, batch_size=7, seed=5, theta0=theta0)
     form = fit(X, y, method, 0.05, long, batch_size=7, seed=5, theta0=theta0)

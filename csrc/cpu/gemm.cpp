@@ -24,20 +24,28 @@
 namespace ox {
 namespace OX_ISA {
 
-// Vectors: simd.h's Vec<float> in the SIMD builds; Scalar<T> for the scalar build and for
-// all float64 work (float64 is here for gradcheck, not speed).
+// Vectors: simd.h's Vec<float> / Vec<double> in the SIMD builds; Scalar<T> for the scalar build.
 using VecF = Vec<float>;
+using VecD = Vec<double>;
 
 template <class V> static OX_INLINE typename V::R apply_act(Activation act, typename V::R x) {
   if (act == Activation::relu) return V::max(V::zero(), x);  // NaN stays NaN, as in torch
   if (act == Activation::sigmoid) {  // float32: vexp.h's formula, the sigmoid op's results bit for bit
+    using S = typename V::S;
 #if defined(__AVX512F__)
-    if constexpr (V::L > 1) return vsigmoid16(x); else
+    if constexpr (V::L > 1 && std::is_same_v<S, float>) return vsigmoid16(x); else
 #elif defined(__AVX2__)
-    if constexpr (V::L > 1) return vsigmoid8(x); else
+    if constexpr (V::L > 1 && std::is_same_v<S, float>) return vsigmoid8(x); else
 #endif
-    if constexpr (std::is_same_v<typename V::S, float>) return vsigmoid(x);
-    else return 1.0 / (1.0 + std::exp(-x));
+    if constexpr (std::is_same_v<S, float>) return vsigmoid(x);
+    else if constexpr (V::L > 1) {  // float64 vectors: lane by lane, as the scalar build
+      alignas(64) double lanes[V::L];
+      V::storeu(lanes, x);
+      for (int i = 0; i < V::L; ++i) lanes[i] = 1.0 / (1.0 + std::exp(-lanes[i]));
+      return V::loadu(lanes);
+    } else {
+      return 1.0 / (1.0 + std::exp(-x));
+    }
   }
   return x;
 }
@@ -51,9 +59,11 @@ template <class V, bool Narrow = false> struct Tiles;
 #if defined(__AVX512F__)
 template <> struct Tiles<VecF> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 2048; };
 template <> struct Tiles<VecF, true> { static constexpr int MR = 16, NV = 1, KC = 384, MC = 96, NC = 2048; };
+template <> struct Tiles<VecD> { static constexpr int MR = 8, NV = 2, KC = 96, MC = 96, NC = 1024; };
 #elif defined(__AVX2__)
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
 template <> struct Tiles<VecF, true> { static constexpr int MR = 12, NV = 1, KC = 256, MC = 120, NC = 2048; };
+template <> struct Tiles<VecD> { static constexpr int MR = 6, NV = 2, KC = 192, MC = 120, NC = 1024; };
 #endif
 template <class T> struct Tiles<Scalar<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
 
@@ -426,12 +436,13 @@ template <class V, class P = Tiles<V>> static void gemm_run(const GemmArgs& g) {
 }
 
 void gemm(const GemmArgs& g, bool f64) {
-  if (f64) return gemm_run<Scalar<double>>(g);
 #if defined(__AVX512F__) || defined(__AVX2__)
-  if (g.N <= VecF::L) gemm_run<VecF, Tiles<VecF, true>>(g);
+  if (f64) gemm_run<VecD>(g);
+  else if (g.N <= VecF::L) gemm_run<VecF, Tiles<VecF, true>>(g);
   else gemm_run<VecF>(g);
 #else
-  gemm_run<Scalar<float>>(g);
+  if (f64) gemm_run<Scalar<double>>(g);
+  else gemm_run<Scalar<float>>(g);
 #endif
 }
 
