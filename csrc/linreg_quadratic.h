@@ -26,11 +26,11 @@ struct LinregQuadratic {
 // Whether the form pays for a fit of `steps` steps: A (dim ≤ 512) is at most 2 MB, a step's
 // O(dim²) must undercut a pass's O(n·dim), and the build must cost less than the passes it saves:
 // measured on the 2-core AVX-512 machine (float32 X, n = 10⁶, d = 100: a fit of 28 steps took
-// 0.39–0.44 s by passes, 0.41–0.42 s by the form) it takes as long as ≈ dim/4 passes, plus the
-// three on the way to θ̂.
+// 0.39–0.44 s by passes, one of 29 by the form 0.41–0.83 s over the session) it takes as long as
+// ≈ dim/4 to dim/3 passes, plus the three on the way to θ̂.
 inline bool linreg_quadratic_pays(int64_t n, int64_t d, int64_t steps) {
   const int64_t dim = d + 1;
-  return dim <= 512 && dim <= n && steps >= dim / 4 + 4;
+  return dim <= 512 && dim <= n && steps >= dim / 3 + 4;
 }
 
 // X (n, d), y (n,): contiguous CPU arrays, float32 or float64, checked by the caller.

@@ -77,12 +77,12 @@ def test_fit_float32_follows_float64(rng, method):
 
 
 # ---- the quadratic form (csrc/linreg_quadratic.h): f and ∇f over all rows without a pass ----
-# It is used when steps >= (d+1)/4 + 4 (and d+1 <= n, d+1 <= 512): a fit of few steps takes the
+# It is used when steps >= (d+1)/3 + 4 (and d+1 <= n, d+1 <= 512): a fit of few steps takes the
 # passes over X, a longer one the form, so the two paths meet on the prefix of a trajectory.
 
 def _quadratic_used(n, d, steps):
     dim = d + 1
-    return dim <= 512 and dim <= n and steps >= dim // 4 + 4
+    return dim <= 512 and dim <= n and steps >= dim // 3 + 4
 
 
 @pytest.mark.parametrize("method", METHODS)

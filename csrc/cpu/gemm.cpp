@@ -59,7 +59,7 @@ template <class V, bool Narrow = false> struct Tiles;
 #if defined(__AVX512F__)
 template <> struct Tiles<VecF> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 2048; };
 template <> struct Tiles<VecF, true> { static constexpr int MR = 16, NV = 1, KC = 384, MC = 96, NC = 2048; };
-template <> struct Tiles<VecD> { static constexpr int MR = 8, NV = 2, KC = 96, MC = 96, NC = 1024; };
+template <> struct Tiles<VecD> { static constexpr int MR = 8, NV = 2, KC = 128, MC = 96, NC = 1024; };
 #elif defined(__AVX2__)
 template <> struct Tiles<VecF> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 120, NC = 2048; };
 template <> struct Tiles<VecF, true> { static constexpr int MR = 12, NV = 1, KC = 256, MC = 120, NC = 2048; };
@@ -68,34 +68,6 @@ template <> struct Tiles<VecD> { static constexpr int MR = 6, NV = 2, KC = 192, 
 template <class T> struct Tiles<Scalar<T>> { static constexpr int MR = 4, NV = 8, KC = 256, MC = 64, NC = 1024; };
 
 // ---- packing --------------------------------------------------------------------------------
-
-#if defined(__AVX512F__)
-// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c.
-// unpack + shuffle_ps build, in each 128-bit lane L, column 4L + c of four rows;
-// two rounds of shuffle_f32x4 then gather lane L of the four row groups.
-static OX_INLINE void transpose16(__m512 r[16]) {
-  __m512 t[16], u[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 s0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), s1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-    const __m512 s2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88),
-                 s3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-    r[c] = _mm512_shuffle_f32x4(s0, s2, 0x88);
-    r[8 + c] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
-    r[4 + c] = _mm512_shuffle_f32x4(s1, s3, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
-  }
-}
-#endif
 
 
 // The prologue: dy·g'(y), the activation's derivative written in terms of its output y. For relu

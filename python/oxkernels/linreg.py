@@ -13,7 +13,7 @@ from a counter-based RNG keyed by (seed, step): the same on CPU and CUDA, and
 returned in .indices. lr and seed may be 1-D arrays of length B: B trajectories
 in one call (a hyperparameter grid), each identical to the run made alone.
 
-On the CPU, when steps ≥ (d+1)/4 + 4 (and d+1 ≤ min(n, 512)), f and ∇f over all rows come
+On the CPU, when steps ≥ (d+1)/3 + 4 (and d+1 ≤ min(n, 512)), f and ∇f over all rows come
 from f's quadratic form around a near-minimiser (csrc/linreg_quadratic.h): a few passes over X
 up front, then O((d+1)²) per step instead of a pass; losses keep a direct pass's precision.
 """
