@@ -252,6 +252,31 @@ static void rows_narrow(const T* X, const T* y, const T* theta, const int64_t* r
   T* Ll = new T[B * kVec]();
   for (int64_t t0 = begin; t0 < end; t0 += kTileRows) {
     const int64_t nr = end - t0 < kTileRows ? end - t0 : kTileRows;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {  // 16 rows at a time, one register each, transposed
+      for (int64_t h = 0; h < kTileRows; h += 16) {
+        const float* x[16];
+        for (int k = 0; k < 16; ++k) {
+          const int64_t r = h + k < nr ? h + k : 0;  // padding rows: any real row, masked to 0 below
+          const int64_t i = kIndexed ? rows[t0 + r] : t0 + r;
+          x[k] = X + i * d;
+          yt[h + k] = h + k < nr ? y[i] : 0.0f;
+        }
+        const int64_t real = nr - h < 16 ? (nr - h > 0 ? nr - h : 0) : 16;
+        for (int64_t c0 = 0; c0 < d; c0 += 16) {
+          const __mmask16 cols = Vec<float>::mask(d - c0);
+          __m512 v[16];
+          for (int k = 0; k < 16; ++k)
+            v[k] = k < real ? _mm512_maskz_loadu_ps(cols, x[k] + c0) : _mm512_setzero_ps();
+          transpose16(v);
+          for (int64_t c = c0; c < d && c < c0 + 16; ++c) _mm512_storeu_ps(XtT + c * kTileRows + h, v[c - c0]);
+        }
+        _mm512_storeu_ps(XtT + d * kTileRows + h, _mm512_maskz_mov_ps(Vec<float>::mask(real), _mm512_set1_ps(1.0f)));
+      }
+      tile_transposed(XtT, yt, theta, stride, B, want_grad, Gl, Ll);
+      continue;
+    }
+#endif
     for (int64_t r = 0; r < kTileRows; ++r) {
       if (r < nr) {
         const int64_t i = kIndexed ? rows[t0 + r] : t0 + r;
