@@ -73,7 +73,7 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
 }
 
 // Where tap kw of a row starts in a buffer row split into sw column phases of Wj: phase kw % sw,
-// column kw / sw (stride 1, the usual case, is tested first: the compiler then splits the loop).
+// column kw / sw (stride 1, the usual case, skips the division).
 static inline int64_t tap_offset(int64_t kw, int64_t sw, int64_t Wj) {
   return sw == 1 ? kw : (kw % sw) * Wj + kw / sw;
 }
