@@ -36,7 +36,6 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   const bool want_w = gw || gb;
   const bool gw_cv = use_channel_vectors_gw<T>(s.O, s.OW);
   T* partial = want_w ? new T[nblocks * (nw + s.O) + 1]() : nullptr;
-  const BufGeom xg = input_geom(s, Vec<T>::L);
   // Fused block: ∂L/∂w, ∂L/∂b and ∂L/∂x straight from the pooled gradient where the
   // sparse kernels apply (see above); the dense path expands it first.
   // conv1-like layers: ∂L/∂w and ∂L/∂b by the parity-split kernel (k5_gw_block)
@@ -56,7 +55,11 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   T* wscat = wscat_buf.get();
   if (gx_scatter) build_gx_scatter_weights(s, gxs, w, wscat);
   const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !gw_cl && !k5w));
-  const bool fill_x = want_w && !k5w && !gw_cl;  // padded, phase-split x for the ∂L/∂w paths
+  // x for the ∂L/∂w paths: padded and phase-split, except for the channel-vector tiles of a layer
+  // without padding and with column stride 1, which read only window pixels and take the image itself
+  const bool x_in_place = gw && gw_cv && !gw_sparse && !k5w && !gw_cl && s.ph == 0 && s.pw == 0 && s.sw == 1;
+  const bool fill_x = want_w && !k5w && !gw_cl && !x_in_place;
+  const BufGeom xg = x_in_place ? BufGeom{s.C, s.H, 1, s.W} : input_geom(s, Vec<T>::L);
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
   const bool gx_dense = gx && !gx_sparse && !gx_scatter;
@@ -96,6 +99,8 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
         if (fill_x) {
           fill_buffer(x + n * s.C * s.H * s.W, s.H, s.W, 1, 1, s.ph, s.pw, xg, xbufs + i * xg.size());
           xptr[i] = xbufs + i * xg.size();
+        } else if (x_in_place) {
+          xptr[i] = x + n * s.C * s.H * s.W;
         }
         if (gx_sparse) {
           gx_sparse(s, gxq, wfull, gy + n * plane_gout, idx + n * plane_gout, gxp, gx + n * s.C * s.H * s.W);
