@@ -55,11 +55,11 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   T* wscat = wscat_buf.get();
   if (gx_scatter) build_gx_scatter_weights(s, gxs, w, wscat);
   const bool need_gexp = idx && ((gx && !gx_sparse) || (want_w && !gw_sparse && !gw_cl && !k5w));
-  // x for the ∂L/∂w paths: padded and phase-split, except for the channel-vector tiles of a layer
-  // without padding and with column stride 1, which read only window pixels and take the image itself
-  const bool x_in_place = gw && gw_cv && !gw_sparse && !k5w && !gw_cl && s.ph == 0 && s.pw == 0 && s.sw == 1;
+  // x for the ∂L/∂w paths: padded and phase-split, except that the channel-vector tiles take the
+  // image itself where they can (image_geom)
+  const bool x_in_place = gw && gw_cv && !gw_sparse && !k5w && !gw_cl && unpadded_unit_stride(s);
   const bool fill_x = want_w && !k5w && !gw_cl && !x_in_place;
-  const BufGeom xg = x_in_place ? BufGeom{s.C, s.H, 1, s.W} : input_geom(s, Vec<T>::L);
+  const BufGeom xg = x_in_place ? image_geom(s) : input_geom(s, Vec<T>::L);
   // ∂L/∂x: stride-1 conv of the dilated ∂L/∂y, padded by K−1−p, with the flipped kernel.
   const BufGeom gg{s.O, s.H + s.KH - 1, 1, s.W + s.KW - 1 + 2 * Vec<T>::L};
   const bool gx_dense = gx && !gx_sparse && !gx_scatter;

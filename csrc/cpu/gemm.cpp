@@ -38,10 +38,10 @@ template <class V> static OX_INLINE typename V::R apply_act(Activation act, type
     if constexpr (V::L > 1 && std::is_same_v<S, float>) return vsigmoid8(x); else
 #endif
     if constexpr (std::is_same_v<S, float>) return vsigmoid(x);
-    else if constexpr (V::L > 1) {  // float64 vectors: lane by lane, as the scalar build
+    else if constexpr (V::L > 1) {  // float64 vectors: lane by lane, the scalar formula below
       alignas(64) double lanes[V::L];
       V::storeu(lanes, x);
-      for (int i = 0; i < V::L; ++i) lanes[i] = 1.0 / (1.0 + std::exp(-lanes[i]));
+      for (int i = 0; i < V::L; ++i) lanes[i] = apply_act<Scalar<double>>(act, lanes[i]);
       return V::loadu(lanes);
     } else {
       return 1.0 / (1.0 + std::exp(-x));

@@ -255,14 +255,14 @@ static void rows_narrow(const T* X, const T* y, const T* theta, const int64_t* r
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {  // 16 rows at a time, one register each, transposed
       for (int64_t h = 0; h < kTileRows; h += 16) {
+        const int64_t real = nr - h < 16 ? (nr - h > 0 ? nr - h : 0) : 16;  // rows past it: padding, 0
         const float* x[16];
         for (int k = 0; k < 16; ++k) {
-          const int64_t r = h + k < nr ? h + k : 0;  // padding rows: any real row, masked to 0 below
+          const int64_t r = k < real ? h + k : 0;  // a padding row points at a real one, never read
           const int64_t i = kIndexed ? rows[t0 + r] : t0 + r;
           x[k] = X + i * d;
-          yt[h + k] = h + k < nr ? y[i] : 0.0f;
+          yt[h + k] = k < real ? y[i] : 0.0f;
         }
-        const int64_t real = nr - h < 16 ? (nr - h > 0 ? nr - h : 0) : 16;
         for (int64_t c0 = 0; c0 < d; c0 += 16) {
           const __mmask16 cols = Vec<float>::mask(d - c0);
           __m512 v[16];

@@ -116,8 +116,7 @@ template <class T> struct Targets {
   T mean_divisor(int64_t N) const {
     if (!index) return static_cast<T>(N);
     double total = 0;
-    for (int64_t i = 0; i < N; ++i)
-      if (index[i] != ignore) total += weight ? static_cast<double>(weight[index[i]]) : 1.0;
+    for (int64_t i = 0; i < N; ++i) total += class_target_divisor_share(index[i], ignore, C, weight);
     return static_cast<T>(total);
   }
 };

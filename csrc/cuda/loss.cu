@@ -57,8 +57,7 @@ template <class T> struct RowTargets {
   }
   // What 'mean' divides by, row i's share: w_{t_i} (0 if ignored or out of range), 1 for probabilities.
   __device__ double divisor_share(int64_t i) const {
-    if (!index) return 1.0;
-    return ignored(i) || out_of_range(i) ? 0.0 : static_cast<double>(w(index[i]));
+    return index ? class_target_divisor_share(index[i], ignore, C, weight) : 1.0;
   }
 };
 
