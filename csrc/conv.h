@@ -18,6 +18,7 @@
 #pragma once
 #include <cstdint>
 
+#include "core/host_device.h"
 #include "core/view.h"
 
 namespace ox {
@@ -50,12 +51,19 @@ void conv2d_relu_maxpool2d_backward_cpu(const ConvShape& s, int64_t pool, const 
 
 // CUDA ∂L/∂w, ∂L/∂b: the batch is summed in G groups of consecutive images (so that
 // small layers still fill the GPU), then the G partial sums are added in group order;
-// G depends on the shape alone. With G > 1 the backward needs a workspace of x's dtype
-// holding G·(O·C·KH·KW + O) elements.
+// G depends on the shape alone. A group's sums are split over blocks of
+// kConvGradOutChannels output channels × one (c, kh) row of kernel taps. With G > 1 the
+// backward needs a workspace of x's dtype holding G·(O·C·KH·KW + O) elements.
+constexpr int64_t kConvGradOutChannels = 8;
+OX_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t conv2d_grad_blocks_per_group_cuda(const ConvShape& s) {
+  return ceil_div(s.O, kConvGradOutChannels) * s.C * s.KH;
+}
 inline int64_t conv2d_grad_groups_cuda(const ConvShape& s) {
-  constexpr int64_t kTargetBlocks = 4096, kMinSummedPerBlock = 1024;
-  const int64_t blocks = s.O * s.C * s.KH * s.KW, summed = s.N * s.OH * s.OW;
-  int64_t groups = blocks > 0 ? (kTargetBlocks + blocks - 1) / blocks : 1;
+  // about 8 blocks per SM of an H100, each thread summing at least 8 (image, pixel) terms
+  constexpr int64_t kTargetBlocks = 1024, kMinSummedPerBlock = 2048;
+  const int64_t blocks = conv2d_grad_blocks_per_group_cuda(s), summed = s.N * s.OH * s.OW;
+  int64_t groups = blocks > 0 ? ceil_div(kTargetBlocks, blocks) : 1;
   if (groups > summed / kMinSummedPerBlock) groups = summed / kMinSummedPerBlock;
   if (groups > s.N) groups = s.N;
   return groups > 1 ? groups : 1;

@@ -28,6 +28,7 @@ CASES = [
     (3, 6, 14, 14, 16, 5, 1, 0),
     (3, 3, 21, 19, 16, 3, 2, 1),
     (2, 3, 15, 12, 16, 3, (2, 1), 0),  # channel vectors reading the image in place, row stride 2
+    (2, 3, 13, 12, 9, 7, 1, 1),  # CUDA ∂L/∂w: two blocks of 8 output channels, two passes of 5 kernel columns
 ]
 IDS = [f"N{c[0]}C{c[1]}H{c[2]}W{c[3]}O{c[4]}K{c[5]}s{c[6]}p{c[7]}".replace(" ", "") for c in CASES]
 TOL = {np.float32: 1e-5, np.float64: 1e-12}

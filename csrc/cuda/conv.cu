@@ -25,6 +25,8 @@ namespace {
 constexpr int OBK = 4;            // output (∂L/∂x: input) channels per thread
 constexpr int kThreads = 64;      // small blocks: the course layers have few threads to spread over the SMs
 constexpr int kReduceThreads = 256;
+constexpr int kWbOut = kConvGradOutChannels;  // ∂L/∂w: output channels per block
+constexpr int kWbTaps = 5;                    // ∂L/∂w: kernel columns per pass (the course's 5)
 
 inline unsigned grid_for(int64_t total) {
   int64_t blocks = (total + kThreads - 1) / kThreads;
@@ -177,18 +179,6 @@ __global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __
   }
 }
 
-template <class T> __device__ T block_sum(T v) {
-  __shared__ T part[kReduceThreads];
-  __syncthreads();  // a previous call's result has been read by every thread
-  part[threadIdx.x] = v;
-  __syncthreads();
-  for (int step = kReduceThreads / 2; step > 0; step /= 2) {
-    if (threadIdx.x < step) part[threadIdx.x] += part[threadIdx.x + step];
-    __syncthreads();
-  }
-  return part[0];
-}
-
 // The ∂L/∂w, ∂L/∂b sums of conv2d_grad_groups_cuda's image groups: with one group the
 // blocks write the gradients directly, else row g of the workspace, laid out as
 // [O·C·KH·KW weight sums | O bias sums]. A null gw / gb is not wanted.
@@ -197,48 +187,97 @@ template <class T> struct GradSums {
   int64_t groups;
 };
 
-// Block (e, g) sums over the images [n0, n1) of group g and all their output pixels
-//   g[n,o,i,j] · x[n, c, i·sh − ph + kh, j·sw − pw + kw]     for e = (o, c, kh, kw),
-// and the blocks of (o, 0, 0, 0) also Σ g[n,o,i,j] for ∂L/∂b[o] (block e = o sums only
-// that when ∂L/∂w is not wanted). Thread t visits the flat (image, pixel) indices
-// t, t + kReduceThreads, ... (32-bit pixel arithmetic: the caller bounds the planes).
+// Σ v over the block's threads (a shuffle tree in each warp, then the warps in order);
+// thread 0 gets the sum. `red` holds one value per warp.
+template <class T> __device__ T block_sum(T v, T* red) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  __syncthreads();  // every thread is past the previous call's read of red
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  T sum = 0;
+  if (threadIdx.x == 0)
+    for (int k = 0; k < kReduceThreads / 32; ++k) sum += red[k];
+  return sum;
+}
+
+// Block (group, c, kh, output-channel block o0) sums over the images [n0, n1) of its group
+// and all their output pixels (i, j)
+//   ∂L/∂w[o, c, kh, kw] += g[n,o,i,j] · x[n, c, i·sh − ph + kh, j·sw − pw + kw]
+// for its kWbOut channels o and every kw (kWbTaps at a time, in registers), and the blocks
+// with c = kh = 0 also ∂L/∂b[o] += g[n,o,i,j] (without ∂L/∂w only those blocks run).
+// Thread t visits the flat (image, pixel) indices t, t + kReduceThreads, ...: neighbouring
+// threads read neighbouring pixels of g and x, and each g value feeds kWbTaps FMAs, each
+// x value kWbOut. 32-bit pixel arithmetic: the caller bounds the planes.
 template <class T, class Gy>
-__global__ void grad_wb_kernel(ConvShape s, Gy gy, const T* __restrict__ x, GradSums<T> out) {
-  const int64_t taps = s.C * s.KH * s.KW, e = blockIdx.x, group = blockIdx.y;
+__global__ void __launch_bounds__(kReduceThreads)
+    grad_wb_kernel(ConvShape s, Gy gy, const T* __restrict__ x, GradSums<T> out) {
+  __shared__ T red[kReduceThreads / 32];
   const bool want_w = out.gw != nullptr;
-  const int64_t o = want_w ? e / taps : e, tap = want_w ? e % taps : 0;
-  const int64_t c = tap / (s.KH * s.KW), kh = (tap / s.KW) % s.KH, kw = tap % s.KW;
-  const bool sum_bias = out.gb != nullptr && tap == 0;
-  const int64_t n1 = (group + 1) * s.N / out.groups;
+  const int64_t out_blocks = ceil_div(s.O, kWbOut), rows = want_w ? s.C * s.KH : 1;
+  const int64_t unit = blockIdx.x, o0 = unit % out_blocks * kWbOut, row_unit = unit / out_blocks % rows;
+  const int64_t group = unit / out_blocks / rows, c = row_unit / s.KH, kh = row_unit % s.KH;
+  const bool sum_bias = out.gb != nullptr && row_unit == 0;
+  const int64_t n0 = group * s.N / out.groups, n1 = (group + 1) * s.N / out.groups;
   const int plane = static_cast<int>(s.OH * s.OW), OW = static_cast<int>(s.OW);
   const int tid = static_cast<int>(threadIdx.x), dpix = kReduceThreads % plane;
-  const int64_t dn = kReduceThreads / plane;
-  int64_t n = group * s.N / out.groups + tid / plane;
-  int pix = tid % plane;
-  T acc_w = 0, acc_b = 0;
-  while (n < n1) {
-    const int i = pix / OW, j = pix - i * OW;
-    const T gv = gy(s, n, o, i, j);
-    if (sum_bias) acc_b += gv;
-    if (want_w) {
-      const int64_t ih = i * s.sh - s.ph + kh, iw = j * s.sw - s.pw + kw;
-      if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W) acc_w += gv * x[((n * s.C + c) * s.H + ih) * s.W + iw];
-    }
-    n += dn;
-    pix += dpix;
-    if (pix >= plane) {
-      pix -= plane;
-      ++n;
-    }
-  }
+  const int64_t dn = kReduceThreads / plane, taps = s.C * s.KH * s.KW;
   T* row = out.groups == 1 ? nullptr : out.ws + group * (s.O * taps + s.O);
-  if (want_w) {
-    const T sum = block_sum(acc_w);
-    if (tid == 0) (row ? row : out.gw)[e] = sum;
-  }
-  if (sum_bias) {
-    const T sum = block_sum(acc_b);
-    if (tid == 0) (row ? row + s.O * taps : out.gb)[o] = sum;
+
+  for (int64_t kw0 = 0; kw0 < (want_w ? s.KW : 1); kw0 += kWbTaps) {
+    const bool bias_pass = sum_bias && kw0 == 0;
+    T acc[kWbOut][kWbTaps], acc_b[kWbOut];
+#pragma unroll
+    for (int o = 0; o < kWbOut; ++o) {
+      acc_b[o] = 0;
+#pragma unroll
+      for (int k = 0; k < kWbTaps; ++k) acc[o][k] = 0;
+    }
+    int64_t n = n0 + tid / plane;
+    int pix = tid % plane;
+    while (n < n1) {
+      const int i = pix / OW, j = pix - i * OW;
+      T gv[kWbOut];
+#pragma unroll
+      for (int o = 0; o < kWbOut; ++o) gv[o] = o0 + o < s.O ? gy(s, n, o0 + o, i, j) : T(0);
+      if (bias_pass)
+#pragma unroll
+        for (int o = 0; o < kWbOut; ++o) acc_b[o] += gv[o];
+      const int64_t ih = i * s.sh - s.ph + kh;
+      if (want_w && ih >= 0 && ih < s.H) {
+        const T* xrow = x + ((n * s.C + c) * s.H + ih) * s.W;
+        const int64_t iw0 = j * s.sw - s.pw + kw0;
+        T xv[kWbTaps];
+#pragma unroll
+        for (int k = 0; k < kWbTaps; ++k) {
+          const int64_t iw = iw0 + k;
+          xv[k] = kw0 + k < s.KW && iw >= 0 && iw < s.W ? xrow[iw] : T(0);
+        }
+#pragma unroll
+        for (int o = 0; o < kWbOut; ++o)
+#pragma unroll
+          for (int k = 0; k < kWbTaps; ++k) acc[o][k] += gv[o] * xv[k];
+      }
+      n += dn;
+      pix += dpix;
+      if (pix >= plane) {
+        pix -= plane;
+        ++n;
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < kWbOut; ++o) {
+      if (want_w)
+#pragma unroll
+        for (int k = 0; k < kWbTaps; ++k) {
+          const T sum = block_sum(acc[o][k], red);
+          if (tid == 0 && o0 + o < s.O && kw0 + k < s.KW)
+            (row ? row : out.gw)[((o0 + o) * s.C + c) * s.KH * s.KW + kh * s.KW + kw0 + k] = sum;
+        }
+      if (bias_pass) {
+        const T sum = block_sum(acc_b[o], red);
+        if (tid == 0 && o0 + o < s.O) (row ? row + s.O * taps : out.gb)[o0 + o] = sum;
+      }
+    }
   }
 }
 
@@ -271,9 +310,9 @@ void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T
     if (out.gb) cuda_check(cudaMemsetAsync(out.gb, 0, s.O * sizeof(T), st), "conv2d_backward (grad_bias)");
     return;
   }
-  if (weights > INT32_MAX) value_error("conv2d_backward (CUDA): 2^31 weights or more are not supported");
-  const dim3 grid(static_cast<unsigned>(out.gw ? weights : s.O), static_cast<unsigned>(out.groups));
-  grad_wb_kernel<T><<<grid, kReduceThreads, 0, st>>>(s, gy, x, out);
+  const int64_t blocks = out.groups * (out.gw ? conv2d_grad_blocks_per_group_cuda(s) : ceil_div(s.O, kConvGradOutChannels));
+  if (blocks > INT32_MAX) value_error("conv2d_backward (CUDA): ", blocks, " weight-gradient blocks, 2^31 or more are not supported");
+  grad_wb_kernel<T><<<static_cast<unsigned>(blocks), kReduceThreads, 0, st>>>(s, gy, x, out);
   cuda_check_launch("conv2d_backward (grad_weight, grad_bias)");
   if (out.groups > 1) {
     sum_groups_kernel<T><<<grid_for(weights + s.O), kThreads, 0, st>>>(s, out);
