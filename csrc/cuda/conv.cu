@@ -14,6 +14,7 @@
 //    backward reads ∂L/∂y on the fly from the pooled gradient and the saved
 //    positions, so no full-resolution tensor is ever written.
 #include <cstdint>
+#include <type_traits>
 
 #include "conv.h"
 #include "core/cuda_check.h"
@@ -53,24 +54,30 @@ template <class T> struct GyPooled {
 };
 
 // acc[j] += Σ_{c,kh,kw} x[n, c, oh·sh − ph + kh, ow·sw − pw + kw] · w[o0 + j, c, kh, kw]
-template <class T>
+// KT > 0: the kernel is KT × KT, its taps unrolled (the course's 5 × 5 and 3 × 3); 0: any size.
+// Channels o0 + j ≥ O read channel O − 1's weights; the caller does not store them.
+template <int KT, class T>
 __device__ void conv_point(const ConvShape& s, const T* __restrict__ xn, const T* __restrict__ w, int64_t o0,
                            int64_t oh, int64_t ow, T (&acc)[OBK]) {
-  const int64_t ih0 = oh * s.sh - s.ph, iw0 = ow * s.sw - s.pw, wstride = s.C * s.KH * s.KW;
-  for (int64_t c = 0; c < s.C; ++c)
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-      const int64_t ih = ih0 + kh;
-      if (ih < 0 || ih >= s.H) continue;
-      for (int64_t kw = 0; kw < s.KW; ++kw) {
-        const int64_t iw = iw0 + kw;
-        if (iw < 0 || iw >= s.W) continue;
-        const T xv = xn[(c * s.H + ih) * s.W + iw];
-        const T* wk = w + ((o0 * s.C + c) * s.KH + kh) * s.KW + kw;
+  const int64_t KH = KT ? KT : s.KH, KW = KT ? KT : s.KW, taps = KH * KW, wstride = s.C * taps;
+  const int64_t ih0 = oh * s.sh - s.ph, iw0 = ow * s.sw - s.pw;
+  const bool inside = ih0 >= 0 && iw0 >= 0 && ih0 + KH <= s.H && iw0 + KW <= s.W;  // no tap in the padding
+  const T* wj[OBK];
 #pragma unroll
-        for (int j = 0; j < OBK; ++j)
-          if (o0 + j < s.O) acc[j] += xv * wk[j * wstride];
+  for (int j = 0; j < OBK; ++j) wj[j] = w + (o0 + j < s.O ? o0 + j : s.O - 1) * wstride;
+  for (int64_t c = 0; c < s.C; ++c) {
+    const T* xc = xn + (c * s.H + ih0) * s.W + iw0;  // the window's corner (dereferenced only inside the image)
+#pragma unroll
+    for (int64_t kh = 0; kh < KH; ++kh)
+#pragma unroll
+      for (int64_t kw = 0; kw < KW; ++kw) {
+        const bool ok = inside || (ih0 + kh >= 0 && ih0 + kh < s.H && iw0 + kw >= 0 && iw0 + kw < s.W);
+        const T xv = ok ? xc[kh * s.W + kw] : T(0);
+        const int64_t tap = c * taps + kh * KW + kw;
+#pragma unroll
+        for (int j = 0; j < OBK; ++j) acc[j] += xv * wj[j][tap];
       }
-    }
+  }
 }
 
 // Thread t ↦ (image n, channel group o0 / OBK, pixel): pixels fastest, for coalesced loads and stores.
@@ -86,7 +93,7 @@ struct GroupedIndex {
 
 __host__ __device__ inline int64_t channel_groups(int64_t channels) { return (channels + OBK - 1) / OBK; }
 
-template <class T>
+template <int KT, class T>
 __global__ void forward_kernel(ConvShape s, const T* __restrict__ x, const T* __restrict__ w,
                                const T* __restrict__ b, T* __restrict__ y) {
   const int64_t plane = s.OH * s.OW, groups = channel_groups(s.O), total = s.N * groups * plane;
@@ -97,14 +104,14 @@ __global__ void forward_kernel(ConvShape s, const T* __restrict__ x, const T* __
     T acc[OBK];
 #pragma unroll
     for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
-    conv_point(s, x + at.n * s.C * s.H * s.W, w, o0, oh, ow, acc);
+    conv_point<KT>(s, x + at.n * s.C * s.H * s.W, w, o0, oh, ow, acc);
 #pragma unroll
     for (int j = 0; j < OBK; ++j)
       if (o0 + j < s.O) y[(at.n * s.O + o0 + j) * plane + at.pix] = acc[j];
   }
 }
 
-template <class T>
+template <int KT, class T>
 __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict__ x, const T* __restrict__ w,
                                      const T* __restrict__ b, T* __restrict__ out, uint8_t* __restrict__ idx) {
   const int64_t PH = s.OH / P, PW = s.OW / P, plane = PH * PW, groups = channel_groups(s.O);
@@ -126,7 +133,7 @@ __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict
         T acc[OBK];
 #pragma unroll
         for (int j = 0; j < OBK; ++j) acc[j] = (b && o0 + j < s.O) ? b[o0 + j] : T(0);
-        conv_point(s, xn, w, o0, p * P + r, q * P + c, acc);
+        conv_point<KT>(s, xn, w, o0, p * P + r, q * P + c, acc);
 #pragma unroll
         for (int j = 0; j < OBK; ++j) {
           const T z = acc[j] <= T(0) ? T(0) : acc[j];  // relu; NaN stays NaN
@@ -148,31 +155,40 @@ __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict
 
 // ∂L/∂x[n,c,h,v] = Σ_{o,kh,kw} g[n,o,i,j]·w[o,c,kh,kw] with i·sh = h + ph − kh, j·sw = v + pw − kw.
 // Only taps with kh ≡ h + ph (mod sh) contribute: they are visited directly, i
-// stepping down by one per tap, so the loops hold no division.
-template <class T, class Gy>
+// stepping down by one per tap, so the loops hold no division. KT > 0: a KT × KT kernel
+// with unit strides, its taps unrolled; 0: any size and stride.
+template <int KT, class T, class Gy>
 __global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __restrict__ gx) {
   const int64_t plane = s.H * s.W, groups = channel_groups(s.C), total = s.N * groups * plane;
+  const int64_t KH = KT ? KT : s.KH, KW = KT ? KT : s.KW, sh = KT ? 1 : s.sh, sw = KT ? 1 : s.sw;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const GroupedIndex at(t, groups, plane);
     const int64_t n = at.n, c0 = at.o0, h = at.pix / s.W, v = at.pix % s.W;
-    const int64_t kh0 = (h + s.ph) % s.sh, i0 = (h + s.ph - kh0) / s.sh;
-    const int64_t kw0 = (v + s.pw) % s.sw, j0 = (v + s.pw - kw0) / s.sw;
+    const int64_t kh0 = (h + s.ph) % sh, i0 = (h + s.ph - kh0) / sh;
+    const int64_t kw0 = (v + s.pw) % sw, j0 = (v + s.pw - kw0) / sw;
+    const T* wj[OBK];  // channels c0 + j ≥ C read channel C − 1's weights and are not stored
+#pragma unroll
+    for (int j = 0; j < OBK; ++j) wj[j] = w + (c0 + j < s.C ? c0 + j : s.C - 1) * KH * KW;
     T acc[OBK];
 #pragma unroll
     for (int j = 0; j < OBK; ++j) acc[j] = T(0);
-    for (int64_t o = 0; o < s.O; ++o)
-      for (int64_t kh = kh0, i = i0; kh < s.KH && i >= 0; kh += s.sh, --i) {
-        if (i >= s.OH) continue;
-        for (int64_t kw = kw0, jj = j0; kw < s.KW && jj >= 0; kw += s.sw, --jj) {
-          if (jj >= s.OW) continue;
-          const T g = gy(s, n, o, i, jj);
-          const T* wk = w + ((o * s.C + c0) * s.KH + kh) * s.KW + kw;
+    for (int64_t o = 0; o < s.O; ++o) {
+      const int64_t wo = o * s.C * KH * KW;
+      int64_t i = i0;
 #pragma unroll
-          for (int j = 0; j < OBK; ++j)
-            if (c0 + j < s.C) acc[j] += g * wk[j * s.KH * s.KW];
+      for (int64_t kh = kh0; kh < KH; kh += sh, --i) {
+        if (i < 0 || i >= s.OH) continue;
+        int64_t jj = j0;
+#pragma unroll
+        for (int64_t kw = kw0; kw < KW; kw += sw, --jj) {
+          if (jj < 0 || jj >= s.OW) continue;
+          const T g = gy(s, n, o, i, jj);
+#pragma unroll
+          for (int j = 0; j < OBK; ++j) acc[j] += g * wj[j][wo + kh * KW + kw];
         }
       }
+    }
 #pragma unroll
     for (int j = 0; j < OBK; ++j)
       if (c0 + j < s.C) gx[(n * s.C + c0 + j) * plane + at.pix] = acc[j];
@@ -294,12 +310,24 @@ template <class T> __global__ void sum_groups_kernel(ConvShape s, GradSums<T> ou
   }
 }
 
+// f(std::integral_constant<int, KT>) with KT = the kernel's size when it is one of the unrolled
+// sizes (5 × 5 or 3 × 3; with unit strides when `unit_stride` asks for them), else KT = 0.
+template <class F> void with_kernel_size(const ConvShape& s, bool unit_stride, F&& f) {
+  const bool strides_ok = !unit_stride || (s.sh == 1 && s.sw == 1);
+  if (strides_ok && s.KH == 5 && s.KW == 5) f(std::integral_constant<int, 5>());
+  else if (strides_ok && s.KH == 3 && s.KW == 3) f(std::integral_constant<int, 3>());
+  else f(std::integral_constant<int, 0>());
+}
+
 template <class T, class Gy>
 void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, T* ws, cudaStream_t st) {
   if (s.OH * s.OW > INT32_MAX)
     value_error("conv2d_backward (CUDA): output planes of 2^31 pixels or more are not supported");
   if (gx && s.N * s.C * s.H * s.W > 0) {
-    grad_x_kernel<T><<<grid_for(s.N * channel_groups(s.C) * s.H * s.W), kThreads, 0, st>>>(s, gy, w, gx);
+    with_kernel_size(s, true, [&](auto kt) {
+      grad_x_kernel<decltype(kt)::value, T><<<grid_for(s.N * channel_groups(s.C) * s.H * s.W), kThreads, 0, st>>>(
+          s, gy, w, gx);
+    });
     cuda_check_launch("conv2d_backward (grad_x)");
   }
   const int64_t weights = s.O * s.C * s.KH * s.KW;
@@ -328,12 +356,15 @@ void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const
                          uintptr_t stream) {
   const int64_t total = s.N * channel_groups(s.O) * s.OH * s.OW;
   if (total == 0) return;
-  if (x.dtype == DType::f64)
-    forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        s, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), y.ptr<double>());
-  else
-    forward_kernel<float><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        s, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(b), y.ptr<float>());
+  auto launch = [&](auto zero) {
+    using T = decltype(zero);
+    with_kernel_size(s, false, [&](auto kt) {
+      forward_kernel<decltype(kt)::value, T><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+          s, x.ptr<T>(), w.ptr<T>(), opt_ptr<T>(b), y.ptr<T>());
+    });
+  };
+  if (x.dtype == DType::f64) launch(0.0);
+  else launch(0.0f);
   cuda_check_launch("conv2d");
 }
 
@@ -351,12 +382,15 @@ void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const 
                                         const View* b, const View& out, const View& idx, uintptr_t stream) {
   const int64_t total = s.N * channel_groups(s.O) * (s.OH / pool) * (s.OW / pool);
   if (total == 0) return;
-  if (x.dtype == DType::f64)
-    fused_forward_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        s, pool, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(b), out.ptr<double>(), idx.ptr<uint8_t>());
-  else
-    fused_forward_kernel<float><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        s, pool, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(b), out.ptr<float>(), idx.ptr<uint8_t>());
+  auto launch = [&](auto zero) {
+    using T = decltype(zero);
+    with_kernel_size(s, false, [&](auto kt) {
+      fused_forward_kernel<decltype(kt)::value, T><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+          s, pool, x.ptr<T>(), w.ptr<T>(), opt_ptr<T>(b), out.ptr<T>(), idx.ptr<uint8_t>());
+    });
+  };
+  if (x.dtype == DType::f64) launch(0.0);
+  else launch(0.0f);
   cuda_check_launch("conv2d_relu_maxpool2d");
 }
 
