@@ -32,7 +32,7 @@ def set_grads(rng, ours, ref, skip=()):
             continue
         g = torch.tensor(rng.standard_normal(tuple(p.shape)), dtype=p.dtype, device=p.device)
         p.grad = g.clone()
-        r.grad = g.clone()
+        r.grad = g.to(r.dtype)
 
 
 def assert_same_state(opt, ref_opt, ours, ref, tol=2e-6):
@@ -341,7 +341,7 @@ def test_grads_laid_out_unlike_a_channels_last_param_are_refused():
 
 
 MIXED_DTYPES = {"cpu": torch.float64, "cuda": torch.bfloat16}  # the second dtype of a mixed group
-MIXED_TOL = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}  # bf16: our state stays float32
+MIXED_TOL = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 4e-3}  # bf16: one rounding step, 2^-8
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
@@ -349,23 +349,30 @@ MIXED_TOL = {torch.float32: 2e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}  #
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_a_group_mixing_dtypes_steps_like_torch(rng, cls, amsgrad, device):
     """torch's Adam takes params of several dtypes in one group, each updated in its own dtype;
-    so does ours, one native step per dtype."""
+    so does ours, one native step per dtype. A bfloat16 param keeps float32 state with us, so
+    its reference is torch's float32 step on a float32 copy rounded to bfloat16 after each step
+    (torch's own bfloat16 state drifts from that by a few bfloat16 steps in 10 updates)."""
     other = MIXED_DTYPES[device]
     dtypes = [torch.float32, other, torch.float32, other]
     shapes = [(7, 5), (3,), (33,), (4, 4)]
     ours = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=d, device=device))
             for s, d in zip(shapes, dtypes)]
-    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    ref = [torch.nn.Parameter(p.detach().clone().to(torch.float32 if p.dtype == torch.bfloat16 else p.dtype))
+           for p in ours]
     opt = getattr(ox_optim, cls)(ours, lr=1e-2, amsgrad=amsgrad, weight_decay=0.1)
     ref_opt = getattr(torch.optim, cls)(ref, lr=1e-2, amsgrad=amsgrad, weight_decay=0.1, foreach=False)
     for _ in range(10):
         set_grads(rng, ours, ref)
         opt.step()
         ref_opt.step()
-    for p, r in zip(ours, ref):
-        assert p.dtype == r.dtype
+        with torch.no_grad():
+            for p, r in zip(ours, ref):
+                if p.dtype == torch.bfloat16:
+                    r.copy_(r.to(torch.bfloat16))  # the param is stored rounded after each step
+    for p, r, dtype in zip(ours, ref, dtypes):
+        assert p.dtype == dtype
         assert opt.state[p]["exp_avg"].dtype == (torch.float32 if p.dtype == torch.bfloat16 else p.dtype)
-        assert rel_err(p, r) < MIXED_TOL[p.dtype]
+        assert rel_err(p.to(r.dtype), r) < MIXED_TOL[p.dtype]
 
 
 def test_bad_input():
