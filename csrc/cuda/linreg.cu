@@ -5,12 +5,15 @@
 // rows staged in shared memory (coalesced loads, the bias column 1 added
 // there), computes the tile's residuals R = X̃Θᵀ − y and adds Rᵀ X̃ and Σ R²
 // into its own slice of the float64 workspace (each entry owned by one
-// thread: no atomics). A second kernel adds the block slices in block order.
+// thread: no atomics). One trajectory with d+1 ≤ 256 takes row_partials_kernel
+// instead (a warp per row, the row's columns across the lanes), which writes the same
+// slices. A second kernel adds the block slices in block order.
 // Results are therefore deterministic run to run.
 //
 // fit: one persistent block per trajectory runs every step (no launch per step).
 #include <cstdint>
 #include <stdint.h>
+#include <type_traits>
 
 // core/cuda_check.h names uintptr_t unqualified; the device's toolchain declares only std::uintptr_t.
 namespace ox { using std::uintptr_t; }
@@ -96,6 +99,85 @@ __global__ void partials_kernel(const T* __restrict__ X, const T* __restrict__ y
   }
 }
 
+// One trajectory (B = 1), d+1 ≤ 32·CPL: warp w of block k takes a contiguous share of the
+// block's rows and reads each row x̃ once, lane ℓ holding its columns ℓ, ℓ+32, ... (CPL of
+// them, θ's entries alongside in registers). Per row: r = x̃·θ − y (a shuffle tree that
+// leaves r in every lane), then G[c] += r·x̃[c] and L += r², kRowsInFlight rows at a
+// time. Sums run in T over at most kMaxTileRows rows, then in float64; the warps' sums are
+// added in warp order into the block's slice of work (the layout of partials_kernel).
+constexpr int kRowsInFlight = 4;
+
+template <class T, int CPL>
+__global__ void __launch_bounds__(kThreads)
+    row_partials_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __restrict__ theta,
+                        const int64_t* __restrict__ rows, int64_t n, int64_t m, int64_t d, int64_t chunk,
+                        bool want_grad, double* __restrict__ work) {
+  __shared__ double warp_sums[kWarps][32 * CPL + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t D = d + 1, begin = blockIdx.x * chunk;
+  const int64_t end = begin + chunk < m ? begin + chunk : m;
+  const int64_t share = (end - begin + kWarps - 1) / kWarps;
+  const int64_t wbegin = begin + warp * share, wend = wbegin + share < end ? wbegin + share : end;
+  T th[CPL];
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) {
+    const int64_t c = lane + 32 * k;
+    th[k] = c < D ? theta[c] : T(0);
+  }
+  double gsum[CPL], lsum = 0;
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) gsum[k] = 0;
+  for (int64_t t0 = wbegin; t0 < wend; t0 += kMaxTileRows) {
+    const int64_t tend = t0 + kMaxTileRows < wend ? t0 + kMaxTileRows : wend;
+    T g[CPL], l = 0;
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) g[k] = 0;
+    for (int64_t r0 = t0; r0 < tend; r0 += kRowsInFlight) {
+      T xv[kRowsInFlight][CPL], dot[kRowsInFlight], yv[kRowsInFlight];
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        const bool real = r0 + u < tend;  // a row of this warp's share
+        const int64_t i = !real ? 0 : rows ? rows[r0 + u] : r0 + u;
+        const bool ok = i >= 0 && i < n;  // else the row stages NaN (see linreg.h)
+        yv[u] = !real ? T(0) : ok ? y[i] : static_cast<T>(quiet_nan());
+        dot[u] = 0;
+#pragma unroll
+        for (int k = 0; k < CPL; ++k) {
+          const int64_t c = lane + 32 * k;
+          xv[u][k] = !real || c > d ? T(0) : !ok ? static_cast<T>(quiet_nan()) : c < d ? X[i * d + c] : T(1);
+          dot[u] += th[k] * xv[u][k];
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < kRowsInFlight; ++u) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], off);
+#pragma unroll
+      for (int u = 0; u < kRowsInFlight; ++u) {
+        const T r = r0 + u < tend ? dot[u] - yv[u] : T(0);  // r = x̃·θ − y
+        l += r * r;
+#pragma unroll
+        for (int k = 0; k < CPL; ++k) g[k] += r * xv[u][k];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < CPL; ++k) gsum[k] += static_cast<double>(g[k]);
+    lsum += static_cast<double>(l);  // the same in every lane
+  }
+#pragma unroll
+  for (int k = 0; k < CPL; ++k) warp_sums[warp][lane + 32 * k] = gsum[k];
+  if (lane == 0) warp_sums[warp][32 * CPL] = lsum;
+  __syncthreads();
+  double* part = work + blockIdx.x * (D + 1);  // [D grad sums | loss sum]
+  for (int64_t e = threadIdx.x; e <= D; e += kThreads) {
+    if (e < D && !want_grad) continue;
+    const int64_t col = e < D ? e : 32 * CPL;
+    double s = 0;
+    for (int w = 0; w < kWarps; ++w) s += warp_sums[w][col];
+    part[e] = s;
+  }
+}
+
 // out_grad[e] = Σ_k work_k[e] / m;  out_loss[b] = Σ_k work_k[E+b] / (2m), k in block order.
 template <class T>
 __global__ void combine_kernel(const double* __restrict__ work, int64_t nblocks, int64_t E, int64_t B, int64_t m,
@@ -123,10 +205,21 @@ void evaluate(const View& X, const View& y, const View& theta, const View* rows,
   const int64_t nb = grid_blocks(m), chunk = (m + nb - 1) / nb;
   const int64_t E = B * (d + 1);
   check_scratch(op, "workspace", workspace, "X", X, nb * (E + B), DType::f64);  // float64 partial sums
-  const size_t smem = sizeof(T) * static_cast<size_t>(TR * (d + 1 + B + 1));
-  partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, smem, stream>>>(
-      X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), rows ? rows->ptr<int64_t>() : nullptr, n, m, d, B, chunk,
-      static_cast<int>(TR), grad != nullptr, workspace.ptr<double>());
+  const int64_t* row_ids = rows ? rows->ptr<int64_t>() : nullptr;
+  const auto row_kernel = [&](auto cols_per_lane) {
+    row_partials_kernel<T, decltype(cols_per_lane)::value><<<static_cast<unsigned>(nb), kThreads, 0, stream>>>(
+        X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), row_ids, n, m, d, chunk, grad != nullptr, workspace.ptr<double>());
+  };
+  if (B == 1 && d + 1 <= 32) row_kernel(std::integral_constant<int, 1>());
+  else if (B == 1 && d + 1 <= 64) row_kernel(std::integral_constant<int, 2>());
+  else if (B == 1 && d + 1 <= 128) row_kernel(std::integral_constant<int, 4>());
+  else if (B == 1 && d + 1 <= 256) row_kernel(std::integral_constant<int, 8>());
+  else {
+    const size_t smem = sizeof(T) * static_cast<size_t>(TR * (d + 1 + B + 1));
+    partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, smem, stream>>>(
+        X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), row_ids, n, m, d, B, chunk, static_cast<int>(TR), grad != nullptr,
+        workspace.ptr<double>());
+  }
   cuda_check_launch(op);
   const int64_t total = E + B;
   combine_kernel<T><<<static_cast<unsigned>((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
