@@ -72,6 +72,11 @@ inline int64_t conv2d_grad_workspace_cuda(const ConvShape& s) {
   const int64_t groups = conv2d_grad_groups_cuda(s);
   return groups > 1 ? groups * (s.O * s.C * s.KH * s.KW + s.O) : 0;
 }
+// The fused block's CUDA backward (any gradient wanted) also holds the dense ∂L/∂y
+// (N·O·OH·OW elements) at the front of its workspace.
+inline int64_t conv2d_relu_maxpool2d_grad_workspace_cuda(const ConvShape& s) {
+  return s.N * s.O * s.OH * s.OW + conv2d_grad_workspace_cuda(s);
+}
 
 void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const View* b, const View& y,
                          uintptr_t stream);

@@ -601,6 +601,16 @@ def test_cuda_backward_without_its_workspace_is_an_error():
     with pytest.raises(ValueError, match="'workspace' must hold at least"):
         _C.conv2d_backward(g, x, w, 1, 1, 0, 0, None, gw, None, torch.cuda.current_stream().cuda_stream,
                            torch.empty(3, device="cuda"))
+    # the fused block's backward holds its dense ∂L/∂y there, so ∂L/∂x alone needs it too
+    gout, idx = torch.randn(64, 6, 14, 14, device="cuda"), torch.zeros(64, 6, 14, 14, dtype=torch.uint8, device="cuda")
+    gx = torch.empty_like(x)
+    with pytest.raises(ValueError, match="argument 'workspace' is required"):
+        _C.conv2d_relu_maxpool2d_backward(gout, idx, x, w, 1, 1, 0, 0, 2, gx, None, None,
+                                          torch.cuda.current_stream().cuda_stream)
+    dense = 64 * 6 * 28 * 28
+    with pytest.raises(ValueError, match="'workspace' must hold at least"):
+        _C.conv2d_relu_maxpool2d_backward(gout, idx, x, w, 1, 1, 0, 0, 2, gx, None, None,
+                                          torch.cuda.current_stream().cuda_stream, torch.empty(dense - 1, device="cuda"))
 
 
 class _CudaShaped:
@@ -625,6 +635,11 @@ def test_cuda_grad_workspace_request_on_any_machine():
     want = _C.conv2d_grad_workspace(64, 3, 6, 5, 5, 28, 28)
     assert grad_workspace(x, w, [1, 1], [0, 0], [False, True, False]) == (want,)
     assert grad_workspace(x, w, [1, 1], [0, 0], [True, False, False]) is None  # ∂L/∂x needs none
+    # the fused block's: its dense ∂L/∂y (N·O·OH·OW) before the group sums, for any gradient
+    dense = 64 * 6 * 28 * 28
+    assert _C.conv2d_relu_maxpool2d_grad_workspace(64, 3, 6, 5, 5, 28, 28) == dense + want
+    assert grad_workspace(x, w, [1, 1], [0, 0], [True, False, False], fused=True) == (dense + want,)
+    assert grad_workspace(x, w, [1, 1], [0, 0], [False, False, False], fused=True) is None
 
 
 @pytest.mark.parametrize("fused", [False, True])

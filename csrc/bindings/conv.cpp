@@ -23,6 +23,18 @@ static void check_grads(const char* op, const ConvShape& s, const View& x, const
   if (!gw && !gb) return nullptr;
   return check_workspace(op, opt(ws), "x", x, conv2d_grad_workspace_cuda(s));
 }
+[[maybe_unused]] static const View* fused_grad_workspace(const char* op, const ConvShape& s, const View& x,
+                                                         bool any_grad, const std::optional<View>& ws) {
+  if (!any_grad) return nullptr;
+  return check_workspace(op, opt(ws), "x", x, conv2d_relu_maxpool2d_grad_workspace_cuda(s));
+}
+
+// The fields of ConvShape the workspace sizes depend on.
+static ConvShape workspace_shape(int64_t N, int64_t C, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW) {
+  ConvShape s{};
+  s.N = N, s.C = C, s.O = O, s.KH = KH, s.KW = KW, s.OH = OH, s.OW = OW;
+  return s;
+}
 
 OX_BINDINGS(bind_conv) {
   m.def(
@@ -98,11 +110,13 @@ OX_BINDINGS(bind_conv) {
         check_shape(op, "indices", idx, {s.N, s.O, s.OH / pool, s.OW / pool});
         check_contiguous(op, "indices", idx);
         check_grads(op, s, x, opt(gx), opt(gw), opt(gb));
-        check_apart(op, {{"grad_x", opt(gx)}, {"grad_weight", opt(gw)}, {"grad_bias", opt(gb)}},
+        check_apart(op, {{"grad_x", opt(gx)}, {"grad_weight", opt(gw)}, {"grad_bias", opt(gb)},
+                         {"workspace", opt(workspace)}},
                     {{"x", &x}, {"weight", &w}, {"grad_out", &gout}});
         if (x.device == Device::cuda)
-          OX_CUDA_CALL(op, x, conv2d_relu_maxpool2d_backward_cuda(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
-                                                               grad_workspace(op, s, x, gw, gb, workspace), stream));
+          OX_CUDA_CALL(op, x, conv2d_relu_maxpool2d_backward_cuda(
+                                  s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb),
+                                  fused_grad_workspace(op, s, x, gx || gw || gb, workspace), stream));
         else
           conv2d_relu_maxpool2d_backward_cpu(s, pool, gout, idx, x, w, opt(gx), opt(gw), opt(gb));
       },
@@ -114,12 +128,17 @@ OX_BINDINGS(bind_conv) {
   m.def(
       "conv2d_grad_workspace",
       [](int64_t N, int64_t C, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW) {
-        ConvShape s{};
-        s.N = N, s.C = C, s.O = O, s.KH = KH, s.KW = KW, s.OH = OH, s.OW = OW;
-        return conv2d_grad_workspace_cuda(s);
+        return conv2d_grad_workspace_cuda(workspace_shape(N, C, O, KH, KW, OH, OW));
       },
-      "Elements of the CUDA workspace conv2d_backward / conv2d_relu_maxpool2d_backward need for this shape "
-      "(0: none).",
+      "Elements of the CUDA workspace conv2d_backward needs for ∂L/∂w or ∂L/∂b at this shape (0: none).",
+      py::arg("N"), py::arg("C"), py::arg("O"), py::arg("KH"), py::arg("KW"), py::arg("OH"), py::arg("OW"));
+  m.def(
+      "conv2d_relu_maxpool2d_grad_workspace",
+      [](int64_t N, int64_t C, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW) {
+        return conv2d_relu_maxpool2d_grad_workspace_cuda(workspace_shape(N, C, O, KH, KW, OH, OW));
+      },
+      "Elements of the CUDA workspace conv2d_relu_maxpool2d_backward needs for any gradient at this shape "
+      "(OH, OW: the convolution's output, before pooling).",
       py::arg("N"), py::arg("C"), py::arg("O"), py::arg("KH"), py::arg("KW"), py::arg("OH"), py::arg("OW"));
 }
 

@@ -5,14 +5,17 @@
 //    channels in registers, so one input load feeds OBK FMAs; the weights a warp
 //    reads are uniform across it (one broadcast transaction, cached). The channel
 //    groups are threads of their own so that small layers still fill the GPU;
-//  - ∂L/∂w, ∂L/∂b: one block per (weight element, group of images), a fixed-order
-//    block reduction over its images' output pixels, then the groups' partial
-//    sums added in group order (conv2d_grad_groups_cuda in conv.h); ∂L/∂b[o] is
-//    summed by the blocks of the elements (o, 0, 0, 0) as they read g anyway;
+//  - ∂L/∂w, ∂L/∂b: a block per (image group, kWbOut output channels, one (c, kh)
+//    row of taps) sums over its images' output pixels with the products in
+//    registers, in a fixed order; then the groups' partial sums are added in group
+//    order (conv2d_grad_groups_cuda in conv.h); ∂L/∂b is summed by the c = kh = 0
+//    blocks as they read g anyway;
 //  - fused: a thread computes the P×P conv outputs of one pooled pixel and keeps
-//    only the running maximum (torch's rule) and its window position; the
-//    backward reads ∂L/∂y on the fly from the pooled gradient and the saved
-//    positions, so no full-resolution tensor is ever written.
+//    only the running maximum (torch's rule) and its window position, so the
+//    forward never writes the full-resolution tensor. The backward first expands
+//    the pooled gradient into a dense ∂L/∂y in its workspace (one cheap pass), then
+//    runs the conv2d backward kernels on it (on the H200, reading ∂L/∂y through the
+//    positions in every tap made those kernels 1.7–4× slower than the dense reads).
 #include <cstdint>
 #include <type_traits>
 
@@ -34,24 +37,25 @@ inline unsigned grid_for(int64_t total) {
   return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride loops cover the rest
 }
 
-// ∂L/∂y as stored, or rebuilt from the pooled gradient and the saved positions.
-template <class T> struct GyPlain {
-  const T* g;
-  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i, int64_t j) const {
-    return g[((n * s.O + o) * s.OH + i) * s.OW + j];
+// The fused block's ∂L/∂y, dense: gy[n,o,i,j] = gout[n,o,p,q] where (i, j) is the saved
+// position idx[n,o,p,q] in the window (p, q) = (i/P, j/P), else 0 (another position, no
+// gradient through ReLU, or a row/column the floor-mode pooling drops).
+template <class T>
+__global__ void unpool_grad_kernel(ConvShape s, int P, const T* __restrict__ gout, const uint8_t* __restrict__ idx,
+                                   T* __restrict__ gy) {
+  const int64_t PH = s.OH / P, PW = s.OW / P, total = s.N * s.O * s.OH * s.OW;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = e % s.OW, rest = e / s.OW, i = rest % s.OH, no = rest / s.OH;
+    const int64_t p = i / P, q = j / P;
+    T v = 0;
+    if (p < PH && q < PW) {
+      const int64_t cell = (no * PH + p) * PW + q;
+      if (idx[cell] == (i - p * P) * P + (j - q * P)) v = gout[cell];  // kPoolNoGrad matches no position
+    }
+    gy[e] = v;
   }
-};
-template <class T> struct GyPooled {
-  const T* g;
-  const uint8_t* idx;
-  int P, PH, PW;  // pool size and pooled extents (32-bit: cheap division)
-  __device__ T operator()(const ConvShape& s, int64_t n, int64_t o, int64_t i64, int64_t j64) const {
-    const int i = static_cast<int>(i64), j = static_cast<int>(j64), p = i / P, q = j / P;
-    if (p >= PH || q >= PW) return T(0);
-    const int64_t e = ((n * s.O + o) * PH + p) * PW + q;
-    return idx[e] == (i - p * P) * P + (j - q * P) ? g[e] : T(0);
-  }
-};
+}
 
 // acc[j] += Σ_{c,kh,kw} x[n, c, oh·sh − ph + kh, ow·sw − pw + kw] · w[o0 + j, c, kh, kw]
 // KT > 0: the kernel is KT × KT, its taps unrolled (the course's 5 × 5 and 3 × 3); 0: any size.
@@ -157,8 +161,8 @@ __global__ void fused_forward_kernel(ConvShape s, int64_t P, const T* __restrict
 // Only taps with kh ≡ h + ph (mod sh) contribute: they are visited directly, i
 // stepping down by one per tap, so the loops hold no division. KT > 0: a KT × KT kernel
 // with unit strides, its taps unrolled; 0: any size and stride.
-template <int KT, class T, class Gy>
-__global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __restrict__ gx) {
+template <int KT, class T>
+__global__ void grad_x_kernel(ConvShape s, const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx) {
   const int64_t plane = s.H * s.W, groups = channel_groups(s.C), total = s.N * groups * plane;
   const int64_t KH = KT ? KT : s.KH, KW = KT ? KT : s.KW, sh = KT ? 1 : s.sh, sw = KT ? 1 : s.sw;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
@@ -183,7 +187,7 @@ __global__ void grad_x_kernel(ConvShape s, Gy gy, const T* __restrict__ w, T* __
 #pragma unroll
         for (int64_t kw = kw0; kw < KW; kw += sw, --jj) {
           if (jj < 0 || jj >= s.OW) continue;
-          const T g = gy(s, n, o, i, jj);
+          const T g = gy[((n * s.O + o) * s.OH + i) * s.OW + jj];
 #pragma unroll
           for (int j = 0; j < OBK; ++j) acc[j] += g * wj[j][wo + kh * KW + kw];
         }
@@ -203,19 +207,6 @@ template <class T> struct GradSums {
   int64_t groups;
 };
 
-// Σ v over the block's threads (a shuffle tree in each warp, then the warps in order);
-// thread 0 gets the sum. `red` holds one value per warp.
-template <class T> __device__ T block_sum(T v, T* red) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-  __syncthreads();  // every thread is past the previous call's read of red
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  T sum = 0;
-  if (threadIdx.x == 0)
-    for (int k = 0; k < kReduceThreads / 32; ++k) sum += red[k];
-  return sum;
-}
-
 // Block (group, c, kh, output-channel block o0) sums over the images [n0, n1) of its group
 // and all their output pixels (i, j)
 //   ∂L/∂w[o, c, kh, kw] += g[n,o,i,j] · x[n, c, i·sh − ph + kh, j·sw − pw + kw]
@@ -224,10 +215,11 @@ template <class T> __device__ T block_sum(T v, T* red) {
 // Thread t visits the flat (image, pixel) indices t, t + kReduceThreads, ...: neighbouring
 // threads read neighbouring pixels of g and x, and each g value feeds kWbTaps FMAs, each
 // x value kWbOut. 32-bit pixel arithmetic: the caller bounds the planes.
-template <class T, class Gy>
+template <class T>
 __global__ void __launch_bounds__(kReduceThreads)
-    grad_wb_kernel(ConvShape s, Gy gy, const T* __restrict__ x, GradSums<T> out) {
-  __shared__ T red[kReduceThreads / 32];
+    grad_wb_kernel(ConvShape s, const T* __restrict__ gy, const T* __restrict__ x, GradSums<T> out) {
+  constexpr int kSums = kWbOut * kWbTaps + kWbOut;  // [o][kw] weight sums, then the bias sums
+  __shared__ T warp_sums[kReduceThreads / 32][kSums];
   const bool want_w = out.gw != nullptr;
   const int64_t out_blocks = ceil_div(s.O, kWbOut), rows = want_w ? s.C * s.KH : 1;
   const int64_t unit = blockIdx.x, o0 = unit % out_blocks * kWbOut, row_unit = unit / out_blocks % rows;
@@ -254,7 +246,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       const int i = pix / OW, j = pix - i * OW;
       T gv[kWbOut];
 #pragma unroll
-      for (int o = 0; o < kWbOut; ++o) gv[o] = o0 + o < s.O ? gy(s, n, o0 + o, i, j) : T(0);
+      for (int o = 0; o < kWbOut; ++o) gv[o] = o0 + o < s.O ? gy[((n * s.O + o0 + o) * s.OH + i) * s.OW + j] : T(0);
       if (bias_pass)
 #pragma unroll
         for (int o = 0; o < kWbOut; ++o) acc_b[o] += gv[o];
@@ -280,18 +272,32 @@ __global__ void __launch_bounds__(kReduceThreads)
         ++n;
       }
     }
+    // Σ over the block: a shuffle tree in each warp, then the warps in order (thread t sums entry t).
 #pragma unroll
     for (int o = 0; o < kWbOut; ++o) {
-      if (want_w)
 #pragma unroll
-        for (int k = 0; k < kWbTaps; ++k) {
-          const T sum = block_sum(acc[o][k], red);
-          if (tid == 0 && o0 + o < s.O && kw0 + k < s.KW)
-            (row ? row : out.gw)[((o0 + o) * s.C + c) * s.KH * s.KW + kh * s.KW + kw0 + k] = sum;
-        }
-      if (bias_pass) {
-        const T sum = block_sum(acc_b[o], red);
-        if (tid == 0 && o0 + o < s.O) (row ? row + s.O * taps : out.gb)[o0 + o] = sum;
+      for (int k = 0; k < kWbTaps; ++k)
+        for (int off = 16; off > 0; off /= 2) acc[o][k] += __shfl_down_sync(0xffffffffu, acc[o][k], off);
+      for (int off = 16; off > 0; off /= 2) acc_b[o] += __shfl_down_sync(0xffffffffu, acc_b[o], off);
+    }
+    __syncthreads();  // the previous pass has read warp_sums
+    if (tid % 32 == 0)
+#pragma unroll
+      for (int o = 0; o < kWbOut; ++o) {
+#pragma unroll
+        for (int k = 0; k < kWbTaps; ++k) warp_sums[tid / 32][o * kWbTaps + k] = acc[o][k];
+        warp_sums[tid / 32][kWbOut * kWbTaps + o] = acc_b[o];
+      }
+    __syncthreads();
+    if (tid < kSums) {
+      T sum = 0;
+      for (int w = 0; w < kReduceThreads / 32; ++w) sum += warp_sums[w][tid];
+      if (tid < kWbOut * kWbTaps) {
+        const int64_t o = o0 + tid / kWbTaps, kw = kw0 + tid % kWbTaps;
+        if (want_w && o < s.O && kw < s.KW) (row ? row : out.gw)[((o * s.C + c) * s.KH + kh) * s.KW + kw] = sum;
+      } else {
+        const int64_t o = o0 + tid - kWbOut * kWbTaps;
+        if (bias_pass && o < s.O) (row ? row + s.O * taps : out.gb)[o] = sum;
       }
     }
   }
@@ -319,8 +325,8 @@ template <class F> void with_kernel_size(const ConvShape& s, bool unit_stride, F
   else f(std::integral_constant<int, 0>());
 }
 
-template <class T, class Gy>
-void backward(const ConvShape& s, Gy gy, const T* x, const T* w, T* gx, T* gw, T* gb, T* ws, cudaStream_t st) {
+template <class T>
+void backward(const ConvShape& s, const T* gy, const T* x, const T* w, T* gx, T* gw, T* gb, T* ws, cudaStream_t st) {
   if (s.OH * s.OW > INT32_MAX)
     value_error("conv2d_backward (CUDA): output planes of 2^31 pixels or more are not supported");
   if (gx && s.N * s.C * s.H * s.W > 0) {
@@ -371,10 +377,10 @@ void conv2d_forward_cuda(const ConvShape& s, const View& x, const View& w, const
 void conv2d_backward_cuda(const ConvShape& s, const View& gy, const View& x, const View& w, const View* gx,
                           const View* gw, const View* gb, const View* workspace, uintptr_t stream) {
   if (x.dtype == DType::f64)
-    backward(s, GyPlain<double>{gy.ptr<double>()}, x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(gx),
+    backward(s, gy.ptr<double>(), x.ptr<double>(), w.ptr<double>(), opt_ptr<double>(gx),
              opt_ptr<double>(gw), opt_ptr<double>(gb), opt_ptr<double>(workspace), as_stream(stream));
   else
-    backward(s, GyPlain<float>{gy.ptr<float>()}, x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(gx),
+    backward(s, gy.ptr<float>(), x.ptr<float>(), w.ptr<float>(), opt_ptr<float>(gx),
              opt_ptr<float>(gw), opt_ptr<float>(gb), opt_ptr<float>(workspace), as_stream(stream));
 }
 
@@ -397,15 +403,21 @@ void conv2d_relu_maxpool2d_forward_cuda(const ConvShape& s, int64_t pool, const 
 void conv2d_relu_maxpool2d_backward_cuda(const ConvShape& s, int64_t pool, const View& gout, const View& idx,
                                          const View& x, const View& w, const View* gx, const View* gw,
                                          const View* gb, const View* workspace, uintptr_t stream) {
-  const int P = static_cast<int>(pool), PH = static_cast<int>(s.OH / pool), PW = static_cast<int>(s.OW / pool);
-  if (x.dtype == DType::f64)
-    backward(s, GyPooled<double>{gout.ptr<double>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<double>(), w.ptr<double>(),
-             opt_ptr<double>(gx), opt_ptr<double>(gw), opt_ptr<double>(gb), opt_ptr<double>(workspace),
-             as_stream(stream));
-  else
-    backward(s, GyPooled<float>{gout.ptr<float>(), idx.ptr<uint8_t>(), P, PH, PW}, x.ptr<float>(), w.ptr<float>(),
-             opt_ptr<float>(gx), opt_ptr<float>(gw), opt_ptr<float>(gb), opt_ptr<float>(workspace),
-             as_stream(stream));
+  if (!gx && !gw && !gb) return;
+  const int64_t dense = s.N * s.O * s.OH * s.OW;  // ∂L/∂y at the front of the workspace, group sums after it
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    T* gy = dense > 0 ? workspace->ptr<T>() : nullptr;
+    if (dense > 0) {
+      unpool_grad_kernel<T><<<grid_for(dense), kThreads, 0, as_stream(stream)>>>(
+          s, static_cast<int>(pool), gout.ptr<T>(), idx.ptr<uint8_t>(), gy);
+      cuda_check_launch("conv2d_relu_maxpool2d_backward (unpool)");
+    }
+    backward(s, static_cast<const T*>(gy), x.ptr<T>(), w.ptr<T>(), opt_ptr<T>(gx), opt_ptr<T>(gw), opt_ptr<T>(gb),
+             dense > 0 ? gy + dense : nullptr, as_stream(stream));
+  };
+  if (x.dtype == DType::f64) run(0.0);
+  else run(0.0f);
 }
 
 }  // namespace ox

@@ -30,12 +30,14 @@ def _grads(x, weight, needs):
     return gx, gw, gb
 
 
-def grad_workspace(x, weight, stride, padding, needs):
-    """CUDA scratch for the per-image-group sums of ∂L/∂w and ∂L/∂b (csrc/conv.h); None when not needed."""
-    if not x.is_cuda or not (needs[1] or needs[2]):
+def grad_workspace(x, weight, stride, padding, needs, fused=False):
+    """CUDA scratch (csrc/conv.h) of conv2d's backward (the per-image-group sums of ∂L/∂w and
+    ∂L/∂b) or, with `fused`, of the fused block's (also its dense ∂L/∂y); None when not needed."""
+    if not x.is_cuda or not (any(needs) if fused else needs[1] or needs[2]):
         return None
     oh, ow = _out_hw(x, weight, stride, padding)
-    n = _C.conv2d_grad_workspace(x.shape[0], x.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], oh, ow)
+    size = _C.conv2d_relu_maxpool2d_grad_workspace if fused else _C.conv2d_grad_workspace
+    n = size(x.shape[0], x.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], oh, ow)
     return x.new_empty((n,)) if n else None
 
 
@@ -108,9 +110,12 @@ register_autograd(conv2d, _conv2d_grad, _conv2d_setup)
 # ---- fused conv → ReLU → max-pool --------------------------------------------
 # What the forward saves: x, weight and the uint8 window position of each pooled
 # output (255: ReLU blocked the gradient) — 1 byte per pooled output. The
-# full-resolution conv output is never written (forward or backward): the
-# indices make ∂L/∂y exact without recomputing the convolution, and x, weight
-# are needed for ∂L/∂w and ∂L/∂x anyway. Saving y (4 bytes per conv output, 16×
+# full-resolution conv output is never written: the indices make ∂L/∂y exact
+# without recomputing the convolution, and x, weight are needed for ∂L/∂w and
+# ∂L/∂x anyway. (The CUDA backward expands ∂L/∂y at full resolution into its
+# workspace for the time of the call, which is faster than reading it through
+# the indices in every tap; the CPU backward does so where it pays, see
+# csrc/cpu/conv_backward.cpp.) Saving y (4 bytes per conv output, 16×
 # the indices at pool 2) would only help a backward that recomputes the argmax.
 def fused_forward(x, weight, bias, stride, padding, pool):
     x, weight = x.contiguous(), weight.contiguous()
@@ -143,7 +148,7 @@ def fused_grads(grad_out, indices, x, weight, stride, padding, pool, needs):
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices.contiguous(), x, weight, stride[0], stride[1], padding[0],
                                       padding[1], pool, _or_none(gx, needs[0]), _or_none(gw, needs[1]),
                                       _or_none(gb, needs[2]), cuda_stream(x),
-                                      grad_workspace(x, weight, stride, padding, needs))
+                                      grad_workspace(x, weight, stride, padding, needs, fused=True))
     return gx, gw, gb
 
 

@@ -128,17 +128,17 @@ def conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, stride=1, paddi
     gw = empty(x, tuple(weight.shape)) if needs[1] else None
     gb = empty(x, (weight.shape[0],)) if needs[2] else None
     _C.conv2d_relu_maxpool2d_backward(grad_out, indices, x, weight, *stride, *padding, pool, gx, gw, gb,
-                                      stream_of(x), _grad_workspace(kind, x, weight, stride, padding, needs))
+                                      stream_of(x), _grad_workspace(kind, x, weight, stride, padding, needs, True))
     return gx, gw, gb
 
 
-def _grad_workspace(kind, x, weight, stride, padding, needs):
-    """The CUDA scratch of ∂L/∂w, ∂L/∂b (torch tensors only; NumPy arrays are on the CPU)."""
+def _grad_workspace(kind, x, weight, stride, padding, needs, fused=False):
+    """The CUDA scratch of a backward (torch tensors only; NumPy arrays are on the CPU)."""
     if kind == NUMPY:
         return None
     from .._torch.conv import grad_workspace
 
-    return grad_workspace(x, weight, stride, padding, needs)
+    return grad_workspace(x, weight, stride, padding, needs, fused)
 
 
 def _int(op, name, value) -> int:
