@@ -178,6 +178,135 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Several trajectories: R = X̃Θᵀ − y and G += RᵀX̃ as two small register-tiled products
+// per tile of rows in shared memory. Threads form a TB × (kThreads/TB) grid (TileGrid):
+//  - R: thread (tb, tr) computes rows tr + k·(kThreads/TB) (k < kRowsPerThread) × the
+//    trajectories tb + i·TB (i < kTrajPerThread): per column, kRowsPerThread + kTrajPerThread
+//    loads feed their product of FMAs;
+//  - G: thread (tb, tc) owns G[tb + i·TB][tc + j·TC] (j < kColsPerThread) and the loss sums of
+//    its trajectories (tc = 0) in registers, added into its float64 entries of the block's
+//    slice every kFlushTiles tiles (each entry has one owner: no atomics).
+// Row pitches in shared memory are odd, so a warp's loads of different rows hit different banks.
+constexpr int kTrajPerThread = 4, kColsPerThread = 8, kRowsPerThread = 2, kFlushTiles = 8;
+
+struct TileGrid {
+  int64_t TB, TR, pitch;  // trajectory lanes, rows per tile, shared row pitch (odd, ≥ d+1)
+  size_t smem;            // bytes of shared memory
+};
+
+template <class T> TileGrid tile_grid(int64_t d, int64_t B) {
+  TileGrid g{1, 0, (d + 1) | 1, 0};
+  while (g.TB * kTrajPerThread < B && g.TB < kThreads) g.TB *= 2;
+  const int64_t row_lanes = kThreads / g.TB;
+  g.TR = row_lanes * kRowsPerThread < kMaxTileRows ? row_lanes * kRowsPerThread : kMaxTileRows;
+  g.smem = sizeof(T) * static_cast<size_t>((B + g.TR) * g.pitch + g.TR * B + g.TR);
+  return g;
+}
+
+// The tiled kernel takes (d, B) when its registers and 48 KB of shared memory hold them.
+template <class T> bool tiled_fits(int64_t d, int64_t B) {
+  const TileGrid g = tile_grid<T>(d, B);
+  return B <= g.TB * kTrajPerThread && d + 1 <= (kThreads / g.TB) * kColsPerThread && g.smem <= 48 * 1024;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    tiled_partials_kernel(const T* __restrict__ X, const T* __restrict__ y, const T* __restrict__ theta,
+                          const int64_t* __restrict__ rows, int64_t n, int64_t m, int64_t d, int64_t B,
+                          int64_t chunk, TileGrid grid, bool want_grad, double* __restrict__ work) {
+  extern __shared__ double smem_d[];  // double-aligned
+  const int64_t D = d + 1, P = grid.pitch, TB = grid.TB, TR = grid.TR, TC = kThreads / TB, E = B * D;
+  T* Ths = reinterpret_cast<T*>(smem_d);  // B × P: θ_b
+  T* Xs = Ths + B * P;                    // TR × P: the tile's x̃ rows
+  T* Rs = Xs + TR * P;                    // TR × B: residuals
+  T* ys = Rs + TR * B;                    // TR targets
+  const int tid = threadIdx.x;
+  const int64_t tb = tid % TB, tr = tid / TB, tc = tid % TC, tb2 = tid / TC;
+  const int64_t begin = blockIdx.x * chunk;
+  const int64_t end = begin + chunk < m ? begin + chunk : m;
+  double* part = work + blockIdx.x * (E + B);
+  for (int64_t e = tid; e < E + B; e += kThreads) part[e] = 0.0;
+  for (int64_t e = tid; e < E; e += kThreads) Ths[e / D * P + e % D] = theta[e];
+
+  T g[kTrajPerThread][kColsPerThread], l[kTrajPerThread];
+  auto clear = [&] {
+#pragma unroll
+    for (int i = 0; i < kTrajPerThread; ++i) {
+      l[i] = 0;
+#pragma unroll
+      for (int j = 0; j < kColsPerThread; ++j) g[i][j] = 0;
+    }
+  };
+  clear();
+  int tiles = 0;
+  for (int64_t t0 = begin; t0 < end; t0 += TR) {
+    const int64_t nr = end - t0 < TR ? end - t0 : TR;
+    __syncthreads();  // the previous tile is consumed (and part, Ths are initialised)
+    // Stage x̃ (and y) of nr rows; an out-of-range row index stages NaN (see linreg.h).
+    for (int64_t e = tid; e < nr * D; e += kThreads) {
+      const int64_t r = e / D, c = e - r * D;
+      const int64_t i = rows ? rows[t0 + r] : t0 + r;
+      const bool ok = i >= 0 && i < n;
+      Xs[r * P + c] = !ok ? static_cast<T>(quiet_nan()) : c < d ? X[i * d + c] : T(1);
+      if (c == 0) ys[r] = ok ? y[i] : static_cast<T>(quiet_nan());
+    }
+    __syncthreads();
+    {  // R[r][b] = x̃_r · θ_b − y_r
+      T acc[kRowsPerThread][kTrajPerThread] = {};
+      for (int64_t c = 0; c < D; ++c) {
+        T xv[kRowsPerThread], tv[kTrajPerThread];
+#pragma unroll
+        for (int k = 0; k < kRowsPerThread; ++k) {
+          const int64_t r = tr + k * (kThreads / TB);
+          xv[k] = r < nr ? Xs[r * P + c] : T(0);
+        }
+#pragma unroll
+        for (int i = 0; i < kTrajPerThread; ++i) tv[i] = tb + i * TB < B ? Ths[(tb + i * TB) * P + c] : T(0);
+#pragma unroll
+        for (int k = 0; k < kRowsPerThread; ++k)
+#pragma unroll
+          for (int i = 0; i < kTrajPerThread; ++i) acc[k][i] += xv[k] * tv[i];
+      }
+#pragma unroll
+      for (int k = 0; k < kRowsPerThread; ++k) {
+        const int64_t r = tr + k * (kThreads / TB);
+#pragma unroll
+        for (int i = 0; i < kTrajPerThread; ++i)
+          if (r < nr && tb + i * TB < B) Rs[r * B + tb + i * TB] = acc[k][i] - ys[r];
+      }
+    }
+    __syncthreads();
+    // G[b][c] += Σ_r R[r][b] x̃_r[c];  L[b] += Σ_r R[r][b]²
+    for (int64_t r = 0; r < nr; ++r) {
+      T rv[kTrajPerThread], xv[kColsPerThread];
+#pragma unroll
+      for (int i = 0; i < kTrajPerThread; ++i) rv[i] = tb2 + i * TB < B ? Rs[r * B + tb2 + i * TB] : T(0);
+#pragma unroll
+      for (int j = 0; j < kColsPerThread; ++j) xv[j] = tc + j * TC < D ? Xs[r * P + tc + j * TC] : T(0);
+#pragma unroll
+      for (int i = 0; i < kTrajPerThread; ++i) {
+        l[i] += rv[i] * rv[i];
+#pragma unroll
+        for (int j = 0; j < kColsPerThread; ++j) g[i][j] += rv[i] * xv[j];
+      }
+    }
+    if (++tiles == kFlushTiles || t0 + TR >= end) {
+#pragma unroll
+      for (int i = 0; i < kTrajPerThread; ++i) {
+        const int64_t b = tb2 + i * TB;
+        if (b >= B) continue;
+        if (want_grad)
+#pragma unroll
+          for (int j = 0; j < kColsPerThread; ++j)
+            if (tc + j * TC < D) part[b * D + tc + j * TC] += static_cast<double>(g[i][j]);
+        if (tc == 0) part[E + b] += static_cast<double>(l[i]);
+      }
+      clear();
+      tiles = 0;
+    }
+  }
+}
+
 // out_grad[e] = Σ_k work_k[e] / m;  out_loss[b] = Σ_k work_k[E+b] / (2m), k in block order.
 template <class T>
 __global__ void combine_kernel(const double* __restrict__ work, int64_t nblocks, int64_t E, int64_t B, int64_t m,
@@ -214,7 +343,12 @@ void evaluate(const View& X, const View& y, const View& theta, const View* rows,
   else if (B == 1 && d + 1 <= 64) row_kernel(std::integral_constant<int, 2>());
   else if (B == 1 && d + 1 <= 128) row_kernel(std::integral_constant<int, 4>());
   else if (B == 1 && d + 1 <= 256) row_kernel(std::integral_constant<int, 8>());
-  else {
+  else if (tiled_fits<T>(d, B)) {
+    const TileGrid tiles = tile_grid<T>(d, B);
+    tiled_partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, tiles.smem, stream>>>(
+        X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), row_ids, n, m, d, B, chunk, tiles, grad != nullptr,
+        workspace.ptr<double>());
+  } else {
     const size_t smem = sizeof(T) * static_cast<size_t>(TR * (d + 1 + B + 1));
     partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, smem, stream>>>(
         X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), row_ids, n, m, d, B, chunk, static_cast<int>(TR), grad != nullptr,
