@@ -552,7 +552,9 @@ def test_cuda_poisoned_outputs_and_ties():
     assert torch.equal(idx.cpu(), cpu_idx)
     g = torch.arange(1.0, 7.0, device="cuda").reshape(1, 1, 2, 3)
     gx, gw, gb = (poison(torch.empty_like(t)) for t in (x, w, b))
-    _C.conv2d_relu_maxpool2d_backward(g, idx, x, w, 1, 1, 0, 0, 2, gx, gw, gb, torch.cuda.current_stream().cuda_stream)
+    workspace = poison(torch.empty(_C.conv2d_relu_maxpool2d_grad_workspace(1, 1, 1, 1, 1, 4, 6), device="cuda"))
+    _C.conv2d_relu_maxpool2d_backward(g, idx, x, w, 1, 1, 0, 0, 2, gx, gw, gb, torch.cuda.current_stream().cuda_stream,
+                                      workspace)
     rx, rw, rb = ops.conv2d_relu_maxpool2d_backward(g.cpu(), cpu_idx, x.cpu(), w.cpu())
     for got, ref in ((gx, rx), (gw, rw), (gb, rb)):  # integer data: exact, NaN where the CPU has NaN
         torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=0, equal_nan=True)

@@ -202,9 +202,10 @@ def test_mixed_kinds_and_non_arrays(rng):
 
 # ---- CUDA against the CPU -------------------------------------------------------------------------
 @requires_cuda
-# beyond SIZES: one-trajectory row kernels of 2, 4 and 8 columns per lane, and warps whose share
-# of rows spans several tiles (more than 1024 blocks × 8 warps × 64 rows)
-@pytest.mark.parametrize("n,d", SIZES + [(1001, 40), (100_003, 100), (1001, 200), (600_001, 3)])
+# beyond SIZES: one-trajectory row kernels of 2, 4 and 8 columns per lane, the register-tiled
+# kernel of several trajectories (B = 64 with d = 40, 100), and blocks whose share of rows spans
+# several tiles and flushes (more than 1024 blocks × 8 warps × 64 rows)
+@pytest.mark.parametrize("n,d", SIZES + [(1001, 40), (100_003, 100), (1001, 200), (600_001, 40)])
 @pytest.mark.parametrize("B", BATCHES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_cuda_matches_reference(rng, n, d, B, dtype, tol):
