@@ -19,7 +19,7 @@
 # The full default run took 299 s there with the timeouts cutting racecheck and the benchmarks.
 # The tenth session's three runs (the command above with TEST_TIMEOUT / SANITIZER_TIMEOUT ≈ 100,
 # E2E_TIMEOUT ≈ 30, PROFILE_CASES="conv" after the first, two or three suites) took 167–207 s
-# of wall each, and 210–245 s of device time with the machine's start and the transfers.
+# of wall each, and 204–243 s of device time with the machine's start and the transfers.
 # CPU_SUMMARIES="bench_linear.py" adds the CPU summaries on the host's 16 cores (the CPU code
 # is otherwise only ever timed on the 2-core development machine).
 set -uo pipefail
