@@ -226,12 +226,12 @@ template <class T> static RowsFn<T> pick_rows(const Packed<T>& pk, int64_t Oout,
   return OW > Vec<T>::L ? pick_rows_nv<T, 2>(pk.ob) : pick_rows_nv<T, 1>(pk.ob);
 }
 
-// Geometry of the forward input buffer of one image.
 // The image itself as a buffer: possible without padding and with column stride 1, for tiles
 // that read only the pixels of their windows (the channel-vector ones).
 inline bool unpadded_unit_stride(const ConvShape& s) { return s.ph == 0 && s.pw == 0 && s.sw == 1; }
 inline BufGeom image_geom(const ConvShape& s) { return BufGeom{s.C, s.H, 1, s.W}; }
 
+// Geometry of the forward input buffer of one image.
 inline BufGeom input_geom(const ConvShape& s, int lanes) {
   return BufGeom{s.C, (s.OH - 1) * s.sh + s.KH, s.sw, s.OW + (s.KW - 1) / s.sw + 2 * lanes};
 }

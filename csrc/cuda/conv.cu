@@ -95,7 +95,7 @@ struct GroupedIndex {
   }
 };
 
-__host__ __device__ inline int64_t channel_groups(int64_t channels) { return (channels + OBK - 1) / OBK; }
+__host__ __device__ inline int64_t channel_groups(int64_t channels) { return ceil_div(channels, OBK); }
 
 template <int KT, class T>
 __global__ void forward_kernel(ConvShape s, const T* __restrict__ x, const T* __restrict__ w,

@@ -203,13 +203,12 @@ template <class T> TileGrid tile_grid(int64_t d, int64_t B) {
   return g;
 }
 
-// The tiled kernel takes (d, B) when its registers and 48 KB of shared memory hold them and
-// B·(d+1) fills at least a quarter of the kThreads·4·8 register slots of G (each thread runs
-// all its slots). On the H200 it took 2.47 ms against the old kernel's 8.61 ms at
+// The tiled kernel takes (d, B), laid out as g, when its registers and 48 KB of shared memory
+// hold them and B·(d+1) fills at least a quarter of the kThreads·4·8 register slots of G (each
+// thread runs all its slots). On the H200 it took 2.47 ms against the old kernel's 8.61 ms at
 // n = 700 000, d = 100, B = 64 float32 (79 % of the slots), but 350 µs against 190 µs at
 // n = 100 000, d = 10, B = 64 float64 (9 %); shapes in between were not timed.
-template <class T> bool tiled_fits(int64_t d, int64_t B) {
-  const TileGrid g = tile_grid<T>(d, B);
+bool tiled_fits(const TileGrid& g, int64_t d, int64_t B) {
   const int64_t slots = int64_t{kThreads} * kTrajPerThread * kColsPerThread;
   return B <= g.TB * kTrajPerThread && d + 1 <= (kThreads / g.TB) * kColsPerThread && g.smem <= 48 * 1024 &&
          4 * B * (d + 1) >= slots;
@@ -349,8 +348,7 @@ void evaluate(const View& X, const View& y, const View& theta, const View* rows,
   else if (B == 1 && d + 1 <= 64) row_kernel(std::integral_constant<int, 2>());
   else if (B == 1 && d + 1 <= 128) row_kernel(std::integral_constant<int, 4>());
   else if (B == 1 && d + 1 <= 256) row_kernel(std::integral_constant<int, 8>());
-  else if (tiled_fits<T>(d, B)) {
-    const TileGrid tiles = tile_grid<T>(d, B);
+  else if (const TileGrid tiles = tile_grid<T>(d, B); tiled_fits(tiles, d, B)) {
     tiled_partials_kernel<T><<<static_cast<unsigned>(nb), kThreads, tiles.smem, stream>>>(
         X.ptr<T>(), y.ptr<T>(), theta.ptr<T>(), row_ids, n, m, d, B, chunk, tiles, grad != nullptr,
         workspace.ptr<double>());
