@@ -159,11 +159,11 @@ def numpy_course_loop(x, y):
     return theta, losses
 
 
-def torch_loop(torch, X_b, y):
-    theta = torch.zeros(2, dtype=X_b.dtype, device=X_b.device)
-    losses = torch.empty(STEPS, dtype=X_b.dtype, device=X_b.device)
-    for t in range(STEPS):
-        theta = theta - LR * (X_b.T @ (X_b @ theta - y) / len(y))
+def torch_loop(torch, X_b, y, steps=STEPS, lr=LR):
+    theta = torch.zeros(X_b.shape[1], dtype=X_b.dtype, device=X_b.device)
+    losses = torch.empty(steps, dtype=X_b.dtype, device=X_b.device)
+    for t in range(steps):
+        theta = theta - lr * (X_b.T @ (X_b @ theta - y) / len(y))
         losses[t] = ((X_b @ theta - y) ** 2).mean() / 2
     return theta, losses
 
@@ -208,3 +208,27 @@ def test_gd_1000_steps_cuda(benchmark, impl):
             return out
 
         benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+def test_gd_300_steps_large_cuda(benchmark, impl):
+    """A long gd fit on 400 MB of X: the quadratic form (cuda/linreg_form.cu) reads X once to
+    build A and three times on the way to θ̂; torch's loop reads it twice per step."""
+    torch = _cuda_or_skip()
+    X, y, _ = grad_problem(1_000_000, 100, None, np.float32)
+    benchmark.group = "linreg: 300 GD steps, n=1e6 d=100 (float32)"
+    benchmark.extra_info.update(impl=impl, device="cuda")
+    Xc, yc = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
+    if impl == "oxkernels":
+        def timed():
+            res = fit(Xc, yc, "gd", LR, 300)
+            torch.cuda.synchronize()
+            return res
+    else:
+        X_b = torch.cat([Xc, torch.ones((Xc.shape[0], 1), dtype=Xc.dtype, device="cuda")], dim=1)
+
+        def timed():
+            out = torch_loop(torch, X_b, yc, steps=300)
+            torch.cuda.synchronize()
+            return out
+    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)

@@ -5,9 +5,9 @@
 // theta is (d+1,) or a batch (B, d+1): B results from one pass over X.
 //
 // fit runs a whole optimisation natively (GD, SGD, mini-batch SGD, Adam) for
-// B trajectories at once (one learning rate and seed each). On the CPU, a fit long enough
-// to pay for it takes f and ∇f over all rows from f's quadratic form (linreg_quadratic.h)
-// instead of a pass over X per step.
+// B trajectories at once (one learning rate and seed each). A fit long enough to pay for it
+// takes f and ∇f over all rows from f's quadratic form (linreg_quadratic.h) instead of a pass
+// over X per step (on CUDA: cuda/linreg_form.cu).
 #pragma once
 #include <cstdint>
 
@@ -44,16 +44,20 @@ struct FitParams {
 // X (n, d), y (n,), theta0 (B, d+1), lr (B,) float64, seed (B,) int64 — lr/seed on X's device.
 // Outputs: thetas (B, steps+1, d+1), losses (B, steps+1), indices (B, steps, batch) int64,
 // state (B, 2, d+1) of X's dtype (Adam's moments; scratch for the other methods);
-// scratch (B, n) of X's dtype, needed only by the CUDA kernel for d+1 > 4 (residuals per step).
+// workspace: float64 on X's device, linreg_fit_cuda_workspace_numel entries (CUDA only).
 struct FitArgs {
   View X, y, theta0, lr, seed, thetas, losses, indices, state;
-  View scratch;  // data == nullptr when not given
+  View workspace;  // data == nullptr when not given
 };
 
 FitMethod parse_fit_method(const char* name);
 void linreg_fit_check(const FitArgs& a, const FitParams& p);
 void linreg_fit_cpu(const FitArgs& a, const FitParams& p);
 void linreg_fit_cuda(const FitArgs& a, const FitParams& p, uintptr_t stream);
+// float64 entries of the CUDA fit's workspace (0: none): the quadratic form when it pays, and the
+// residuals of each step's rows for d+1 > 4 unless gd takes all from the form. batch as in FitParams.
+int64_t linreg_fit_cuda_workspace_numel(int64_t n, int64_t d, int64_t B, int64_t steps, FitMethod method,
+                                        int64_t batch);
 
 // Draws `count` distinct rows of [0, n) for (seed, step) by Floyd's algorithm, driven by the
 // counter-based RNG of core/rng.h; the CUDA kernel draws the same sequence. Defined inline in

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/host_device.h"
 #include "core/view.h"
 
 namespace ox {
@@ -32,6 +33,35 @@ inline bool linreg_quadratic_pays(int64_t n, int64_t d, int64_t steps) {
   const int64_t dim = d + 1;
   return dim <= 512 && dim <= n && steps >= dim / 3 + 4;
 }
+
+// ---- building blocks shared with the CUDA build (cuda/linreg_form.cu) -------------------------
+
+// The Cholesky factor L of A + λI (dim × dim, row-major, lower) is found column by column; entry
+// (i ≥ j) of column j needs only columns < j:
+//   s = A[i,j] + λ·[i = j] − Σ_{k<j} L[i,k]·L[j,k],    L[j,j] = √s (s > 0 required),  L[i,j] = s / L[j,j].
+OX_HD double cholesky_partial(const double* A, const double* L, int64_t dim, double lambda, int64_t i, int64_t j) {
+  double s = A[i * dim + j] + (i == j ? lambda : 0.0);
+  for (int64_t k = 0; k < j; ++k) s -= L[i * dim + k] * L[j * dim + k];
+  return s;
+}
+
+// b ← (L Lᵀ)⁻¹ b: L z = b forward, then Lᵀ x = z backward.
+OX_HD void cholesky_solve(const double* L, int64_t dim, double* b) {
+  for (int64_t i = 0; i < dim; ++i) {
+    for (int64_t k = 0; k < i; ++k) b[i] -= L[i * dim + k] * b[k];
+    b[i] /= L[i * dim + i];
+  }
+  for (int64_t i = dim - 1; i >= 0; --i) {
+    for (int64_t k = i + 1; k < dim; ++k) b[i] -= L[k * dim + i] * b[k];
+    b[i] /= L[i * dim + i];
+  }
+}
+
+// Collinear columns make A singular: its factor is then that of A + λI, with the smallest
+// λ = ridge_scale(attempt)·max Aᵢᵢ that has one. Any θ̂ keeps the form exact; a near-minimiser
+// only keeps its precision.
+constexpr int kRidgeAttempts = 4;
+OX_HD double ridge_scale(int attempt) { return attempt == 0 ? 0.0 : attempt == 1 ? 1e-12 : attempt == 2 ? 1e-9 : 1e-6; }
 
 // X (n, d), y (n,): contiguous CPU arrays, float32 or float64, checked by the caller.
 LinregQuadratic linreg_quadratic_build(const View& X, const View& y);

@@ -283,22 +283,29 @@ def test_mixed_kinds_rejected(rng):
 
 
 # ---- CUDA against the CPU ---------------------------------------------------------------------------
+# At 3 steps every fit passes over the rows. At 60 every method takes its losses (and gd its gradients) from the quadratic form on both
+# devices except at (1, 1) (d+1 > n): on CUDA, gd runs one warp per trajectory for d+1 <= 32 and a
+# block for (5000, 40); the others pass over the rows they draw.
 @requires_cuda
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("n,d", [(1, 1), (17, 3), (1000, 1), (1000, 17), (5000, 40)])
-def test_cuda_trajectory_matches_cpu(rng, method, n, d):
+@pytest.mark.parametrize("steps", [3, 60])
+def test_cuda_trajectory_matches_cpu(rng, method, n, d, steps):
     import torch
 
     X, y = dense_problem(rng, n, d)
+    assert not _quadratic_used(n, d, 3)
     lrs = np.array([0.01, 0.05, 0.1])
     seeds = np.array([3, 4, 5])
-    cpu = fit(X, y, method, lrs, 60, batch_size=min(n, 9), seed=seeds)
-    gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
+    cpu = fit(X, y, method, lrs, steps, batch_size=min(n, 9), seed=seeds)
+    gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, steps, batch_size=min(n, 9),
+              seed=seeds)
     assert gpu.thetas.is_cuda
     assert np.array_equal(gpu.indices.cpu().numpy(), cpu.indices)
     assert rel_err(gpu.thetas, cpu.thetas) < 1e-9  # float64, different summation order
     assert rel_err(gpu.losses, cpu.losses) < 1e-9
-    again = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, 60, batch_size=min(n, 9), seed=seeds)
+    again = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), method, lrs, steps, batch_size=min(n, 9),
+                seed=seeds)
     assert torch.equal(again.thetas, gpu.thetas)
 
 
@@ -313,3 +320,61 @@ def test_cuda_rejects_nan_and_mixed_devices(rng):
     Xc[3, 0] = float("nan")
     with pytest.raises(ValueError, match="'X'"):
         fit(Xc, yc, "gd", 0.1, 5)
+
+
+def _collinear(rng, n, d):
+    X, y = dense_problem(rng, n, d)
+    return np.hstack([X, X[:, :1]]), y
+
+
+def _noise_free(rng, n, d):
+    X = rng.standard_normal((n, d))
+    return X, X @ rng.standard_normal(d) + 0.7
+
+
+@requires_cuda
+@pytest.mark.parametrize("problem,n,d,steps,dtype,tol", [
+    # A singular: CPU and GPU may settle on different ridges and so different θ̂ along the null
+    # direction; the form is exact at any θ̂, so the trajectories still agree.
+    (_collinear, 300, 4, 200, np.float64, 1e-9),
+    (_noise_free, 500, 5, 300, np.float64, 1e-9),  # the loss falls to ~1e-31: θ̂ must be the minimiser
+    (dense_problem, 2000, 31, 100, np.float64, 1e-9),  # d+1 = 32: every lane of the warp kernel
+    (dense_problem, 2000, 32, 100, np.float32, 1e-5),  # d+1 = 33: the block kernel, two tiles of A
+    (dense_problem, 1500, 300, 110, np.float64, 1e-9),  # 10 × 10 tiles of A
+    (dense_problem, 3000, 17, 100, np.float32, 1e-5),
+])
+def test_cuda_gd_by_the_quadratic_form_matches_cpu(rng, problem, n, d, steps, dtype, tol):
+    import torch
+
+    X, y = problem(rng, n, d)
+    X, y = X.astype(dtype), y.astype(dtype)
+    assert _quadratic_used(n, X.shape[1], steps)
+    lrs = np.array([0.02, 0.1])
+    cpu = fit(X, y, "gd", lrs, steps)
+    gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), "gd", lrs, steps)
+    above_floor = cpu.losses > 1e-20  # below, both are rounding of a vanishing residual
+    assert above_floor[:, :30].all()
+    assert rel_err(gpu.thetas, cpu.thetas) < tol
+    np.testing.assert_allclose(gpu.losses.cpu().numpy()[above_floor], cpu.losses[above_floor], rtol=tol)
+    assert (gpu.losses >= 0).all()
+
+
+@requires_cuda
+def test_cuda_fit_requires_its_workspace(rng):
+    import torch
+    from oxkernels import _C
+
+    X, y = (torch.from_numpy(a).cuda() for a in dense_problem(rng, 100, 6))
+    out = lambda *shape: torch.empty(shape, dtype=X.dtype, device="cuda")
+    lr = torch.full((1,), 0.1, dtype=torch.float64, device="cuda")
+    seed = torch.zeros(1, dtype=torch.int64, device="cuda")
+    args = (X, y, torch.zeros(1, 7, dtype=X.dtype, device="cuda"), lr, seed, "gd", 50, 0, 0.9, 0.999, 1e-8,
+            out(1, 51, 7), out(1, 51), torch.empty(1, 50, 0, dtype=torch.int64, device="cuda"), out(1, 2, 7))
+    need = _C.linreg_fit_cuda_workspace_numel(100, 6, 1, 50, "gd", 0)
+    assert need > 0
+    with pytest.raises(ValueError, match="'workspace'"):
+        _C.linreg_fit(*args, None)
+    with pytest.raises(ValueError, match="'workspace'"):
+        _C.linreg_fit(*args, torch.empty(need - 1, dtype=torch.float64, device="cuda"))
+    with pytest.raises((TypeError, ValueError), match="'workspace'"):
+        _C.linreg_fit(*args, torch.empty(need, dtype=torch.float32, device="cuda"))

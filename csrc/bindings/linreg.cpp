@@ -49,11 +49,21 @@ OX_BINDINGS(bind_linreg) {
 #endif
   });
 
+  // float64 entries the CUDA linreg_fit needs as workspace (0: none).
+  m.def("linreg_fit_cuda_workspace_numel",
+        [](int64_t n, int64_t d, int64_t B, int64_t steps, const std::string& method, int64_t batch) {
+#if defined(OX_WITH_CUDA)
+          return linreg_fit_cuda_workspace_numel(n, d, B, steps, parse_fit_method(method.c_str()), batch);
+#else
+          no_cuda("linreg_fit_cuda_workspace_numel");
+#endif
+        });
+
   m.def(
       "linreg_fit",
       [](View X, View y, View theta0, View lr, View seed, const std::string& method, int64_t steps, int64_t batch,
          double beta1, double beta2, double eps, View thetas, View losses, View indices, View state,
-         std::optional<View> scratch, uintptr_t stream) {
+         std::optional<View> workspace, uintptr_t stream) {
         FitParams p;
         p.method = parse_fit_method(method.c_str());
         p.steps = steps;
@@ -62,7 +72,7 @@ OX_BINDINGS(bind_linreg) {
         p.beta2 = beta2;
         p.eps = eps;
         FitArgs a{X, y, theta0, lr, seed, thetas, losses, indices, state, View{}};
-        if (scratch) a.scratch = *scratch;  // checked where a kernel needs it (linreg_fit_cuda)
+        if (workspace) a.workspace = *workspace;  // checked where a kernel needs it (linreg_fit_cuda)
         linreg_fit_check(a, p);
         if (X.device == Device::cuda)
           OX_CUDA_CALL("linreg fit", X, linreg_fit_cuda(a, p, stream));
@@ -71,7 +81,7 @@ OX_BINDINGS(bind_linreg) {
       },
       py::arg("X"), py::arg("y"), py::arg("theta0"), py::arg("lr"), py::arg("seed"), py::arg("method"),
       py::arg("steps"), py::arg("batch"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("thetas"),
-      py::arg("losses"), py::arg("indices"), py::arg("state"), py::arg("scratch") = py::none(), py::arg("stream") = 0,
+      py::arg("losses"), py::arg("indices"), py::arg("state"), py::arg("workspace") = py::none(), py::arg("stream") = 0,
       py::call_guard<py::gil_scoped_release>());
 }
 

@@ -44,13 +44,12 @@ template <class T> static void accumulate_gram(const T* X, int64_t n, int64_t d,
   }
 }
 
-// Lower Cholesky factor of A + λI in place of L (dim × dim); false if a pivot is not positive.
+// L with A + λI = LLᵀ (linreg_quadratic.h); false if a pivot is not positive.
 static bool cholesky(const std::vector<double>& A, int64_t dim, double lambda, std::vector<double>& L) {
   L.assign(A.size(), 0.0);
   for (int64_t j = 0; j < dim; ++j) {
     for (int64_t i = j; i < dim; ++i) {
-      double s = A[i * dim + j] + (i == j ? lambda : 0.0);
-      for (int64_t k = 0; k < j; ++k) s -= L[i * dim + k] * L[j * dim + k];
+      const double s = cholesky_partial(A.data(), L.data(), dim, lambda, i, j);
       if (i == j) {
         if (!(s > 0)) return false;
         L[j * dim + j] = std::sqrt(s);
@@ -62,26 +61,12 @@ static bool cholesky(const std::vector<double>& A, int64_t dim, double lambda, s
   return true;
 }
 
-// x = (L Lᵀ)⁻¹ b.
-static std::vector<double> cholesky_solve(const std::vector<double>& L, int64_t dim, std::vector<double> b) {
-  for (int64_t i = 0; i < dim; ++i) {
-    for (int64_t k = 0; k < i; ++k) b[i] -= L[i * dim + k] * b[k];
-    b[i] /= L[i * dim + i];
-  }
-  for (int64_t i = dim - 1; i >= 0; --i) {
-    for (int64_t k = i + 1; k < dim; ++k) b[i] -= L[k * dim + i] * b[k];
-    b[i] /= L[i * dim + i];
-  }
-  return b;
-}
-
-// The factor of A, or of A + λI with the smallest λ ∈ {0, 10⁻¹², 10⁻⁹, 10⁻⁶}·max Aᵢᵢ that has one
-// (collinear columns make A singular; any θ̂ is exact, a near-minimiser only keeps the precision).
+// The factor of A, or of A plus the first ridge that has one.
 static bool factor(const LinregQuadratic& q, std::vector<double>& L) {
   double diag = 0;
   for (int64_t i = 0; i < q.dim; ++i) diag = std::max(diag, q.A[i * q.dim + i]);
-  for (double scale : {0.0, 1e-12, 1e-9, 1e-6})
-    if (cholesky(q.A, q.dim, scale * diag, L)) return true;
+  for (int attempt = 0; attempt < kRidgeAttempts; ++attempt)
+    if (cholesky(q.A, q.dim, ridge_scale(attempt) * diag, L)) return true;
   return false;
 }
 
@@ -101,7 +86,8 @@ template <class T> static void reference_point(const View& X, const View& y, Lin
   std::vector<double> L;
   if (factor(q, L)) {
     for (int newton = 0; newton < 2; ++newton) {
-      const std::vector<double> step = cholesky_solve(L, dim, std::vector<double>(grad.begin(), grad.end()));
+      std::vector<double> step(grad.begin(), grad.end());
+      cholesky_solve(L.data(), dim, step.data());
       for (int64_t c = 0; c < dim; ++c) next[c] = static_cast<T>(static_cast<double>(theta[c]) - step[c]);
       evaluate(next, next_grad, next_loss);
       if (!(next_loss < loss)) break;

@@ -10,7 +10,7 @@
 // slices. A second kernel adds the block slices in block order.
 // Results are therefore deterministic run to run.
 //
-// fit: one persistent block per trajectory runs every step (no launch per step).
+// fit is in linreg_fit.cu.
 #include <cstdint>
 #include <stdint.h>
 #include <type_traits>
@@ -21,8 +21,8 @@ namespace ox { using std::uintptr_t; }
 #include "core/checks.h"
 #include "core/cuda_check.h"
 #include "core/errors.h"
+#include "cuda/linreg_cuda.cuh"
 #include "linreg.h"
-#include "linreg_sample.h"
 
 namespace ox {
 namespace {
@@ -326,8 +326,10 @@ __global__ void combine_kernel(const double* __restrict__ work, int64_t nblocks,
   else loss[e - E] = static_cast<T>(s / (2.0 * static_cast<double>(m)));
 }
 
+}  // namespace
+
 template <class T>
-void evaluate(const View& X, const View& y, const View& theta, const View* rows, T* grad, T* loss,
+void linreg_evaluate_cuda(const View& X, const View& y, const View& theta, const View* rows, T* grad, T* loss,
               const View& workspace, cudaStream_t stream, const char* op) {
   const int64_t n = X.shape[0], d = X.shape[1], B = theta.ndim == 2 ? theta.shape[0] : 1;
   const int64_t m = rows ? rows->shape[0] : n;
@@ -365,199 +367,10 @@ void evaluate(const View& X, const View& y, const View& theta, const View* rows,
   cuda_check_launch(op);
 }
 
-// ---- fit: one block per trajectory ----------------------------------------------------------------
-
-// Sums v[0..K) over the block (fixed shuffle tree, then warps in order); every thread gets the result.
-template <class T, int K> __device__ void block_sum(T (&v)[K], T* red /* shared, kWarps*K + K */) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int k = 0; k < K; ++k)
-    for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
-  if (lane == 0)
-#pragma unroll
-    for (int k = 0; k < K; ++k) red[warp * K + k] = v[k];
-  __syncthreads();
-  if (threadIdx.x < K) {
-    T s = 0;
-    for (int w = 0; w < kWarps; ++w) s += red[w * K + threadIdx.x];
-    red[kWarps * K + threadIdx.x] = s;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < K; ++k) v[k] = red[kWarps * K + k];
-  __syncthreads();  // red may be reused right away
-}
-
-struct FitKernelArgs {
-  int64_t n, d, steps, batch;
-  int method;
-  double beta1, beta2, eps;
-  const double* lr;
-  const int64_t* seed;
-  int64_t* indices;  // (B, steps, batch)
-};
-
-// θ_{t+1}[c] from θ_t[c] and the gradient entry g (Adam moments in state), see linreg.h / cpu/linreg.cpp.
-template <class T>
-__device__ void update_entry(const FitKernelArgs& a, int64_t t, T lr, const T* th, T* next, T* mom, T* vel, int64_t c,
-                             T g) {
-  if (a.method == static_cast<int>(FitMethod::adam)) {
-    const T b1 = static_cast<T>(a.beta1), b2 = static_cast<T>(a.beta2), e = static_cast<T>(a.eps);
-    const T bc1 = static_cast<T>(1.0 - pow(a.beta1, static_cast<double>(t + 1)));
-    const T bc2 = static_cast<T>(1.0 - pow(a.beta2, static_cast<double>(t + 1)));
-    mom[c] = b1 * mom[c] + (T(1) - b1) * g;
-    vel[c] = b2 * vel[c] + (T(1) - b2) * g * g;
-    const T mhat = mom[c] / bc1, vhat = vel[c] / bc2;
-    next[c] = th[c] - lr * mhat / (sqrt(vhat) + e);
-  } else {
-    next[c] = th[c] - lr * g;
-  }
-}
-
-// Small d (D = d+1 ≤ 4): each thread keeps its own D gradient sums and the loss in registers.
-template <class T, int D>
-__device__ void small_sums(const T* X, const T* y, const T* th, const int64_t* idx, int64_t count, T (&v)[D + 1],
-                           T* red) {
-#pragma unroll
-  for (int k = 0; k <= D; ++k) v[k] = 0;
-  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
-    const int64_t i = idx ? idx[j] : j;
-    const T* x = X + i * (D - 1);
-    T r = th[D - 1] - y[i];
-#pragma unroll
-    for (int c = 0; c < D - 1; ++c) r += th[c] * x[c];
-#pragma unroll
-    for (int c = 0; c < D - 1; ++c) v[c] += r * x[c];
-    v[D - 1] += r;
-    v[D] += r * r;
-  }
-  block_sum<T, D + 1>(v, red);
-}
-
-template <class T, int D>
-__global__ void fit_small_kernel(const T* __restrict__ X, const T* __restrict__ y, FitKernelArgs a, T* thetas,
-                                 T* losses, T* state) {
-  __shared__ T red[kWarps * (D + 1) + D + 1];
-  const int64_t b = blockIdx.x, n = a.n;
-  T* traj = thetas + b * (a.steps + 1) * D;
-  T* mom = state + b * 2 * D;
-  T* vel = mom + D;
-  T* loss_out = losses + b * (a.steps + 1);
-  const T lr = static_cast<T>(a.lr[b]);
-  const uint64_t seed = static_cast<uint64_t>(a.seed[b]);
-  if (threadIdx.x < D) mom[threadIdx.x] = vel[threadIdx.x] = T(0);
-  T v[D + 1];
-  for (int64_t t = 0; t < a.steps; ++t) {
-    const T* th = traj + t * D;
-    T* next = traj + (t + 1) * D;
-    small_sums<T, D>(X, y, th, nullptr, n, v, red);
-    if (threadIdx.x == 0) loss_out[t] = v[D] / static_cast<T>(2 * n);
-    int64_t count = n;
-    if (a.method != static_cast<int>(FitMethod::gd)) {
-      int64_t* idx = a.indices + (b * a.steps + t) * a.batch;
-      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, idx);
-      __syncthreads();
-      small_sums<T, D>(X, y, th, idx, a.batch, v, red);
-      count = a.batch;
-    }
-    if (threadIdx.x < D) update_entry(a, t, lr, th, next, mom, vel, threadIdx.x, v[threadIdx.x] / static_cast<T>(count));
-    __syncthreads();
-  }
-  small_sums<T, D>(X, y, traj + a.steps * D, nullptr, n, v, red);
-  if (threadIdx.x == 0) loss_out[a.steps] = v[D] / static_cast<T>(2 * n);
-}
-
-// Any d: residuals of the step's rows go to scratch, then each warp sums columns
-// (lanes over rows, fixed shuffle tree) and updates those entries of θ.
-template <class T>
-__global__ void fit_generic_kernel(const T* __restrict__ X, const T* __restrict__ y, FitKernelArgs a, T* thetas,
-                                   T* losses, T* state, T* scratch /* (B, n) */) {
-  __shared__ T red[kWarps + 1];
-  const int64_t b = blockIdx.x, n = a.n, d = a.d, stride = d + 1;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  T* traj = thetas + b * (a.steps + 1) * stride;
-  T* mom = state + b * 2 * stride;
-  T* vel = mom + stride;
-  T* resid = scratch + b * n;
-  T* loss_out = losses + b * (a.steps + 1);
-  const T lr = static_cast<T>(a.lr[b]);
-  const uint64_t seed = static_cast<uint64_t>(a.seed[b]);
-  for (int64_t c = threadIdx.x; c < stride; c += kThreads) mom[c] = vel[c] = T(0);
-  __syncthreads();
-  // Writes r_j for the rows j of idx (or all rows) into resid and returns Σ r² (every thread).
-  auto residuals = [&](const T* th, const int64_t* idx, int64_t count) {
-    T v[1] = {0};
-    for (int64_t j = threadIdx.x; j < count; j += kThreads) {
-      const int64_t i = idx ? idx[j] : j;
-      const T* x = X + i * d;
-      T r = th[d] - y[i];
-      for (int64_t c = 0; c < d; ++c) r += th[c] * x[c];
-      resid[j] = r;
-      v[0] += r * r;
-    }
-    block_sum<T, 1>(v, red);  // its __syncthreads also publish resid
-    return v[0];
-  };
-  for (int64_t t = 0; t <= a.steps; ++t) {
-    const T* th = traj + t * stride;
-    const T loss_sum = residuals(th, nullptr, n);
-    if (threadIdx.x == 0) loss_out[t] = loss_sum / static_cast<T>(2 * n);
-    if (t == a.steps) break;
-    const int64_t* idx = nullptr;
-    int64_t count = n;
-    if (a.method != static_cast<int>(FitMethod::gd)) {
-      int64_t* sample = a.indices + (b * a.steps + t) * a.batch;
-      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, sample);
-      __syncthreads();
-      residuals(th, sample, a.batch);
-      idx = sample;
-      count = a.batch;
-    }
-    T* next = traj + (t + 1) * stride;
-    for (int64_t c = warp; c < stride; c += kWarps) {
-      T acc = 0;
-      for (int64_t j = lane; j < count; j += 32) {
-        const int64_t i = idx ? idx[j] : j;
-        acc += resid[j] * (c < d ? X[i * d + c] : T(1));
-      }
-      for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-      if (lane == 0) update_entry(a, t, lr, th, next, mom, vel, c, acc / static_cast<T>(count));
-    }
-    __syncthreads();
-  }
-}
-
-template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStream_t stream) {
-  const int64_t B = f.theta0.shape[0], n = f.X.shape[0], d = f.X.shape[1], stride = d + 1;
-  if (B == 0) return;
-  // θ_0 into the trajectory (row 0 of each (steps+1, d+1) slice).
-  cuda_check(cudaMemcpy2DAsync(f.thetas.data, sizeof(T) * (p.steps + 1) * stride, f.theta0.data, sizeof(T) * stride,
-                               sizeof(T) * stride, B, cudaMemcpyDeviceToDevice, stream),
-             "linreg fit: copy theta0");
-  FitKernelArgs a{n, d, p.steps, p.batch, static_cast<int>(p.method), p.beta1, p.beta2, p.eps,
-                  f.lr.ptr<double>(), f.seed.ptr<int64_t>(), f.indices.ptr<int64_t>()};
-  const unsigned grid = static_cast<unsigned>(B);
-  const T* X = f.X.ptr<T>();
-  const T* y = f.y.ptr<T>();
-  T* th = f.thetas.ptr<T>();
-  T* ls = f.losses.ptr<T>();
-  T* st = f.state.ptr<T>();
-  switch (stride) {
-    case 1: fit_small_kernel<T, 1><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
-    case 2: fit_small_kernel<T, 2><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
-    case 3: fit_small_kernel<T, 3><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
-    case 4: fit_small_kernel<T, 4><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
-    default: {
-      // fit_generic_kernel writes a dense (B, n) array of residuals from scratch.data.
-      if (!f.scratch.data) value_error("linreg fit: argument 'scratch' is required (B*n = ", B * n, " entries)");
-      check_scratch("linreg fit", "scratch", f.scratch, "X", f.X, B * n, f.X.dtype);
-      fit_generic_kernel<T><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st, f.scratch.ptr<T>());
-    }
-  }
-  cuda_check_launch("linreg fit");
-}
-
-}  // namespace
+template void linreg_evaluate_cuda<float>(const View&, const View&, const View&, const View*, float*, float*,
+                                          const View&, cudaStream_t, const char*);
+template void linreg_evaluate_cuda<double>(const View&, const View&, const View&, const View*, double*, double*,
+                                           const View&, cudaStream_t, const char*);
 
 int64_t linreg_cuda_workspace_numel(int64_t m, int64_t d, int64_t B) {
   return grid_blocks(m) * (B * (d + 1) + B);
@@ -566,22 +379,17 @@ int64_t linreg_cuda_workspace_numel(int64_t m, int64_t d, int64_t B) {
 void linreg_grad_cuda(const View& X, const View& y, const View& theta, const View* rows, const View& grad,
                       const View& workspace, uintptr_t stream) {
   if (X.dtype == DType::f64)
-    evaluate<double>(X, y, theta, rows, grad.ptr<double>(), nullptr, workspace, as_stream(stream), "linreg_grad");
+    linreg_evaluate_cuda<double>(X, y, theta, rows, grad.ptr<double>(), nullptr, workspace, as_stream(stream), "linreg_grad");
   else
-    evaluate<float>(X, y, theta, rows, grad.ptr<float>(), nullptr, workspace, as_stream(stream), "linreg_grad");
+    linreg_evaluate_cuda<float>(X, y, theta, rows, grad.ptr<float>(), nullptr, workspace, as_stream(stream), "linreg_grad");
 }
 
 void linreg_loss_cuda(const View& X, const View& y, const View& theta, const View& loss, const View& workspace,
                       uintptr_t stream) {
   if (X.dtype == DType::f64)
-    evaluate<double>(X, y, theta, nullptr, nullptr, loss.ptr<double>(), workspace, as_stream(stream), "linreg_loss");
+    linreg_evaluate_cuda<double>(X, y, theta, nullptr, nullptr, loss.ptr<double>(), workspace, as_stream(stream), "linreg_loss");
   else
-    evaluate<float>(X, y, theta, nullptr, nullptr, loss.ptr<float>(), workspace, as_stream(stream), "linreg_loss");
-}
-
-void linreg_fit_cuda(const FitArgs& a, const FitParams& p, uintptr_t stream) {
-  if (a.X.dtype == DType::f64) fit_launch<double>(a, p, as_stream(stream));
-  else fit_launch<float>(a, p, as_stream(stream));
+    linreg_evaluate_cuda<float>(X, y, theta, nullptr, nullptr, loss.ptr<float>(), workspace, as_stream(stream), "linreg_loss");
 }
 
 }  // namespace ox

@@ -13,9 +13,10 @@ from a counter-based RNG keyed by (seed, step): the same on CPU and CUDA, and
 returned in .indices. lr and seed may be 1-D arrays of length B: B trajectories
 in one call (a hyperparameter grid), each identical to the run made alone.
 
-On the CPU, when steps ≥ (d+1)/3 + 4 (and d+1 ≤ min(n, 512)), f and ∇f over all rows come
-from f's quadratic form around a near-minimiser (csrc/linreg_quadratic.h): a few passes over X
-up front, then O((d+1)²) per step instead of a pass; losses keep a direct pass's precision.
+When steps ≥ (d+1)/3 + 4 (and d+1 ≤ min(n, 512)), f and ∇f over all rows come from f's
+quadratic form around a near-minimiser (csrc/linreg_quadratic.h): a few passes over X up
+front, then O((d+1)²) per step instead of a pass; losses keep a direct pass's precision.
+On CUDA, gd's steps then read no row of X; the other methods read only the rows they draw.
 """
 from dataclasses import dataclass
 from typing import Any
@@ -128,11 +129,13 @@ def fit(X, y, method, lr, steps, batch_size=32, betas=(0.9, 0.999), eps=1e-8, se
     thetas = empty(X, (B, steps_out + 1, d + 1))
     losses = empty(X, (B, steps_out + 1))
     state = empty(X, (B, 2, d + 1))
-    # The CUDA kernel for d+1 > 4 keeps each step's residuals in a (B, n) scratch array.
-    scratch = empty(X, (B, X.shape[0])) if getattr(X, "is_cuda", False) and d + 1 > 4 else None
+    workspace = None  # on CUDA: the quadratic form and/or each step's residuals
+    if getattr(X, "is_cuda", False):
+        need = _C.linreg_fit_cuda_workspace_numel(X.shape[0], d, B, steps_out, method, batch)
+        workspace = torch.empty(need, dtype=torch.float64, device=X.device) if need else None
     b1, b2 = betas
     _C.linreg_fit(X, y, th0, lr_v, seed_v, method, int(steps), batch, float(b1), float(b2), float(eps),
-                  thetas, losses, indices, state, scratch, stream_of(X))
+                  thetas, losses, indices, state, workspace, stream_of(X))
     if not grid:
         thetas, losses, indices = thetas[0], losses[0], indices[0]
         lr_out, seed_out = float(lr_arr[0]), int(seed_arr[0])
