@@ -1,6 +1,7 @@
 """linreg benchmarks: the fused gradient against torch and NumPy (GB/s of X read,
 next to a NumPy copy of X), and 1000 GD steps of the course's line problem:
-one fit call against a NumPy loop written as in the course and a torch loop.
+one fit call against a NumPy loop written as in the course and a torch loop. On CUDA
+also 300 GD steps on 400 MB of X and 1000 mini-batch steps, against torch loops.
 
     pytest benchmarks/bench_linreg.py --benchmark-only          (or benchmarks/run.py)
 
@@ -231,4 +232,34 @@ def test_gd_300_steps_large_cuda(benchmark, impl):
             out = torch_loop(torch, X_b, yc, steps=300)
             torch.cuda.synchronize()
             return out
+    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("impl", ["oxkernels", "torch"])
+def test_minibatch_1000_steps_cuda(benchmark, impl):
+    """Mini-batch SGD (32 rows a step) on the line problem: each step draws its rows on the device
+    (one thread, Floyd's algorithm), where gd's steps draw none."""
+    torch = _cuda_or_skip()
+    x, y = line_problem()
+    benchmark.group = "linreg: 1000 mini-batch steps (32 rows), line problem n=1000 (float64)"
+    benchmark.extra_info.update(impl=impl, device="cuda")
+    xc, yc = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    if impl == "oxkernels":
+        def timed():
+            res = fit(xc, yc, "minibatch", LR, STEPS, batch_size=32)
+            torch.cuda.synchronize()
+            return res
+    else:
+        X_b = torch.cat([xc, torch.ones((N, 1), dtype=xc.dtype, device="cuda")], dim=1)
+
+        def timed():
+            theta = torch.zeros(2, dtype=X_b.dtype, device="cuda")
+            losses = torch.empty(STEPS, dtype=X_b.dtype, device="cuda")
+            for t in range(STEPS):
+                losses[t] = ((X_b @ theta - yc) ** 2).mean() / 2
+                rows = torch.randperm(N, device="cuda")[:32]
+                Xs = X_b[rows]
+                theta = theta - LR * (Xs.T @ (Xs @ theta - yc[rows]) / 32)
+            torch.cuda.synchronize()
+            return theta, losses
     benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=1)
