@@ -20,6 +20,9 @@
 # The tenth session's three runs (the command above with TEST_TIMEOUT / SANITIZER_TIMEOUT ≈ 100,
 # E2E_TIMEOUT ≈ 30, PROFILE_CASES="conv" after the first, two or three suites) took 167–207 s
 # of wall each, and 204–243 s of device time with the machine's start and the transfers.
+# The eleventh session's CUDA code (linreg fit by the quadratic form: csrc/cuda/linreg_form.cu,
+# linreg_fit.cu) has not run yet: its first run should put SANITIZER_TOOLS="memcheck racecheck"
+# SANITIZER_TESTS=tests/test_linreg_fit.py and bench_linreg.py on the command line.
 # CPU_SUMMARIES="bench_linear.py" adds the CPU summaries on the host's 16 cores (the CPU code
 # is otherwise only ever timed on the 2-core development machine).
 set -uo pipefail
@@ -46,7 +49,7 @@ timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests -q -n ${TEST_WORKERS:-8} --
   -rfEs --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} >"$OUT/tests.log" 2>&1 &
 tests_pid=$!
 OP_TESTS="tests/test_conv.py tests/test_pool.py tests/test_activation.py tests/test_linear.py tests/test_loss.py
-  tests/test_adam.py tests/test_linreg.py tests/test_gemm.py"
+  tests/test_adam.py tests/test_linreg.py tests/test_linreg_fit.py tests/test_gemm.py"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
   timeout ${SANITIZER_TIMEOUT:-150} compute-sanitizer --tool $tool --print-limit 20 \
     python3 -m pytest -q -p no:cacheprovider -k "cuda and not slow" ${SANITIZER_TESTS:-$OP_TESTS} \
