@@ -94,14 +94,15 @@ register_autograd(cross_entropy_op, _ce_op_backward, _ce_setup)
 class _CrossEntropyFn(torch.autograd.Function):
     """Eager path, without the custom-op dispatch. On the CPU the forward kernel also writes
     the gradient for an incoming grad of 1 in the same pass over the logits (csrc/loss.h), so
-    backward is a scale by the incoming gradient g: dx = G · g (G · g[:, None] for 'none')."""
+    backward is a scale by the incoming gradient g: dx = G · g (G · g[:, None] for 'none').
+    On CUDA the backward kernels run in backward and read g on the device: computing G in the
+    forward took a fill and two kernels there, and the scale one more launch here."""
 
     @staticmethod
     def forward(ctx, logits, target, reduction, label_smoothing, ignore_index, weight):
         if logits.is_cuda:
             out = _ce_forward(logits, target, reduction, label_smoothing, ignore_index, weight)
-            grad = _ce_backward(torch.ones_like(out), logits, target, reduction, label_smoothing, ignore_index,
-                                weight)
+            grad = None
         else:
             dense_logits = logits.contiguous()  # a row-major copy of another layout (logits itself is saved)
             out = logits.new_empty(_loss_shape(logits, reduction))  # (new_/empty_like: cheaper than torch.empty)
@@ -117,11 +118,11 @@ class _CrossEntropyFn(torch.autograd.Function):
     @first_order("cross_entropy")
     def backward(ctx, g):
         grad = ctx.grad
-        if grad is None:  # handed out by an earlier backward of this graph (retain_graph): recompute
+        if grad is None:  # CUDA, or handed out by an earlier backward of this graph (retain_graph)
             logits, target, weight = ctx.saved_tensors
             return _ce_backward(g, logits, target, *ctx.args, weight), None, None, None, None, None
         if g.dim() == 0:
-            if not g.is_cuda and g.item() == 1.0:  # the usual loss.backward(): G is the answer
+            if g.item() == 1.0:  # the usual loss.backward(): G is the answer (a CPU tensor here)
                 ctx.grad = None  # hand it over: the caller may modify it in place
                 return grad, None, None, None, None, None
             return grad * g, None, None, None, None, None
