@@ -189,6 +189,34 @@ def test_minibatch_draws_distinct_rows_uniformly(rng):
     assert chi2 < 100, chi2  # 49 degrees of freedom: mean 49, P(chi2 > 100) ≈ 2e-5
 
 
+def _floyd_rows(seed, step, n, count):
+    """csrc/linreg_sample.h written out: SplitMix64-based words for (seed, step, k), Lemire's
+    multiply-shift to [0, j], Floyd's algorithm."""
+    mask = (1 << 64) - 1
+
+    def mix64(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    rows = []
+    for k in range(count):
+        word = mix64((mix64(seed ^ 0x9E3779B97F4A7C15) + mix64((step * 0xD1B54A32D192ED03 + 1) & mask)
+                      + k * 0x9E3779B97F4A7C15) & mask)
+        j = n - count + k
+        t = (word * (j + 1)) >> 64
+        rows.append(j if t in rows else t)
+    return rows
+
+
+@pytest.mark.parametrize("n,batch,seed", [(50, 10, 1), (40, 40, 7), (1000, 70, 123)])
+def test_rows_follow_the_documented_sampler(rng, n, batch, seed):
+    X, y = line_problem(rng, n)
+    res = fit(X, y, "minibatch", 0.05, 4, batch_size=batch, seed=seed)
+    for step in range(4):
+        assert res.indices[step].tolist() == _floyd_rows(seed, step, n, batch)
+
+
 def test_batch_size_n_takes_every_row(rng):
     X, y = line_problem(rng, 13)
     res = fit(X, y, "minibatch", 0.1, 5, batch_size=13)
@@ -378,3 +406,17 @@ def test_cuda_fit_requires_its_workspace(rng):
         _C.linreg_fit(*args, torch.empty(need - 1, dtype=torch.float64, device="cuda"))
     with pytest.raises((TypeError, ValueError), match="'workspace'"):
         _C.linreg_fit(*args, torch.empty(need, dtype=torch.float32, device="cuda"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("n,batch", [(40, 40), (100, 70), (1000, 100), (5000, 1)])
+def test_cuda_draws_the_cpu_rows_in_rounds_of_32(rng, n, batch):
+    """Warp 0 draws 32 rows a round (cuda/linreg_fit.cu): batches over one round, and batches of
+    every row, where most candidates were drawn before."""
+    import torch
+
+    X, y = line_problem(rng, n)
+    cpu = fit(X, y, "minibatch", 0.05, 20, batch_size=batch, seed=9)
+    gpu = fit(torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda(), "minibatch", 0.05, 20, batch_size=batch, seed=9)
+    assert np.array_equal(gpu.indices.cpu().numpy(), cpu.indices)
+    assert rel_err(gpu.thetas, cpu.thetas) < 1e-9

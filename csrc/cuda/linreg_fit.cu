@@ -47,6 +47,30 @@ template <class T, int K> __device__ void block_sum(T (&v)[K], T* red /* shared,
   __syncthreads();  // red may be reused right away
 }
 
+// linreg_sample_rows (linreg_sample.h) by warp 0 of the block, the same rows: lane ℓ takes the
+// draws k ≡ ℓ (mod 32), 32 at a time. Their candidates come at once; a lane checks its own against
+// the final rows of the earlier rounds (in out), then the round's draws settle in order, draw i's
+// "already drawn?" a ballot over the lanes below i. out is visible to the block after its next barrier.
+__device__ void sample_rows_warp(uint64_t seed, uint64_t step, int64_t n, int64_t count, int64_t* out) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t k0 = 0; k0 < count; k0 += 32) {
+    const int64_t k = k0 + lane;
+    const bool mine = k < count;
+    const int64_t t = mine ? linreg_sample_candidate(seed, step, n, count, k) : -1;
+    bool seen = false;
+    for (int64_t q = 0; q < k0 && mine; ++q) seen |= out[q] == t;
+    int64_t row = t;
+    const int last = count - k0 < 32 ? static_cast<int>(count - k0) : 32;
+    for (int i = 0; i < last; ++i) {
+      const int64_t ti = __shfl_sync(kFullMask, t, i);
+      const bool earlier_has = __ballot_sync(kFullMask, lane < i && row == ti) != 0;
+      if (lane == i && (seen || earlier_has)) row = n - count + k;  // j, which no draw before k can be
+    }
+    if (mine) out[k] = row;
+    __syncwarp();  // the next round reads these
+  }
+}
+
 // ---- the quadratic form (cuda/linreg_cuda.cuh), as linreg_quadratic_eval on the CPU ----------------
 //   e = θ − θ̂,   ∇f(θ) = ĝ + Ae,   f(θ) = f̂ + ĝᵀe + ½eᵀAe (clamped at 0)
 
@@ -226,7 +250,7 @@ __global__ void fit_small_kernel(const T* __restrict__ X, const T* __restrict__ 
     int64_t count = n;
     if (a.method != static_cast<int>(FitMethod::gd)) {
       int64_t* idx = a.indices + (b * a.steps + t) * a.batch;
-      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, idx);
+      if (threadIdx.x < 32) sample_rows_warp(seed, static_cast<uint64_t>(t), n, a.batch, idx);
       __syncthreads();
       small_sums<T, D>(X, y, th, idx, a.batch, v, red);
       count = a.batch;
@@ -284,7 +308,7 @@ __global__ void fit_generic_kernel(const T* __restrict__ X, const T* __restrict_
     int64_t count = n;
     if (a.method != static_cast<int>(FitMethod::gd)) {
       int64_t* sample = a.indices + (b * a.steps + t) * a.batch;
-      if (threadIdx.x == 0) linreg_sample_rows(seed, static_cast<uint64_t>(t), n, a.batch, sample);
+      if (threadIdx.x < 32) sample_rows_warp(seed, static_cast<uint64_t>(t), n, a.batch, sample);
       __syncthreads();
       residuals(th, sample, a.batch);
       idx = sample;
