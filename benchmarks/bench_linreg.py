@@ -238,7 +238,7 @@ def test_gd_300_steps_large_cuda(benchmark, impl):
 @pytest.mark.parametrize("impl", ["oxkernels", "torch"])
 def test_minibatch_1000_steps_cuda(benchmark, impl):
     """Mini-batch SGD (32 rows a step) on the line problem: each step draws its rows on the device
-    (one thread, Floyd's algorithm), where gd's steps draw none."""
+    (one warp, cuda/linreg_fit.cu), where gd's steps draw none."""
     torch = _cuda_or_skip()
     x, y = line_problem()
     benchmark.group = "linreg: 1000 mini-batch steps (32 rows), line problem n=1000 (float64)"
