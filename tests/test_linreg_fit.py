@@ -193,6 +193,7 @@ def _floyd_rows(seed, step, n, count):
     """csrc/linreg_sample.h written out: SplitMix64-based words for (seed, step, k), Lemire's
     multiply-shift to [0, j], Floyd's algorithm."""
     mask = (1 << 64) - 1
+    seed &= mask  # an int64 seed's bits
 
     def mix64(z):
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
@@ -209,7 +210,7 @@ def _floyd_rows(seed, step, n, count):
     return rows
 
 
-@pytest.mark.parametrize("n,batch,seed", [(50, 10, 1), (40, 40, 7), (1000, 70, 123)])
+@pytest.mark.parametrize("n,batch,seed", [(50, 10, 1), (40, 40, 7), (1000, 70, 123), (300, 33, -5)])
 def test_rows_follow_the_documented_sampler(rng, n, batch, seed):
     X, y = line_problem(rng, n)
     res = fit(X, y, "minibatch", 0.05, 4, batch_size=batch, seed=seed)
@@ -409,7 +410,7 @@ def test_cuda_fit_requires_its_workspace(rng):
 
 
 @requires_cuda
-@pytest.mark.parametrize("n,batch", [(40, 40), (100, 70), (1000, 100), (5000, 1)])
+@pytest.mark.parametrize("n,batch", [(40, 40), (64, 64), (100, 33), (100, 70), (1000, 100), (5000, 1)])
 def test_cuda_draws_the_cpu_rows_in_rounds_of_32(rng, n, batch):
     """Warp 0 draws 32 rows a round (cuda/linreg_fit.cu): batches over one round, and batches of
     every row, where most candidates were drawn before."""

@@ -153,26 +153,29 @@ def test_forward_with_gradient_equals_backward_of_one(rng, reduction, eps, dtype
         _C.cross_entropy(x, t, out, RED[reduction], eps, -100, grad_logits=np.empty((3, 7), dtype))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_eager_backward_scales_and_retains(rng, reduction):
-    # backward with g = 1 hands the saved gradient over; g ≠ 1 scales it; a second backward
-    # through a retained graph recomputes it; a gradient accumulated in place into the first
-    # result must not leak into the second.
-    x64 = torch.from_numpy(rng.standard_normal((33, 10)))
+def test_eager_backward_scales_and_retains(rng, device, reduction):
+    # backward with g = 1 hands the saved gradient over (CPU); g ≠ 1 scales it; a second backward
+    # through a retained graph recomputes it (always, on CUDA); a gradient accumulated in place
+    # into the first result must not leak into the second.
+    dtype, tol = (torch.float64, 1e-12) if device == "cpu" else (torch.float32, 2e-6)
+    x0 = torch.from_numpy(rng.standard_normal((33, 10))).to(dtype)
     t = torch.from_numpy(_targets(rng, 33, 10, ignore_frac=0.2))
     t[0] = 4
     shape = (33,) if reduction == "none" else ()
     for g in (torch.ones(shape, dtype=torch.float64), torch.rand(shape, dtype=torch.float64) + 0.5):
-        _, ref = _torch_ce(x64, t.numpy(), g, reduction=reduction, label_smoothing=0.1)
-        x = x64.clone().requires_grad_(True)
-        loss = ops.cross_entropy(x, t, reduction, 0.1)
-        loss.backward(g, retain_graph=True)
-        assert rel_err(x.grad, ref) < 1e-12
-        (dx,) = torch.autograd.grad(loss, x, g, retain_graph=True)
-        assert rel_err(dx, ref) < 1e-12
+        _, ref = _torch_ce(x0.double(), t.numpy(), g, reduction=reduction, label_smoothing=0.1)
+        x = x0.clone().to(device).requires_grad_(True)
+        loss = ops.cross_entropy(x, t.to(device), reduction, 0.1)
+        gd = g.to(device, dtype)
+        loss.backward(gd, retain_graph=True)
+        assert rel_err(x.grad, ref) < tol
+        (dx,) = torch.autograd.grad(loss, x, gd, retain_graph=True)
+        assert rel_err(dx, ref) < tol
         dx.mul_(3)  # in place, into what may be the saved gradient handed over
-        (dx,) = torch.autograd.grad(loss, x, g)  # the retained graph again
-        assert rel_err(dx, ref) < 1e-12
+        (dx,) = torch.autograd.grad(loss, x, gd)  # the retained graph again
+        assert rel_err(dx, ref) < tol
 
 
 @pytest.mark.parametrize("shape,dim", [((7,), 0), ((3, 31), -1), ((33, 10), 1), ((5, 7, 3), 1), ((4, 3, 2, 5), 0),

@@ -21,7 +21,7 @@
 # E2E_TIMEOUT ≈ 30, PROFILE_CASES="conv" after the first, two or three suites) took 167–207 s
 # of wall each, and 204–243 s of device time with the machine's start and the transfers.
 # The eleventh session's CUDA code (linreg fit by the quadratic form: csrc/cuda/linreg_form.cu,
-# linreg_fit.cu) has not run yet: its first run should put SANITIZER_TOOLS="memcheck racecheck"
+# linreg_fit.cu) has not run yet: its first run should put SANITIZER_TOOLS="memcheck racecheck synccheck"
 # SANITIZER_TESTS=tests/test_linreg_fit.py and bench_linreg.py on the command line.
 # CPU_SUMMARIES="bench_linear.py" adds the CPU summaries on the host's 16 cores (the CPU code
 # is otherwise only ever timed on the 2-core development machine).

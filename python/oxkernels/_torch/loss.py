@@ -3,11 +3,11 @@ log_softmax and their backward ops (custom ops with fake impls and autograd),
 plus lean eager paths used by the public functions and CrossEntropyLoss.
 
 The cross_entropy custom op (what torch.compile sees) saves only its inputs: backward
-recomputes the row log-sum-exp fused with the gradient. The eager path computes the
-gradient for an incoming grad of 1 in the forward pass instead and only scales it in
-backward: one kernel call instead of two for fwd+bwd, whose per-call overhead dominates at
-the course's sizes (N ≤ 1024, C = 10). reduction is passed to the kernels as an int:
-0 = none, 1 = mean, 2 = sum.
+recomputes the row log-sum-exp fused with the gradient. So does the eager path on CUDA. On
+the CPU the eager path computes the gradient for an incoming grad of 1 in the forward pass
+instead and only scales it in backward: one kernel call instead of two for fwd+bwd, whose
+per-call overhead dominates at the course's sizes (N ≤ 1024, C = 10). reduction is passed
+to the kernels as an int: 0 = none, 1 = mean, 2 = sum.
 """
 from typing import Optional
 
