@@ -1,5 +1,5 @@
-// Device math shared by the kernels: exp_/log_ for either precision, and the activations'
-// formulas, one copy for the elementwise kernels (activation.cu) and the matrix product's
+// Device math shared by the kernels: a warp's sum, exp_/log_ for either precision, and the
+// activations' formulas, one copy for the elementwise kernels (activation.cu) and the matrix product's
 // epilogue (gemm.cu), so that linear(..., "sigmoid") equals sigmoid(linear(...)) bit for bit
 // on the GPU as on the CPU.
 //   relu(x) = x < 0 ? 0 : x              (NaN and −0 kept, as torch's clamp_min)
@@ -7,6 +7,12 @@
 #pragma once
 
 namespace ox {
+
+// Σ of v over the warp, in every lane (a fixed xor tree: the same order on every call).
+template <class T> __device__ inline T warp_sum(T v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 
 __device__ inline float exp_(float x) { return expf(x); }
 __device__ inline double exp_(double x) { return exp(x); }

@@ -27,8 +27,9 @@ struct QuadraticFormDevice {
 int64_t quadratic_form_workspace_numel(int64_t n, int64_t d);
 
 // The same form as linreg_quadratic_build on the CPU, built on `stream` without a host sync: A by a
-// tiled X̃ᵀX̃, θ̂ by the same Newton steps from 0. The returned pointers point into workspace, which
-// must outlive the kernels that read them.
+// tiled X̃ᵀX̃, θ̂ by the same Newton steps from 0. workspace: float64 on X's device, of at least
+// quadratic_form_workspace_numel entries (the caller checks it); the returned pointers point into
+// it, so it must outlive the kernels that read them.
 template <class T>
 QuadraticFormDevice quadratic_form_build_cuda(const View& X, const View& y, const View& workspace, cudaStream_t stream);
 

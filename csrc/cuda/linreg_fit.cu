@@ -13,6 +13,7 @@ namespace ox { using std::uintptr_t; }
 #include "core/checks.h"
 #include "core/cuda_check.h"
 #include "core/errors.h"
+#include "cuda/device_math.cuh"
 #include "cuda/linreg_cuda.cuh"
 #include "linreg.h"
 #include "linreg_quadratic.h"
@@ -30,8 +31,7 @@ constexpr int64_t kMaxFormDim = 512;  // linreg_quadratic_pays
 template <class T, int K> __device__ void block_sum(T (&v)[K], T* red /* shared, kWarps*K + K */) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int k = 0; k < K; ++k)
-    for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(kFullMask, v[k], off);
+  for (int k = 0; k < K; ++k) v[k] = warp_sum(v[k]);
   if (lane == 0)
 #pragma unroll
     for (int k = 0; k < K; ++k) red[warp * K + k] = v[k];
@@ -93,7 +93,7 @@ __device__ double form_step(const QuadraticFormDevice& q, const T* th, T* next, 
     const double* Ar = q.A + r * dim;
     double ae = 0;
     for (int64_t c = lane; c < dim; c += 32) ae += Ar[c] * sh.e[c];
-    for (int off = 16; off > 0; off >>= 1) ae += __shfl_xor_sync(kFullMask, ae, off);
+    ae = warp_sum(ae);
     if (lane == 0) {
       linear += q.g_ref[r] * sh.e[r];
       quadratic += sh.e[r] * ae;
@@ -138,11 +138,7 @@ __global__ void __launch_bounds__(32) fit_form_warp_kernel(QuadraticFormDevice q
     const double e = owner ? static_cast<double>(th) - ref : 0.0;
     double ae = 0;
     for (int c = 0; c < dim; ++c) ae += A_s[lane * kPitch + c] * __shfl_sync(kFullMask, e, c);
-    double linear = g_ref * e, quadratic = e * ae;
-    for (int off = 16; off > 0; off >>= 1) {
-      linear += __shfl_xor_sync(kFullMask, linear, off);
-      quadratic += __shfl_xor_sync(kFullMask, quadratic, off);
-    }
+    const double linear = warp_sum(g_ref * e), quadratic = warp_sum(e * ae);
     if (lane == 0) {
       const double f = f_ref + linear + 0.5 * quadratic;
       loss_out[t] = static_cast<T>(f > 0 ? f : 0);
@@ -321,7 +317,7 @@ __global__ void fit_generic_kernel(const T* __restrict__ X, const T* __restrict_
         const int64_t i = idx ? idx[j] : j;
         acc += resid[j] * (c < d ? X[i * d + c] : T(1));
       }
-      for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(kFullMask, acc, off);
+      acc = warp_sum(acc);
       if (lane == 0) update_entry(a, t, lr, th, next, mom, vel, c, acc / static_cast<T>(count));
     }
     __syncthreads();

@@ -14,7 +14,6 @@
 // core/cuda_check.h names uintptr_t unqualified; the device's toolchain declares only std::uintptr_t.
 namespace ox { using std::uintptr_t; }
 
-#include "core/checks.h"
 #include "core/cuda_check.h"
 #include "cuda/linreg_cuda.cuh"
 #include "linreg.h"
@@ -239,8 +238,7 @@ template <class T>
 QuadraticFormDevice quadratic_form_build_cuda(const View& X, const View& y, const View& workspace, cudaStream_t stream) {
   const char* op = "linreg fit";
   const int64_t n = X.shape[0], d = X.shape[1], dim = d + 1;
-  const FormLayout l = form_layout(n, d);
-  check_scratch(op, "workspace", workspace, "X", X, l.total, DType::f64);
+  const FormLayout l = form_layout(n, d);  // workspace: checked by the caller (linreg_fit.cu's fit_launch)
   double* ws = workspace.ptr<double>();
 
   const GramGrid g = gram_grid(n, dim);

@@ -9,10 +9,6 @@ namespace {
 constexpr int kThreads = 256;  // 8 warps per block, one row per warp
 constexpr int kWarps = kThreads / 32;
 
-template <class T> __device__ inline T warp_sum(T v) {
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 template <class T> __device__ inline T warp_max(T v) {  // NaN is skipped here and propagates through e^{x−m}
   for (int o = 16; o > 0; o /= 2) {
     const T u = __shfl_xor_sync(0xffffffffu, v, o);
