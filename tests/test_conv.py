@@ -208,23 +208,12 @@ def test_fused_conv1_like_layers(rng, case, dtype):
                 assert rel_err(a, ref) < TOL[dtype]
 
 
-def test_fused_conv1_like_inf_and_nan_input_match_torch(rng):
-    # ∂L/∂w multiplies every window position by its (mostly zero) gradient, as torch
-    # does: an inf in x gives NaN where torch has NaN; a NaN in x poisons its windows.
+def test_fused_conv1_like_forward_of_inf_and_nan_matches_torch(rng):
+    # the forward's minimal filtering mixes inputs (inf − inf): images and weights that are not
+    # all finite take the direct sums, whose infs and NaNs are torch's (the backward: below)
     x, w, b, s, p = make(rng, (3, 3, 32, 32, 6, 5, 1, 0), np.float32)
     x[1, 2, 7, 9] = np.inf
     x[2, 0, 20, 3] = np.nan
-    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, return_indices=True)
-    g = rng.standard_normal(out.shape).astype(np.float32)
-    _, gw, gb = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, pool=2, needs=(False, True, True))
-    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
-    ref = F.max_pool2d(F.relu(F.conv2d(xt, wt, bt)), 2)
-    gw_ref, gb_ref = torch.autograd.grad(ref, (wt, bt), torch.tensor(g, dtype=torch.float64))
-    assert np.array_equal(np.isnan(out), np.isnan(ref.detach().numpy()))
-    assert np.array_equal(np.isnan(gw), np.isnan(gw_ref.numpy()))
-    assert np.array_equal(np.isnan(gb), np.isnan(gb_ref.numpy()))
-    # the forward's minimal filtering mixes inputs (inf − inf): images and weights that
-    # are not all finite take the direct sums, whose infs and NaNs are torch's
     x2, w2 = x.copy(), w.copy()
     x2[1, 2, 7, 9] = -np.inf
     w2[4, 1, 2, 3] = np.inf
@@ -235,6 +224,58 @@ def test_fused_conv1_like_inf_and_nan_input_match_torch(rng):
         assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(np.isinf(out), np.isinf(ref))
         fin = np.isfinite(ref)
         assert np.allclose(out[fin], ref[fin], rtol=1e-4, atol=1e-4)
+
+
+def assert_same_non_finite(got, ref, exact=True):
+    """got is NaN and ±inf where ref is, and close to ref where both are finite. Not exact: got
+    may also be NaN where ref is finite (see the weight case below)."""
+    if exact:
+        assert np.array_equal(np.isnan(got), np.isnan(ref))
+        assert np.array_equal(np.isposinf(got), np.isposinf(ref)) and np.array_equal(np.isneginf(got), np.isneginf(ref))
+    else:
+        assert np.all(np.isnan(got)[np.isnan(ref)]) and not np.any(np.isfinite(got)[~np.isfinite(ref)])
+    fin = np.isfinite(ref) & np.isfinite(got)
+    assert rel_err(got[fin], ref[fin]) < 1e-5
+
+
+# Every backward path (dense, scattered, sparse, parity-split) gives torch's NaN and inf for an x
+# holding them: torch multiplies the zeros of ∂L/∂y too, so an inf or NaN in x reaches every
+# ∂L/∂w tap whose windows read it (0·inf = NaN). A weight holding one makes ∂L/∂x NaN wherever
+# torch's is, and on the dense ∂L/∂x (a convolution over the zero-padded ∂L/∂y) also at border
+# positions, where the padding's zeros meet it: NaN there, never a finite value torch lacks.
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("case", [(3, 3, 32, 32, 6, 5, 1, 0), (3, 6, 14, 14, 16, 5, 1, 0), (3, 6, 15, 13, 16, 5, 1, 1)],
+                         ids=["conv1", "conv2", "conv2-odd-pad1"])
+@pytest.mark.parametrize("poisoned", ["x", "w"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "conv"])
+def test_backward_non_finite_values_match_torch(rng, case, isa, poisoned, fused):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
+        pytest.skip(f"this CPU does not run {isa}")
+    x, w, b, s, p = make(rng, case, np.float32)
+    if poisoned == "x":
+        x[1, 2, 7, 9] = np.inf
+        x[2, 0, 5, 3] = np.nan
+        x[0, 1, 3, 4] = -np.inf
+    else:
+        w[4, 1, 2, 3] = np.inf
+    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    ref = F.conv2d(xt, wt, bt, s, p)
+    if fused:
+        ref = F.max_pool2d(F.relu(ref), 2)
+        out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
+    g = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
+    refs = torch.autograd.grad(ref, (xt, wt, bt), torch.tensor(g, dtype=torch.float64))
+    try:
+        oxkernels.set_isa(isa)
+        if fused:
+            grads = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p, pool=2)
+        else:
+            grads = ops.conv2d_backward(g, x, w, s, p)
+    finally:
+        oxkernels.set_isa("auto")
+    for got, want, name in zip(grads, refs, "xwb"):
+        assert_same_non_finite(got, want.numpy(), exact=poisoned == "x" or name != "x")
 
 
 def test_fused_conv1_like_is_deterministic_across_thread_counts(rng):

@@ -40,12 +40,15 @@ static void backward(const ConvShape& s, const T* gy, const uint8_t* idx, int64_
   // sparse kernels apply (see above); the dense path expands it first.
   // conv1-like layers: ∂L/∂w and ∂L/∂b by the parity-split kernel (k5_gw_block)
   const bool k5w = idx && want_w && k5_applies<T>(s, P);
-  const int gws_nv = idx && want_w && !k5w ? gw_sparse_vectors<T>(s, P) : 0;
+  // The sparse kernels skip the zeros of ∂L/∂y, which torch multiplies too (0·inf = NaN): an x
+  // holding an inf or NaN takes the dense ∂L/∂w, a weight holding one the dense ∂L/∂x.
+  int gws_nv = idx && want_w && !k5w ? gw_sparse_vectors<T>(s, P) : 0;
+  if (gws_nv && !all_finite(x, s.N * s.C * s.H * s.W)) gws_nv = 0;
   GwClGeom gwq{};
   const GwClFn<T> gw_cl = gws_nv ? pick_gw_sparse_cl<T>(s, &gwq) : nullptr;
   const GwSparseFn<T> gw_sparse = gws_nv && !gw_cl ? pick_gw_sparse<T>(gws_nv) : nullptr;
   GxSparseGeom gxq{};
-  const GxSparseFn<T> gx_sparse = idx && gx ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
+  const GxSparseFn<T> gx_sparse = idx && gx && all_finite(w, nw) ? pick_gx_sparse<T>(s, P, &gxq) : nullptr;
   Scratch<T> wfull_buf(gx_sparse ? 2 * s.O * s.KH * gxq.rowlen : 0);
   T* wfull = wfull_buf.get();
   if (gx_sparse) build_gx_sparse_weights(s, gxq, w, wfull);

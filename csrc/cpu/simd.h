@@ -191,5 +191,19 @@ template <> struct Vec<double> {
 };
 #endif
 
+// Whether every value of p[0, n) is finite: v·0 is 0 for a finite v and NaN for ±inf and NaN,
+// so the sum of those products is 0 exactly when all are finite (four sums, for the adds' latency).
+template <class T> bool all_finite(const T* p, int64_t n) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::L;
+  const typename V::R zero = V::zero();
+  typename V::R acc[4] = {zero, zero, zero, zero};
+  int64_t e = 0;
+  for (; e + 4 * L <= n; e += 4 * L)
+    for (int k = 0; k < 4; ++k) acc[k] = V::add(acc[k], V::mul(V::loadu(p + e + k * L), zero));
+  for (; e < n; e += L) acc[0] = V::add(acc[0], V::mul(V::loadz(V::mask(n - e), p + e), zero));
+  return V::sum(V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3]))) == T(0);
+}
+
 }  // namespace OX_ISA
 }  // namespace ox
