@@ -308,6 +308,46 @@ inline void pool2_row<float>(const float* r0, const float* r1, int64_t PW, float
     _mm512_mask_cvtepi32_storeu_epi8(idx + q0, m, k);
   }
 }
+#elif defined(__AVX2__)
+// float, AVX2: the same with 8 windows at a time. Even/odd columns are split by a shuffle within
+// 128-bit halves and a permute of 64-bit pairs; blends pick the first position of the max.
+template <>
+inline void pool2_row<float>(const float* r0, const float* r1, int64_t PW, float* out, uint8_t* idx) {
+  using V = Vec<float>;
+  const __m256 zero = _mm256_setzero_ps();
+  auto split = [](__m256 lo, __m256 hi, __m256& even, __m256& odd) {
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+  };
+  auto pick = [](__m256i k, __m256 take, int v) {
+    return _mm256_blendv_epi8(k, _mm256_set1_epi32(v), _mm256_castps_si256(take));
+  };
+  for (int64_t q0 = 0; q0 < PW; q0 += 8) {
+    const int64_t n = PW - q0 < 8 ? PW - q0 : 8;
+    const V::M mlo = V::mask(2 * n), mhi = V::mask(2 * n - 8);
+    __m256 a, b, c, d;
+    split(V::loadz(mlo, r0 + 2 * q0), V::loadz(mhi, r0 + 2 * q0 + 8), a, b);
+    split(V::loadz(mlo, r1 + 2 * q0), V::loadz(mhi, r1 + 2 * q0 + 8), c, d);
+    const __m256 nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q), _mm256_cmp_ps(b, b, _CMP_UNORD_Q)),
+                                    _mm256_or_ps(_mm256_cmp_ps(c, c, _CMP_UNORD_Q), _mm256_cmp_ps(d, d, _CMP_UNORD_Q)));
+    if (_mm256_movemask_ps(nan) & ((1 << n) - 1)) {  // rare: the scalar rule handles NaN
+      pool2_row<float, 0>(r0 + 2 * q0, r1 + 2 * q0, n, out + q0, idx + q0);
+      continue;
+    }
+    const __m256 za = _mm256_max_ps(a, zero), zb = _mm256_max_ps(b, zero);
+    const __m256 zc = _mm256_max_ps(c, zero), zd = _mm256_max_ps(d, zero);
+    const __m256 mx = _mm256_max_ps(_mm256_max_ps(za, zb), _mm256_max_ps(zc, zd));
+    __m256i k = _mm256_set1_epi32(3);
+    k = pick(k, _mm256_cmp_ps(zc, mx, _CMP_EQ_OQ), 2);
+    k = pick(k, _mm256_cmp_ps(zb, mx, _CMP_EQ_OQ), 1);
+    k = pick(k, _mm256_cmp_ps(za, mx, _CMP_EQ_OQ), 0);
+    k = pick(k, _mm256_cmp_ps(mx, zero, _CMP_LE_OQ), kPoolNoGrad);
+    V::store(out + q0, V::mask(n), mx);
+    alignas(32) int32_t ks[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ks), k);
+    for (int64_t q = 0; q < n; ++q) idx[q0 + q] = static_cast<uint8_t>(ks[q]);
+  }
+}
 #endif
 
 }  // namespace OX_ISA
