@@ -302,6 +302,23 @@ template <class V, class P> static TileFn<V, P> pick_tile(bool direct_a, bool di
 // A row-major A without a prologue can be read in place (gemm_block), vector kernels only.
 template <class V> static bool a_row_major_plain(const GemmArgs& g) { return V::L > 1 && g.a_cs == 1 && !g.aux; }
 
+// Whether a kc × NR panel of a row-major B, read in place (rows row_bytes apart), stays in L1
+// between the row tiles that reuse it, as a packed panel does: it fills at most half of a 32 KB,
+// 8-way L1 (64 sets of 64-byte lines, 4 KB per way), and its rows fall in enough sets not to
+// evict each other: rows row_bytes apart cycle through 4096 / gcd(row_bytes, 4096) sets, so a
+// stride of a multiple of 4 KB puts them all in one set of 8 lines. (Before this rule the AVX2
+// 1024³ and 2048³ products read B in place at 4 and 8 KB strides: 55-67 % of OpenBLAS's speed.)
+static bool b_panel_stays_in_l1(int64_t kc, int64_t panel_row_bytes, int64_t row_bytes) {
+  int64_t a = row_bytes, b = 4096;
+  while (b) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  const int64_t line = 64, sets = 4096 / (a > line ? a : line), lines_per_row = (panel_row_bytes + line - 1) / line;
+  return kc * panel_row_bytes <= 16384 && kc * lines_per_row <= 8 * sets;
+}
+
 // Packing buffers: one pair per thread, grown on demand, 64-byte aligned, kept for reuse.
 template <class T> static T* scratch(int which, int64_t count) {
   static thread_local void* buf[2] = {nullptr, nullptr};
@@ -344,7 +361,7 @@ static void gemm_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
     const int64_t nc = n1 - jc < P::NC ? n1 - jc : P::NC;
     for (int64_t pc = 0; pc < K; pc += kc_step) {
       const int64_t kc = K - pc < kc_step ? K - pc : kc_step;
-      const bool direct_b = V::L > 1 && g.b_cs == 1 && kc * NR * int64_t(sizeof(S)) <= 16384;
+      const bool direct_b = V::L > 1 && g.b_cs == 1 && b_panel_stays_in_l1(kc, NR * sizeof(S), g.b_rs * sizeof(S));
       const TileFn<V, P> run_tile = pick_tile<V, P>(direct_a, direct_b);
       const S* b_block = B + pc * g.b_rs + jc * g.b_cs;
       if (!direct_b) pack_b(b_block, g.b_rs, g.b_cs, kc, nc, NR, pb);
