@@ -52,7 +52,11 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5) -> float:
 def machine_line(device: str) -> str:
     import numpy as np
 
-    parts = [f"{cpu_model()}, {os.cpu_count()} cores", f"numpy {np.__version__}"]
+    import oxkernels
+
+    # the instruction set our CPU kernels ran with: AVX-512 and AVX2 machines differ a lot
+    isa = oxkernels.info()["isa"]
+    parts = [f"{cpu_model()}, {os.cpu_count()} cores, {isa} kernels", f"numpy {np.__version__}"]
     try:
         import torch
 
