@@ -104,38 +104,56 @@ static void pack_a_impl(const T* A, int64_t rs, int64_t cs, const T* aux, int64_
   }
 }
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+// L × L in-register transpose (L = 16 on AVX-512, 8 on AVX2): afterwards r[c] holds column c.
+static OX_INLINE void transpose_lanes(VecF::R r[VecF::L]) {
 #if defined(__AVX512F__)
-// pack_a_impl for row-major A (cs = 1) and MR = 8 or 16: 16 k-values of each row are loaded
-// (the prologue applied in registers), transposed, and stored as MR-wide columns.
+  transpose16(r);
+#else
+  transpose8(r);
+#endif
+}
+
+// dy where y > 0, else +0 (times_grad_of's relu select, L lanes at a time)
+static OX_INLINE VecF::R keep_where_positive(VecF::R y, VecF::R dy) {
+#if defined(__AVX512F__)
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), dy);
+#else
+  return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ), dy);
+#endif
+}
+
+// pack_a_impl for row-major A (cs = 1): L k-values of each row are loaded (the prologue applied
+// in registers), transposed, and stored as columns of the panel, L rows of it at a time.
 template <Activation G>
 static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int64_t mc, int64_t kc, int MR,
                               float* out) {
-  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  constexpr int L = VecF::L;
+  const VecF::R zero = VecF::zero(), one = VecF::set1(1.0f);
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     const int rows = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
     float* p = out + i0 * kc;
-    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
-      const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
-      const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) {
-        if (i >= rows) { r[i] = zero; continue; }
-        const int64_t off = (i0 + i) * rs + k0;
-        __m512 v = _mm512_maskz_loadu_ps(mask, A + off);
-        if constexpr (G == Activation::relu) {
-          const __m512 y = _mm512_maskz_loadu_ps(mask, aux + off);
-          v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), v);  // dy · [y > 0]
-        } else if constexpr (G == Activation::sigmoid) {
-          const __m512 y = _mm512_maskz_loadu_ps(mask, aux + off);
-          v = _mm512_mul_ps(v, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));  // dy · y(1 − y)
+    for (int h = 0; h * L < MR; ++h) {  // panel rows [h·L, h·L + L)
+      const VecF::M lanes = VecF::mask(MR - h * L);
+      for (int64_t k0 = 0; k0 < kc; k0 += L) {
+        const int kn = static_cast<int>(kc - k0 < L ? kc - k0 : L);
+        const VecF::M mask = VecF::mask(kn);
+        VecF::R r[L];
+        for (int i = 0; i < L; ++i) {
+          if (h * L + i >= rows) { r[i] = zero; continue; }
+          const int64_t off = (i0 + h * L + i) * rs + k0;
+          VecF::R v = VecF::loadz(mask, A + off);
+          if constexpr (G == Activation::relu) {
+            v = keep_where_positive(VecF::loadz(mask, aux + off), v);  // dy · [y > 0]
+          } else if constexpr (G == Activation::sigmoid) {
+            const VecF::R y = VecF::loadz(mask, aux + off);
+            v = VecF::mul(v, VecF::mul(y, VecF::sub(one, y)));  // dy · y(1 − y)
+          }
+          r[i] = v;
         }
-        r[i] = v;
+        transpose_lanes(r);
+        for (int kk = 0; kk < kn; ++kk) VecF::store(p + (k0 + kk) * MR + h * L, lanes, r[kk]);
       }
-      transpose16(r);
-      if (MR == 16)
-        for (int kk = 0; kk < kn; ++kk) _mm512_storeu_ps(p + (k0 + kk) * 16, r[kk]);
-      else
-        for (int kk = 0; kk < kn; ++kk) _mm256_storeu_ps(p + (k0 + kk) * 8, _mm512_castps512_ps256(r[kk]));
     }
   }
 }
@@ -144,9 +162,9 @@ static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int6
 template <class T>
 static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation g, int64_t mc, int64_t kc,
                    int MR, T* out) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>)
-    if (cs == 1 && (MR == 8 || MR == 16)) {
+    if (cs == 1) {
       if (aux && g == Activation::relu) return pack_a_transposed<Activation::relu>(A, rs, aux, mc, kc, MR, out);
       if (aux && g == Activation::sigmoid) return pack_a_transposed<Activation::sigmoid>(A, rs, aux, mc, kc, MR, out);
       return pack_a_transposed<Activation::none>(A, rs, nullptr, mc, kc, MR, out);
@@ -157,24 +175,25 @@ static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation 
   else pack_a_impl<T, Activation::none>(A, rs, cs, nullptr, mc, kc, MR, out);
 }
 
-#if defined(__AVX512F__)
-// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR = 16 or 32: 16×16 blocks of W
-// are loaded row by row and transposed in registers instead of gathered element-wise.
+#if defined(__AVX512F__) || defined(__AVX2__)
+// pack_b for B[k, n] = B[n·cs + k] (B = Wᵀ, W row-major) and NR a multiple of L: L × L blocks of
+// W are loaded row by row and transposed in registers instead of gathered element-wise.
 static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc, int NR, float* out) {
+  constexpr int L = VecF::L;
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
     float* p = out + j0 * kc;
-    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
-      const int kn = static_cast<int>(kc - k0 < 16 ? kc - k0 : 16);
-      const __mmask16 mask = static_cast<__mmask16>((1u << kn) - 1u);
-      for (int h = 0; h < NR / 16; ++h) {
-        __m512 r[16];
-        for (int i = 0; i < 16; ++i) {
-          const int j = 16 * h + i;
-          r[i] = j < cols ? _mm512_maskz_loadu_ps(mask, B + (j0 + j) * cs + k0) : _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < kc; k0 += L) {
+      const int kn = static_cast<int>(kc - k0 < L ? kc - k0 : L);
+      const VecF::M mask = VecF::mask(kn);
+      for (int h = 0; h < NR / L; ++h) {
+        VecF::R r[L];
+        for (int i = 0; i < L; ++i) {
+          const int j = L * h + i;
+          r[i] = j < cols ? VecF::loadz(mask, B + (j0 + j) * cs + k0) : VecF::zero();
         }
-        transpose16(r);
-        for (int kk = 0; kk < kn; ++kk) _mm512_storeu_ps(p + (k0 + kk) * NR + 16 * h, r[kk]);
+        transpose_lanes(r);
+        for (int kk = 0; kk < kn; ++kk) VecF::storeu(p + (k0 + kk) * NR + L * h, r[kk]);
       }
     }
   }
@@ -185,9 +204,9 @@ static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc
 // columns past nc are zero.
 template <class T>
 static void pack_b(const T* B, int64_t rs, int64_t cs, int64_t kc, int64_t nc, int NR, T* out) {
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>)
-    if (rs == 1 && cs != 1 && NR % 16 == 0) return pack_b_transposed(B, cs, kc, nc, NR, out);
+    if (rs == 1 && cs != 1 && NR % VecF::L == 0) return pack_b_transposed(B, cs, kc, nc, NR, out);
 #endif
   for (int64_t j0 = 0; j0 < nc; j0 += NR) {
     const int cols = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
