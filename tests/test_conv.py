@@ -208,6 +208,27 @@ def test_fused_conv1_like_layers(rng, case, dtype):
                 assert rel_err(a, ref) < TOL[dtype]
 
 
+# The sparse ∂L/∂w reads each im2col patch as whole vectors: C·5·5 values per patch span 1 … 16
+# vectors depending on C, the dtype and the ISA's lanes (C = 2 in float64 on AVX2: 13 vectors).
+# Every ISA the CPU runs, so that the sanitizer build sees each count's reads.
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 2, 4, 5, 8])
+def test_fused_weight_gradient_for_every_patch_width(rng, isa, dtype, channels):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
+        pytest.skip(f"this CPU does not run {isa}")
+    x, w, b, s, p = make(rng, (3, channels, 16, 18, 6, 5, 1, 0), dtype)
+    _, g, refs = reference(x, w, b, s, p, pool=2)
+    out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
+    try:
+        oxkernels.set_isa(isa)
+        _, gw, gb = ops.conv2d_relu_maxpool2d_backward(g.astype(dtype), idx, x, w, s, p, needs=(False, True, True))
+    finally:
+        oxkernels.set_isa("auto")
+    assert rel_err(gw, refs[1]) < TOL[dtype] and rel_err(gb, refs[2]) < TOL[dtype]
+
+
 def test_fused_conv1_like_forward_of_inf_and_nan_matches_torch(rng):
     # the forward's minimal filtering mixes inputs (inf − inf): images and weights that are not
     # all finite take the direct sums, whose infs and NaNs are torch's (the backward: below)

@@ -102,6 +102,7 @@ template <class T> static int gw_sparse_vectors(const ConvShape& s, int64_t P) {
   return s.sw == 1 && nv <= 16 && L >= 4 && sparse < 0.6 * dense ? static_cast<int>(nv) : 0;
 }
 
+// Exactly nv vectors (1 … 16): a kernel of more would read past the last patch (patch_stride).
 template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
   switch (nv) {
     case 1: return gw_sparse_image<T, 1>;
@@ -116,6 +117,9 @@ template <class T> static GwSparseFn<T> pick_gw_sparse(int nv) {
     case 10: return gw_sparse_image<T, 10>;
     case 11: return gw_sparse_image<T, 11>;
     case 12: return gw_sparse_image<T, 12>;
+    case 13: return gw_sparse_image<T, 13>;
+    case 14: return gw_sparse_image<T, 14>;
+    case 15: return gw_sparse_image<T, 15>;
     default: return gw_sparse_image<T, 16>;
   }
 }
