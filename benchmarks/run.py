@@ -49,14 +49,17 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return 2 * nbytes / best / 1e9
 
 
+def cpu_isa() -> str:
+    """The instruction set our CPU kernels run with here (avx512, avx2 or scalar)."""
+    import oxkernels
+
+    return oxkernels.info()["isa"]
+
+
 def machine_line(device: str) -> str:
     import numpy as np
 
-    import oxkernels
-
-    # the instruction set our CPU kernels ran with: AVX-512 and AVX2 machines differ a lot
-    isa = oxkernels.info()["isa"]
-    parts = [f"{cpu_model()}, {os.cpu_count()} cores, {isa} kernels", f"numpy {np.__version__}"]
+    parts = [f"{cpu_model()}, {os.cpu_count()} cores, {cpu_isa()} kernels", f"numpy {np.__version__}"]
     try:
         import torch
 
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
     suites = [HERE / s if not Path(s).exists() else Path(s) for s in args.suites] or sorted(HERE.glob("bench_*.py"))
     machine = machine_line(args.device)
     print(f"machine: {machine}")
+    # CPU tables are kept per instruction set (AVX-512 and AVX2 machines differ a lot)
+    table_key = args.device if args.device == "cuda" else f"{args.device} {cpu_isa()}"
     for suite in suites:
         benchmarks = run_suite(suite, args.device, args.max_time)
         if not benchmarks:
@@ -139,8 +144,8 @@ def main(argv=None) -> int:
         print(f"\n## {suite.stem} ({args.device})\n{body}\n", flush=True)
         if args.write:
             stamp = datetime.date.today().isoformat()
-            write_section(f"{suite.stem} {args.device}",
-                          f"## {suite.stem} — {args.device}\n\n{machine}; {stamp}\n\n{body}")
+            write_section(f"{suite.stem} {table_key}",
+                          f"## {suite.stem} — {table_key}\n\n{machine}; {stamp}\n\n{body}")
     return 0
 
 
