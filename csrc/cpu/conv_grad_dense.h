@@ -109,7 +109,7 @@ static void gw_tile_cv(const GwArgs<T>& a, int64_t ob, int64_t c, int64_t kh0, i
   alignas(64) T lanes[L];
   for (int r = 0; r < KHB; ++r)
     for (int k = 0; k < KWB; ++k) {
-      V::store(lanes, V::mask(L), acc[r][k]);
+      V::storeu(lanes, acc[r][k]);
       for (int o = 0; o < L; ++o) gw[(((ob * L + o) * a.g.C + c) * a.KH + kh0 + r) * a.KW + kw0 + k] = lanes[o];
     }
 }

@@ -57,7 +57,7 @@ static void gx_scatter_tile(const ConvShape& s, const GxScatterGeom& q, const T*
 #pragma GCC unroll 32
     for (int v = 0; v < NVR; ++v) {
       T* d = dst + r * rowlen + v * L;
-      V::store(d, V::mask(L), V::add(V::loadu(d), acc[r][v]));
+      V::storeu(d, V::add(V::loadu(d), acc[r][v]));
     }
 }
 

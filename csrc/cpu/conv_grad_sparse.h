@@ -189,7 +189,7 @@ static void gw_sparse_cl_block(const ConvShape& s, int64_t P, const GwClGeom& q,
 #pragma GCC unroll 32
         for (int v = 0; v < NVR; ++v) {
           T* d = a + kh * rowvec + v * L;
-          V::store(d, V::mask(L), V::add(V::loadu(d), acc[kh][v]));
+          V::storeu(d, V::add(V::loadu(d), acc[kh][v]));
         }
       part[nw + o] += gsum;
     }
@@ -296,7 +296,7 @@ static void gx_sparse_image(const ConvShape& s, const GxSparseGeom& q_, const T*
       for (int r = 0; r < RR; ++r) {
         T* dst = gxp + ((p * 2 + r) * Wp + q * 2) * CP;
 #pragma GCC unroll 32
-        for (int v = 0; v < NVR; ++v) V::store(dst + v * L, V::mask(L), V::add(V::loadu(dst + v * L), acc[r][v]));
+        for (int v = 0; v < NVR; ++v) V::storeu(dst + v * L, V::add(V::loadu(dst + v * L), acc[r][v]));
       }
     }
   from_channels_last(gxp, s.C, s.H, s.W, s.ph, s.pw, Wp, CP, gx);

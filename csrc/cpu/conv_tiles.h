@@ -108,7 +108,7 @@ static void conv_tile_cv(const RowsArgs<T>& a, int64_t ob, int64_t oh, int64_t o
     }
   alignas(64) T tile[PB][L];
 #pragma GCC unroll 32
-  for (int p = 0; p < PB; ++p) V::store(tile[p], V::mask(L), acc[p]);
+  for (int p = 0; p < PB; ++p) V::storeu(tile[p], acc[p]);
   const int64_t nout = a.O - ob * L < L ? a.O - ob * L : L;
   for (int64_t o = 0; o < nout; ++o)
     for (int p = 0; p < PB; ++p) dst[o * ostride + p] = tile[p][o];
@@ -342,7 +342,8 @@ inline void pool2_row<float>(const float* r0, const float* r1, int64_t PW, float
     k = pick(k, _mm256_cmp_ps(zb, mx, _CMP_EQ_OQ), 1);
     k = pick(k, _mm256_cmp_ps(za, mx, _CMP_EQ_OQ), 0);
     k = pick(k, _mm256_cmp_ps(mx, zero, _CMP_LE_OQ), kPoolNoGrad);
-    V::store(out + q0, V::mask(n), mx);
+    if (n == 8) V::storeu(out + q0, mx);  // a masked store costs ~18 cycles on AMD cores
+    else V::store(out + q0, V::mask(n), mx);
     alignas(32) int32_t ks[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(ks), k);
     for (int64_t q = 0; q < n; ++q) idx[q0 + q] = static_cast<uint8_t>(ks[q]);

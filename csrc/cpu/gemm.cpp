@@ -114,17 +114,23 @@ static OX_INLINE void transpose_lanes(VecF::R r[VecF::L]) {
 #endif
 }
 
-// dy where y > 0, else +0 (times_grad_of's relu select, L lanes at a time)
-static OX_INLINE VecF::R keep_where_positive(VecF::R y, VecF::R dy) {
-#if defined(__AVX512F__)
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), dy);
-#else
-  return _mm256_and_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ), dy);
+// The first n lanes at p (mask = VecF::mask(n)), the others zero: a plain load where all are wanted.
+static OX_INLINE VecF::R load_lanes(const float* p, VecF::M mask, int n) {
+  return n == VecF::L ? VecF::loadu(p) : VecF::loadz(mask, p);
+}
+
 #endif
+
+#if defined(__AVX512F__)
+// dy where y > 0, else +0 (times_grad_of's relu select, 16 lanes at a time)
+static OX_INLINE VecF::R keep_where_positive(VecF::R y, VecF::R dy) {
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), dy);
 }
 
 // pack_a_impl for row-major A (cs = 1): L k-values of each row are loaded (the prologue applied
-// in registers), transposed, and stored as columns of the panel, L rows of it at a time.
+// in registers), transposed, and stored as columns of the panel, L rows of it at a time. AVX-512
+// only: the AVX2 form (8 × 8 blocks into panels 6 rows tall) packed large products slower than
+// pack_a_impl's gather on this session's AMD machine (1024³: 62-71 % of OpenBLAS against 77-83 %).
 template <Activation G>
 static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int64_t mc, int64_t kc, int MR,
                               float* out) {
@@ -142,11 +148,11 @@ static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int6
         for (int i = 0; i < L; ++i) {
           if (h * L + i >= rows) { r[i] = zero; continue; }
           const int64_t off = (i0 + h * L + i) * rs + k0;
-          VecF::R v = VecF::loadz(mask, A + off);
+          VecF::R v = load_lanes(A + off, mask, kn);
           if constexpr (G == Activation::relu) {
-            v = keep_where_positive(VecF::loadz(mask, aux + off), v);  // dy · [y > 0]
+            v = keep_where_positive(load_lanes(aux + off, mask, kn), v);  // dy · [y > 0]
           } else if constexpr (G == Activation::sigmoid) {
-            const VecF::R y = VecF::loadz(mask, aux + off);
+            const VecF::R y = load_lanes(aux + off, mask, kn);
             v = VecF::mul(v, VecF::mul(y, VecF::sub(one, y)));  // dy · y(1 − y)
           }
           r[i] = v;
@@ -162,7 +168,7 @@ static void pack_a_transposed(const float* A, int64_t rs, const float* aux, int6
 template <class T>
 static void pack_a(const T* A, int64_t rs, int64_t cs, const T* aux, Activation g, int64_t mc, int64_t kc,
                    int MR, T* out) {
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
     if (cs == 1) {
       if (aux && g == Activation::relu) return pack_a_transposed<Activation::relu>(A, rs, aux, mc, kc, MR, out);
@@ -190,7 +196,7 @@ static void pack_b_transposed(const float* B, int64_t cs, int64_t kc, int64_t nc
         VecF::R r[L];
         for (int i = 0; i < L; ++i) {
           const int j = L * h + i;
-          r[i] = j < cols ? VecF::loadz(mask, B + (j0 + j) * cs + k0) : VecF::zero();
+          r[i] = j < cols ? load_lanes(B + (j0 + j) * cs + k0, mask, kn) : VecF::zero();
         }
         transpose_lanes(r);
         for (int kk = 0; kk < kn; ++kk) VecF::storeu(p + (k0 + kk) * NR + L * h, r[kk]);
