@@ -65,7 +65,8 @@ static void conv_rows(const RowsArgs<T>& a, int64_t oh0, int64_t oh1, T* out, in
           #pragma GCC unroll 32
           for (int v = 0; v < NV; ++v) {
             const int64_t left = a.OW - ow0 - v * L;
-            if (left > 0) V::store(dst + o * ostride + v * L, V::mask(left), acc[o][v]);
+            if (left >= L) V::storeu(dst + o * ostride + v * L, acc[o][v]);  // masked: ~18 cycles on AMD AVX2
+            else if (left > 0) V::store(dst + o * ostride + v * L, V::mask(left), acc[o][v]);
           }
       }
     }
