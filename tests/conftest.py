@@ -1,4 +1,5 @@
-"""Shared test helpers: references, poisoned outputs, CUDA skips."""
+"""Shared test helpers: references, poisoned outputs, CUDA skips, forced instruction sets."""
+import contextlib
 import os
 import zlib
 from pathlib import Path
@@ -7,6 +8,29 @@ import numpy as np
 import pytest
 
 import oxkernels
+
+
+ISA_ORDER = ["scalar", "avx2", "avx512"]
+
+
+def runnable_isas():
+    """The instruction sets this CPU runs our kernels with, lowest first."""
+    return ISA_ORDER[: ISA_ORDER.index(oxkernels.info()["isa_best"]) + 1]
+
+
+@contextlib.contextmanager
+def forced_isa(isa):
+    """Runs the block with our CPU kernels forced to `isa` (the test skips where this CPU lacks
+    it), then restores the instruction set active before: OXKERNELS_ISA may have lowered it, and
+    set_isa("auto") would raise it again for the rest of the run."""
+    if isa not in runnable_isas():
+        pytest.skip(f"this CPU does not run {isa}")
+    before = oxkernels.info()["isa"]
+    oxkernels.set_isa(isa)
+    try:
+        yield
+    finally:
+        oxkernels.set_isa(before)
 
 
 def rel_err(out, ref, floor: float = 0.0) -> float:

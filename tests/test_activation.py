@@ -6,7 +6,7 @@ import pytest
 import oxkernels
 from oxkernels import _C, ops
 
-from conftest import poison, rel_err, requires_cuda
+from conftest import forced_isa, poison, rel_err, requires_cuda
 
 torch = pytest.importorskip("torch")
 import oxkernels.nn as onn  # noqa: E402
@@ -43,16 +43,10 @@ def test_numpy_forward_and_backward_match_torch(rng, name, shape, dtype):
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 def test_every_isa_matches_torch(rng, isa):
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"CPU lacks {isa}")
     x = (rng.standard_normal(1031) * 30).astype(np.float32)  # 1031: vector body and scalar tail
-    try:
-        oxkernels.set_isa(isa)
+    with forced_isa(isa):
         y = ops.sigmoid(x)
         r = ops.relu(x)
-    finally:
-        oxkernels.set_isa("auto")
     assert rel_err(y, torch.sigmoid(torch.from_numpy(x).double())) < 1e-6
     assert np.array_equal(r, np.maximum(x, 0))
 

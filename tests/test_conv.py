@@ -6,7 +6,7 @@ import pytest
 
 import oxkernels
 from oxkernels import _C, ops
-from conftest import poison, rel_err, requires_cuda
+from conftest import forced_isa, poison, rel_err, requires_cuda
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -135,20 +135,14 @@ def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width, out_chann
 @pytest.mark.parametrize("channels", [5, 16])  # 16: the channel-vectorised tiles
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 def test_every_instruction_set_agrees(rng, isa, channels):
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"this CPU does not run {isa}")
     x, w, b, s, p = make(rng, (3, 6, 15, 21, channels, 3, (1, 2), (2, 1)), np.float32)
     _, g, refs = reference(x, w, b, s, p)
     _, gp, frefs = reference(x, w, b, s, p, pool=2)
-    try:
-        oxkernels.set_isa(isa)
+    with forced_isa(isa):
         grads = ops.conv2d_backward(g.astype(np.float32), x, w, s, p)
         out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
         fgrads = ops.conv2d_relu_maxpool2d_backward(gp.astype(np.float32), idx, x, w, s, p)
         y = ops.conv2d(x, w, b, s, p)
-    finally:
-        oxkernels.set_isa("auto")
     assert rel_err(y, reference(x, w, b, s, p)[0]) < 1e-5
     for got, ref in zip(grads, refs):
         assert rel_err(got, ref) < 1e-5
@@ -215,17 +209,11 @@ def test_fused_conv1_like_layers(rng, case, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [1, 2, 4, 5, 8])
 def test_fused_weight_gradient_for_every_patch_width(rng, isa, dtype, channels):
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"this CPU does not run {isa}")
     x, w, b, s, p = make(rng, (3, channels, 16, 18, 6, 5, 1, 0), dtype)
     _, g, refs = reference(x, w, b, s, p, pool=2)
     out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
-    try:
-        oxkernels.set_isa(isa)
+    with forced_isa(isa):
         _, gw, gb = ops.conv2d_relu_maxpool2d_backward(g.astype(dtype), idx, x, w, s, p, needs=(False, True, True))
-    finally:
-        oxkernels.set_isa("auto")
     assert rel_err(gw, refs[1]) < TOL[dtype] and rel_err(gb, refs[2]) < TOL[dtype]
 
 
@@ -270,9 +258,6 @@ def assert_same_non_finite(got, ref, exact=True):
 @pytest.mark.parametrize("poisoned", ["x", "w"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "conv"])
 def test_backward_non_finite_values_match_torch(rng, case, isa, poisoned, fused):
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"this CPU does not run {isa}")
     x, w, b, s, p = make(rng, case, np.float32)
     if poisoned == "x":
         x[1, 2, 7, 9] = np.inf
@@ -287,14 +272,11 @@ def test_backward_non_finite_values_match_torch(rng, case, isa, poisoned, fused)
         out, idx = ops.conv2d_relu_maxpool2d(x, w, b, s, p, return_indices=True)
     g = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
     refs = torch.autograd.grad(ref, (xt, wt, bt), torch.tensor(g, dtype=torch.float64))
-    try:
-        oxkernels.set_isa(isa)
+    with forced_isa(isa):
         if fused:
             grads = ops.conv2d_relu_maxpool2d_backward(g, idx, x, w, s, p, pool=2)
         else:
             grads = ops.conv2d_backward(g, x, w, s, p)
-    finally:
-        oxkernels.set_isa("auto")
     for got, want, name in zip(grads, refs, "xwb"):
         assert_same_non_finite(got, want.numpy(), exact=poisoned == "x" or name != "x")
 

@@ -8,6 +8,7 @@ import pytest
 
 import oxkernels
 from oxkernels import _C
+from conftest import ISA_ORDER, forced_isa, runnable_isas
 
 
 def test_info_reports_build():
@@ -40,17 +41,13 @@ def test_import_and_numpy_ops_work_without_torch():
 def test_set_isa_rejects_unknown_and_unsupported():
     with pytest.raises(ValueError, match="name"):
         oxkernels.set_isa("sse9")
-    best = oxkernels.info()["isa_best"]
-    try:
-        for isa in ("scalar", "avx2", "avx512"):
-            if ["scalar", "avx2", "avx512"].index(isa) <= ["scalar", "avx2", "avx512"].index(best):
-                oxkernels.set_isa(isa)
+    for isa in ISA_ORDER:
+        if isa in runnable_isas():
+            with forced_isa(isa):
                 assert _C.isa() == isa
-            else:
-                with pytest.raises(ValueError, match="does not support"):
-                    oxkernels.set_isa(isa)
-    finally:
-        oxkernels.set_isa("auto")
+        else:
+            with pytest.raises(ValueError, match="does not support"):
+                oxkernels.set_isa(isa)
 
 
 THREADS_FOLLOW_TORCH = """

@@ -12,19 +12,12 @@ import pytest
 import oxkernels
 from oxkernels import _C
 
-from conftest import poison, rel_err, requires_cuda
+from conftest import forced_isa, poison, rel_err, requires_cuda, runnable_isas
 
-ORDER = ["scalar", "avx2", "avx512"]
-ISAS = [i for i in ORDER if ORDER.index(i) <= ORDER.index(oxkernels.info()["isa_best"])]
-
-
-@pytest.fixture(params=ISAS)
+@pytest.fixture(params=runnable_isas())
 def isa(request):
-    oxkernels.set_isa(request.param)
-    try:
+    with forced_isa(request.param):
         yield request.param
-    finally:
-        oxkernels.set_isa("auto")
 
 
 def reference(a, b, trans_a, trans_b, bias=None, activation=None, alpha=1.0, beta=0.0, c=None):

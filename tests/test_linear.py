@@ -7,7 +7,7 @@ import pytest
 import oxkernels
 from oxkernels.ops import linear
 
-from conftest import poison, rel_err, requires_cuda
+from conftest import forced_isa, poison, rel_err, requires_cuda, runnable_isas
 
 torch = pytest.importorskip("torch")
 import oxkernels.nn  # noqa: E402  (registers the torch ops)
@@ -67,16 +67,10 @@ def test_leading_dims_and_no_bias(rng, activation):
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2"])
 def test_other_isas(rng, isa):
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"CPU lacks {isa}")
-    oxkernels.set_isa(isa)
-    try:
+    with forced_isa(isa):
         for act in ACTS:
             x, w, b = make(rng, (37,), 129, 33)
             check_against_float64(x, w, b, act)
-    finally:
-        oxkernels.set_isa("auto")
 
 
 @pytest.mark.parametrize("need", ["all", "x", "weight", "bias", "x+bias"])
@@ -143,15 +137,11 @@ def test_raw_ops_fill_poisoned_outputs(rng):
 def test_nan_propagates_like_torch(rng):
     x, w, b = make(rng, (5,), 7, 3)
     x[2, 4] = float("nan")
-    order = ["scalar", "avx2", "avx512"]
-    try:
-        for isa in order[: order.index(oxkernels.info()["isa_best"]) + 1]:
-            oxkernels.set_isa(isa)
+    for isa in runnable_isas():
+        with forced_isa(isa):
             for act in ACTS:
                 ours = linear(x, w, b, act)
                 assert torch.equal(torch.isnan(ours), torch.isnan(torch_reference(x, w, b, act))), (isa, act)
-    finally:
-        oxkernels.set_isa("auto")
 
 
 @pytest.mark.parametrize("rows", [4, 33])  # 33: both packing paths of the AVX-512 product
@@ -166,15 +156,11 @@ def test_relu_backward_drops_infinite_gradients_where_relu_is_off_like_torch(row
     dy[0, 0], dy[1, 0] = float("inf"), float("nan")
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     torch.relu(torch.nn.functional.linear(xr, wr, b)).backward(dy)
-    order = ["scalar", "avx2", "avx512"]
-    try:
-        for isa in order[: order.index(oxkernels.info()["isa_best"]) + 1]:
-            oxkernels.set_isa(isa)
+    for isa in runnable_isas():
+        with forced_isa(isa):
             xo, wo = x.clone().requires_grad_(), w.clone().requires_grad_()
             linear(xo, wo, b, "relu").backward(dy)
             assert torch.equal(xo.grad, xr.grad) and torch.equal(wo.grad, wr.grad), isa
-    finally:
-        oxkernels.set_isa("auto")
 
 
 @pytest.mark.parametrize("activation", ACTS)
@@ -301,18 +287,12 @@ def test_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(isa):
     tails (below −88.7 both give exactly 0, as torch's sigmoid; the epilogue once gave 6e-39)."""
     from oxkernels import ops
 
-    order = ["scalar", "avx2", "avx512"]
-    if order.index(isa) > order.index(oxkernels.info()["isa_best"]):
-        pytest.skip(f"CPU lacks {isa}")
     g = torch.Generator().manual_seed(2)
     x, w, b = torch.randn(67, 9, generator=g) * 40, torch.randn(21, 9, generator=g), torch.randn(21, generator=g)
-    try:
-        oxkernels.set_isa(isa)
+    with forced_isa(isa):
         z = ops.linear(x, w, b)
         fused = ops.linear(x, w, b, "sigmoid")
         separate = ops.sigmoid(z)
-    finally:
-        oxkernels.set_isa("auto")
     assert (z < -88.8).any() and (z > 20).any()
     assert torch.equal(fused, separate)
     assert torch.equal(fused[z < -88.8], torch.zeros_like(fused[z < -88.8]))
