@@ -6,7 +6,7 @@ import pytest
 import oxkernels
 from oxkernels import _C, ops
 
-from conftest import forced_isa, poison, rel_err, requires_cuda
+from conftest import ISA_ORDER, forced_isa, poison, rel_err, requires_cuda
 
 torch = pytest.importorskip("torch")
 import oxkernels.nn as onn  # noqa: E402
@@ -41,7 +41,7 @@ def test_numpy_forward_and_backward_match_torch(rng, name, shape, dtype):
     assert np.array_equal(getattr(ops, f"{name}_backward")(g, y), dx)
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 def test_every_isa_matches_torch(rng, isa):
     x = (rng.standard_normal(1031) * 30).astype(np.float32)  # 1031: vector body and scalar tail
     with forced_isa(isa):

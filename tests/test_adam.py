@@ -11,7 +11,7 @@ import oxkernels  # noqa: E402
 import oxkernels._torch  # noqa: E402
 from oxkernels.ops import adam_step  # noqa: E402
 
-from conftest import forced_isa, rel_err, requires_cuda  # noqa: E402
+from conftest import ISA_ORDER, forced_isa, rel_err, requires_cuda  # noqa: E402
 
 SIZES = [(1,), (3,), (7, 5), (31,), (33,), (127, 3)]
 OPTIONS = list(itertools.product([0.0, 0.1], [False, True], [False, True], [False, True]))  # wd, decoupled, amsgrad, maximize
@@ -80,7 +80,7 @@ def test_parity_large_odd_tensor(rng, wd, decoupled, amsgrad, maximize):
     run_parity("torch", [(1000003,), (5,)], rng, 4, wd, decoupled, amsgrad, maximize)
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 def test_every_isa_agrees(rng, isa):
     with forced_isa(isa):
         run_parity("torch", SIZES + [(4099,)], rng, 20, 0.1, False, True, True)

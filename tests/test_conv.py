@@ -6,7 +6,7 @@ import pytest
 
 import oxkernels
 from oxkernels import _C, ops
-from conftest import forced_isa, poison, rel_err, requires_cuda
+from conftest import ISA_ORDER, forced_isa, poison, rel_err, requires_cuda
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -133,7 +133,7 @@ def test_fused_ties_nan_and_negative_windows_match_torch(dtype, width, out_chann
 
 
 @pytest.mark.parametrize("channels", [5, 16])  # 16: the channel-vectorised tiles
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 def test_every_instruction_set_agrees(rng, isa, channels):
     x, w, b, s, p = make(rng, (3, 6, 15, 21, channels, 3, (1, 2), (2, 1)), np.float32)
     _, g, refs = reference(x, w, b, s, p)
@@ -205,7 +205,7 @@ def test_fused_conv1_like_layers(rng, case, dtype):
 # The sparse ∂L/∂w reads each im2col patch as whole vectors: C·5·5 values per patch span 1 … 16
 # vectors depending on C, the dtype and the ISA's lanes (C = 2 in float64 on AVX2: 13 vectors).
 # Every ISA the CPU runs, so that the sanitizer build sees each count's reads.
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [1, 2, 4, 5, 8])
 def test_fused_weight_gradient_for_every_patch_width(rng, isa, dtype, channels):
@@ -252,7 +252,7 @@ def assert_same_non_finite(got, ref, exact=True):
 # ∂L/∂w tap whose windows read it (0·inf = NaN). A weight holding one makes ∂L/∂x NaN wherever
 # torch's is, and on the dense ∂L/∂x (a convolution over the zero-padded ∂L/∂y) also at border
 # positions, where the padding's zeros meet it: NaN there, never a finite value torch lacks.
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 @pytest.mark.parametrize("case", [(3, 3, 32, 32, 6, 5, 1, 0), (3, 6, 14, 14, 16, 5, 1, 0), (3, 6, 15, 13, 16, 5, 1, 1)],
                          ids=["conv1", "conv2", "conv2-odd-pad1"])
 @pytest.mark.parametrize("poisoned", ["x", "w"])

@@ -7,7 +7,7 @@ import pytest
 import oxkernels
 from oxkernels.ops import linear
 
-from conftest import forced_isa, poison, rel_err, requires_cuda, runnable_isas
+from conftest import ISA_ORDER, forced_isa, poison, rel_err, requires_cuda, runnable_isas
 
 torch = pytest.importorskip("torch")
 import oxkernels.nn  # noqa: E402  (registers the torch ops)
@@ -280,7 +280,7 @@ def test_cuda_leading_dims_gradcheck_and_compile(rng):
     assert rel_err(torch.compile(model, fullgraph=True)(xc), model(xc)) < 1e-6
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 def test_fused_sigmoid_is_the_sigmoid_op_bit_for_bit(isa):
     """linear(..., "sigmoid") applies the sigmoid op's own float32 formula in the product's
     epilogue: the same bits as sigmoid(linear(...)), including pre-activations far in both

@@ -5,7 +5,7 @@ import pytest
 
 import oxkernels
 from oxkernels import ops
-from conftest import forced_isa, rel_err, requires_cuda
+from conftest import ISA_ORDER, forced_isa, rel_err, requires_cuda
 
 torch = pytest.importorskip("torch")
 
@@ -89,7 +89,7 @@ def test_deterministic_across_thread_counts(rng, d, B):
     assert np.array_equal(g1, g2) and np.array_equal(l1, l2)
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISA_ORDER)
 @pytest.mark.parametrize("d,B", PATHS)
 def test_every_isa_matches(rng, isa, d, B):
     X, y, theta = problem(rng, 1003, d, B)

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <numeric>
 #include <type_traits>
 
 #include "core/isa.h"
@@ -334,13 +335,8 @@ template <class V> static bool a_row_major_plain(const GemmArgs& g) { return V::
 // stride of a multiple of 4 KB puts them all in one set of 8 lines. (Before this rule the AVX2
 // 1024³ and 2048³ products read B in place at 4 and 8 KB strides: 55-67 % of OpenBLAS's speed.)
 static bool b_panel_stays_in_l1(int64_t kc, int64_t panel_row_bytes, int64_t row_bytes) {
-  int64_t a = row_bytes, b = 4096;
-  while (b) {
-    const int64_t t = a % b;
-    a = b;
-    b = t;
-  }
-  const int64_t line = 64, sets = 4096 / (a > line ? a : line), lines_per_row = (panel_row_bytes + line - 1) / line;
+  const int64_t common = std::gcd(row_bytes, int64_t{4096}), line = 64;
+  const int64_t sets = 4096 / (common > line ? common : line), lines_per_row = (panel_row_bytes + line - 1) / line;
   return kc * panel_row_bytes <= 16384 && kc * lines_per_row <= 8 * sets;
 }
 

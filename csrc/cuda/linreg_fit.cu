@@ -324,10 +324,12 @@ __global__ void fit_generic_kernel(const T* __restrict__ X, const T* __restrict_
   }
 }
 
-// The workspace: the form (when it pays), then fit_generic_kernel's residuals.
+// The workspace: the form (when it pays), then fit_generic_kernel's residuals, resid_stride per
+// trajectory (0 when that kernel does not run).
 struct FitWorkspace {
   bool form;
-  int64_t form_numel, resid_numel;
+  int64_t form_numel, resid_stride;
+  int64_t numel(int64_t B) const { return form_numel + B * resid_stride; }
 };
 
 FitWorkspace fit_workspace(int64_t n, int64_t d, int64_t B, int64_t steps, FitMethod method, int64_t batch) {
@@ -335,8 +337,9 @@ FitWorkspace fit_workspace(int64_t n, int64_t d, int64_t B, int64_t steps, FitMe
   w.form = linreg_quadratic_pays(n, d, steps);
   w.form_numel = w.form ? quadratic_form_workspace_numel(n, d) : 0;
   const bool generic = d + 1 > 4 && !(w.form && method == FitMethod::gd);
-  // One residual per float64 slot; a batch above n is refused later, by linreg_fit_check's message.
-  w.resid_numel = generic ? B * (w.form && batch < n ? batch : n) : 0;
+  // One residual per float64 slot: the step's rows with a form, else all n for f (a batch above n
+  // is refused by linreg_fit_check, with its own message).
+  w.resid_stride = generic ? (w.form && batch < n ? batch : n) : 0;
   return w;
 }
 
@@ -344,11 +347,11 @@ template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStr
   const int64_t B = f.theta0.shape[0], n = f.X.shape[0], d = f.X.shape[1], stride = d + 1;
   if (B == 0) return;
   const FitWorkspace w = fit_workspace(n, d, B, p.steps, p.method, p.batch);
-  if (w.form_numel + w.resid_numel > 0) {
+  if (w.numel(B) > 0) {
     if (!f.workspace.data)
-      value_error("linreg fit: argument 'workspace' is required on CUDA for this fit (",
-                  w.form_numel + w.resid_numel, " float64 entries)");
-    check_scratch("linreg fit", "workspace", f.workspace, "X", f.X, w.form_numel + w.resid_numel, DType::f64);
+      value_error("linreg fit: argument 'workspace' is required on CUDA for this fit (", w.numel(B),
+                  " float64 entries)");
+    check_scratch("linreg fit", "workspace", f.workspace, "X", f.X, w.numel(B), DType::f64);
   }
   // θ_0 into the trajectory (row 0 of each (steps+1, d+1) slice).
   cuda_check(cudaMemcpy2DAsync(f.thetas.data, sizeof(T) * (p.steps + 1) * stride, f.theta0.data, sizeof(T) * stride,
@@ -370,7 +373,7 @@ template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStr
     return;
   }
   FitKernelArgs a{n, d, p.steps, p.batch, static_cast<int>(p.method), p.beta1, p.beta2, p.eps,
-                  lr, f.seed.ptr<int64_t>(), f.indices.ptr<int64_t>(), form, w.form ? p.batch : n};
+                  lr, f.seed.ptr<int64_t>(), f.indices.ptr<int64_t>(), form, w.resid_stride};
   switch (stride) {
     case 1: fit_small_kernel<T, 1><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
     case 2: fit_small_kernel<T, 2><<<grid, kThreads, 0, stream>>>(X, y, a, th, ls, st); break;
@@ -387,8 +390,7 @@ template <class T> void fit_launch(const FitArgs& f, const FitParams& p, cudaStr
 
 int64_t linreg_fit_cuda_workspace_numel(int64_t n, int64_t d, int64_t B, int64_t steps, FitMethod method,
                                         int64_t batch) {
-  const FitWorkspace w = fit_workspace(n, d, B, steps, method, batch);
-  return w.form_numel + w.resid_numel;
+  return fit_workspace(n, d, B, steps, method, batch).numel(B);
 }
 
 void linreg_fit_cuda(const FitArgs& a, const FitParams& p, uintptr_t stream) {
